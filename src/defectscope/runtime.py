@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,8 @@ class OnnxModule:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Spinning worker threads burn the cores that image decoding needs between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )
@@ -97,7 +100,9 @@ def _export(module: nn.Module, image_size: int, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns about Python-level branches on shapes; they are constant here.
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 (example,),

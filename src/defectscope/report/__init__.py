@@ -1,0 +1,1 @@
+"""Results tables, rankings, figures and the HTML report of a run."""

@@ -1,0 +1,229 @@
+"""Figures of a run: ROC and PRO curves, score histograms, example grids, ranking bars.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects (no pyplot global state) and saved
+as PNG. Every heatmap of a category uses one colour scale, shown by a colour bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from defectscope import metrics
+from defectscope.data.images import load_image
+from defectscope.evaluation import CategoryResult
+from defectscope.report.visualize import CMAP, mask_image, overlay
+
+DPI = 100
+
+
+def _thin(x: np.ndarray, y: np.ndarray, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``points`` points of a curve (pixel curves have millions)."""
+    if x.size <= points:
+        return x, y
+    keep = np.unique(np.linspace(0, x.size - 1, points).astype(int))
+    return x[keep], y[keep]
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def color_scale(result: CategoryResult) -> tuple[float, float]:
+    """One ``(vmin, vmax)`` for every heatmap of a category: 1st percentile to maximum."""
+    maps = result.maps
+    return float(np.percentile(maps[:, ::4, ::4], 1)), float(max(maps.max(), result.threshold))
+
+
+def roc_figure(result: CategoryResult, path: Path) -> Path | None:
+    labels = np.array([r.is_anomalous for r in result.images])
+    if labels.all() or not labels.any():
+        return None
+    scores = np.array([r.score for r in result.images])
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.add_subplot()
+    fpr, tpr, _ = metrics.roc_curve(labels, scores)
+    ax.plot(fpr, tpr, label=f"image (AUROC {result.metrics['image_auroc']:.3f})")
+    if result.masks is not None and result.metrics["pixel_auroc"] is not None:
+        rows = _pixel_rows(result)
+        fpr, tpr, _ = metrics.roc_curve(result.masks[rows], result.maps[rows])
+        fpr, tpr = _thin(fpr, tpr)
+        ax.plot(fpr, tpr, label=f"pixel (AUROC {result.metrics['pixel_auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate",
+           title=f"{result.category} ({result.detector}): ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def _pixel_rows(result: CategoryResult) -> np.ndarray:
+    """Test images that count for pixel metrics: good ones and those with a mask."""
+    return np.asarray(result.extra["pixel_rows"])
+
+
+def pro_figure(result: CategoryResult, path: Path) -> Path | None:
+    if result.masks is None or result.metrics["aupro_30"] is None:
+        return None
+    rows = _pixel_rows(result)
+    fpr, pro = metrics.pro_curve(result.masks[rows], result.maps[rows])
+    fpr, pro = _thin(fpr, pro)
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(fpr, pro, label=f"AUPRO@0.3 = {result.metrics['aupro_30']:.3f}")
+    ax.axvline(0.3, color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false positive rate (good pixels)", ylabel="per-region overlap",
+           title=f"{result.category} ({result.detector}): PRO curve", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def histogram_figure(
+    good: np.ndarray, defective: np.ndarray, threshold: float | None, title: str, xlabel: str,
+    path: Path,
+) -> Path:
+    """Histogram of scores of good vs defective images, with the pass/fail threshold."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    values = np.concatenate([good, defective])
+    bins = np.linspace(values.min(), values.max(), 31) if values.size else 10
+    ax.hist(good, bins=bins, alpha=0.6, label=f"good ({good.size})", color="tab:green")
+    ax.hist(defective, bins=bins, alpha=0.6, label=f"defective ({defective.size})",
+            color="tab:red")
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    ax.set(xlabel=xlabel, ylabel="images", title=title)
+    ax.legend()
+    return _save(fig, path)
+
+
+def score_histogram(result: CategoryResult, path: Path) -> Path:
+    scores = np.array([r.score for r in result.images])
+    labels = np.array([r.is_anomalous for r in result.images])
+    return histogram_figure(scores[~labels], scores[labels], result.threshold,
+                            f"{result.category} ({result.detector}): image scores",
+                            "image anomaly score", path)
+
+
+def _pick_examples(result: CategoryResult, per_group: int) -> list[tuple[str, int]]:
+    scores = np.array([r.score for r in result.images])
+    labels = np.array([r.is_anomalous for r in result.images])
+    flagged = scores > result.threshold
+    order = np.argsort(-scores)
+    groups = [
+        ("detected", [i for i in order if labels[i] and flagged[i]][:per_group]),
+        ("missed", [i for i in order[::-1] if labels[i] and not flagged[i]][:per_group]),
+        ("false alarm", [i for i in order if not labels[i] and flagged[i]][:per_group]),
+    ]
+    return [(name, int(i)) for name, idx in groups for i in idx]
+
+
+def example_grid(result: CategoryResult, path: Path, per_group: int = 3) -> Path | None:
+    """Rows of image | ground truth | heatmap overlay | predicted mask for the most confident
+    detections, the missed defects and the false alarms (no ground-truth column without masks)."""
+    examples = _pick_examples(result, per_group)
+    if not examples:
+        return None
+    vmin, vmax = color_scale(result)
+    with_gt = result.masks is not None
+    columns = ["image", *(["ground truth"] if with_gt else []), "heatmap", "predicted mask"]
+    fig = Figure(figsize=(2.3 * len(columns) + 0.6, 2.3 * len(examples)))
+    axes = fig.subplots(len(examples), len(columns), squeeze=False)
+    size = result.maps.shape[-1]
+    for row, (group, i) in enumerate(examples):
+        r = result.images[i]
+        image = load_image(r.path, size)
+        panels = [image]
+        if with_gt:
+            panels.append(mask_image(result.masks[i]))
+        panels += [overlay(image, result.maps[i], vmin, vmax),
+                   mask_image(result.maps[i] > result.threshold)]
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(columns[col], fontsize=10)
+        axes[row, 0].set_ylabel(f"{group}\n{r.defect_type}\n{r.score:.3g}", fontsize=8)
+    scale = ScalarMappable(Normalize(vmin, vmax), cmap=CMAP)
+    fig.colorbar(scale, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02,
+                 label="anomaly score (one scale per category)")
+    fig.suptitle(f"{result.category} ({result.detector}): threshold {result.threshold:.3g}")
+    return _save(fig, path)
+
+
+def category_figures(result: CategoryResult, out: Path) -> dict[str, Path]:
+    """Every per-category figure that the data allow, in ``out``; returns them by kind."""
+    stem = f"{result.detector}_{result.category}"
+    made = {
+        "roc": roc_figure(result, out / f"{stem}_roc.png"),
+        "pro": pro_figure(result, out / f"{stem}_pro.png"),
+        "histogram": score_histogram(result, out / f"{stem}_histogram.png"),
+        "examples": example_grid(result, out / f"{stem}_examples.png"),
+    }
+    for name, figure in result.extra.get("figures", {}).items():
+        made[name] = Path(figure)
+    return {k: v for k, v in made.items() if v is not None}
+
+
+def bar_figure(
+    labels: Sequence[str], values: Sequence[float | None], title: str, xlabel: str, path: Path
+) -> Path:
+    """Horizontal bars, best first; missing values are drawn as 'n/a'."""
+    fig = Figure(figsize=(6, 0.5 * len(labels) + 1.2))
+    ax = fig.add_subplot()
+    y = np.arange(len(labels))
+    ax.barh(y, [v or 0.0 for v in values], color="tab:blue")
+    for yi, v in zip(y, values):
+        ax.text(v or 0.0, yi, f" {v:.3f}" if v is not None else " n/a", va="center", fontsize=9)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set(xlabel=xlabel, title=title)
+    return _save(fig, path)
+
+
+def benchmark_figures(results: Sequence[CategoryResult], out: Path) -> dict[str, Path]:
+    """Ranking bars (pixel F1, image AUROC, image F1) and fit / inference time bars."""
+    from defectscope.report.table import RANKED_BY, rankings
+
+    made: dict[str, Path] = {}
+    for detector, per_metric in rankings(results).items():
+        for key, entries in per_metric.items():
+            made[f"{detector}_rank_{key}"] = bar_figure(
+                [e["category"] for e in entries], [e["value"] for e in entries],
+                f"{detector}: categories ranked by {RANKED_BY[key]}", key,
+                out / f"{detector}_rank_{key}.png")
+    labels = [f"{r.category} ({r.detector})" for r in results]
+    made["fit_time"] = bar_figure(labels, [r.fit_seconds for r in results],
+                                  "fit time per category", "seconds", out / "fit_time.png")
+    made["evaluate_time"] = bar_figure(labels, [r.evaluate_seconds for r in results],
+                                       "evaluation (inference + metrics) time per category",
+                                       "seconds", out / "evaluate_time.png")
+    return made
+
+
+def contact_sheet(predictions, threshold: float, scale: tuple[float, float], path: Path,
+                  count: int = 12) -> Path:
+    """The ``count`` most anomalous predictions as heatmap overlays, highest score first."""
+    top = sorted(predictions, key=lambda p: -p.score)[:count]
+    cols = min(4, len(top))
+    rows = -(-len(top) // cols)
+    fig = Figure(figsize=(3 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    size = top[0].anomaly_map.shape[0]
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, p in zip(axes.ravel(), top):
+        image = load_image(p.path, size)
+        ax.imshow(overlay(image, p.anomaly_map, *scale))
+        verdict = "FAIL" if p.is_anomalous else "pass"
+        ax.set_title(f"{verdict} {p.score:.3g}\n{Path(p.path).name}", fontsize=9)
+    fig.suptitle(f"most anomalous images (threshold {threshold:.3g})")
+    return _save(fig, path)

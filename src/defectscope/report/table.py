@@ -1,0 +1,134 @@
+"""The per-category results table and the category rankings, as CSV, JSON and Markdown."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectscope.evaluation import METRICS, CategoryResult
+
+COLUMNS = ("category", "detector", "n_train", "n_test", *METRICS, "fit_s", "evaluate_s")
+RANKED_BY = {
+    "pixel_f1_best": "pixel F1",
+    "image_auroc": "image AUROC",
+    "image_f1_best": "image F1",
+}
+
+
+def result_rows(results: Sequence[CategoryResult]) -> list[dict[str, Any]]:
+    """One row per result, then one ``mean`` row per detector (means over available values)."""
+    rows = [
+        {
+            "category": r.category,
+            "detector": r.detector,
+            "n_train": r.n_train,
+            "n_test": len(r.images),
+            **r.metrics,
+            "fit_s": r.fit_seconds,
+            "evaluate_s": r.evaluate_seconds,
+        }
+        for r in results
+    ]
+    for detector in dict.fromkeys(r["detector"] for r in rows):
+        own = [r for r in rows if r["detector"] == detector]
+        if len(own) < 2:
+            continue
+        mean: dict[str, Any] = {"category": "mean", "detector": detector}
+        for key in COLUMNS[2:]:
+            values = [r[key] for r in own if r[key] is not None]
+            if key in ("n_train", "n_test"):
+                mean[key] = int(sum(values))  # totals: a mean image count means nothing
+            else:
+                mean[key] = float(np.mean(values)) if values else None
+        rows.append(mean)
+    return rows
+
+
+def rankings(results: Sequence[CategoryResult]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Per detector and metric, categories from best to worst; missing values rank last."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for detector in dict.fromkeys(r.detector for r in results):
+        own = [r for r in results if r.detector == detector]
+        out[detector] = {}
+        for key in RANKED_BY:
+            ordered = sorted(
+                own, key=lambda r: (r.metrics[key] is None, -(r.metrics[key] or 0.0), r.category)
+            )
+            out[detector][key] = [
+                {"rank": i + 1 if r.metrics[key] is not None else None, "category": r.category,
+                 "value": r.metrics[key]}
+                for i, r in enumerate(ordered)
+            ]
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = "| " + " | ".join(COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join([header, rule, *body])
+
+
+def markdown_rankings(ranks: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    lines = []
+    for detector, per_metric in ranks.items():
+        for key, entries in per_metric.items():
+            lines.append(f"**{detector}: categories ranked by {RANKED_BY[key]}** ({key})")
+            lines.append("")
+            for e in entries:
+                rank = e["rank"] if e["rank"] is not None else "-"
+                lines.append(f"{rank}. {e['category']}: {_fmt(e['value'])}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_tables(results: Sequence[CategoryResult], out_dir: Path) -> dict[str, Path]:
+    """Write ``results.{csv,json,md}`` and ``scores_<category>.csv``; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = result_rows(results)
+    ranks = rankings(results)
+    paths = {
+        "csv": out_dir / "results.csv",
+        "json": out_dir / "results.json",
+        "md": out_dir / "results.md",
+    }
+    with open(paths["csv"], "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({c: row.get(c) for c in COLUMNS} for row in rows)
+    notices = [n for r in results for n in r.notices]
+    payload = {
+        "rows": rows,
+        "rankings": ranks,
+        "notices": notices,
+        "results": [r.to_dict() for r in results],
+    }
+    paths["json"].write_text(json.dumps(payload, indent=2))
+    md = ["# Results", "", markdown_table(rows), "", "## Rankings", "", markdown_rankings(ranks)]
+    if notices:
+        md += ["## Notices", "", *[f"- {n}" for n in dict.fromkeys(notices)], ""]
+    paths["md"].write_text("\n".join(md))
+    for r in results:
+        path = out_dir / f"scores_{r.detector}_{r.category}.csv"
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "defect_type", "is_anomalous", "score", "predicted_anomalous"])
+            for img in r.images:
+                writer.writerow(
+                    [img.path, img.defect_type, int(img.is_anomalous), f"{img.score:.6g}",
+                     int(img.predicted_anomalous)]
+                )
+    return paths

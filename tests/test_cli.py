@@ -1,0 +1,87 @@
+import csv
+import json
+
+import pytest
+
+from defectscope.cli import main
+
+from .conftest import SIZE
+
+SMALL = ["--image-size", str(SIZE), "--n-features", "40", "--batch-size", "8", "-q"]
+
+
+def test_fit_evaluate_predict(texture, tmp_path, capsys):
+    project = str(tmp_path / "runs")
+    assert main(["fit", "--data", str(texture), "--project", project, *SMALL]) == 0
+    model = tmp_path / "runs" / "fit" / "texture" / "model.safetensors"
+    assert model.is_file()
+    assert "threshold" in capsys.readouterr().out
+
+    # A second fit goes to a numbered folder, never over the first.
+    assert main(["fit", "--data", str(texture), "--project", project, *SMALL]) == 0
+    assert (tmp_path / "runs" / "fit" / "texture2" / "model.safetensors").is_file()
+
+    assert main(["evaluate", "--model", str(model), "--data", str(texture), "--project", project,
+                 "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "| texture | padim |" in out
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "evaluate" / "texture" / "results.csv")))
+    assert len(rows) == 1 and float(rows[0]["image_auroc"]) > 0.9
+
+    assert main(["predict", "--model", str(model), str(texture / "test"), "--project", project,
+                 "-q"]) == 0
+    run = tmp_path / "runs" / "predict" / "predict"
+    predictions = json.loads((run / "predictions.json").read_text())
+    assert len(predictions) == len(list((texture / "test").rglob("*.png")))
+    assert len(list((run / "overlays").glob("*.png"))) == len(predictions)
+    assert (run / "most_anomalous.png").is_file()
+
+
+def test_benchmark_writes_table_rankings_and_notices(mvtec_root, tmp_path, capsys):
+    project = str(tmp_path / "runs")
+    assert main(["benchmark", "--data", str(mvtec_root), "--project", project, *SMALL]) == 0
+    run = tmp_path / "runs" / "benchmark" / "benchmark"
+    payload = json.loads((run / "results.json").read_text())
+    assert [r["category"] for r in payload["rows"]] == ["object", "texture", "mean"]
+    object_row = payload["rows"][0]
+    assert object_row["pixel_auroc"] is None and object_row["image_auroc"] is not None
+    assert any("object: no ground-truth masks" in n for n in payload["notices"])
+    assert set(payload["rankings"]["padim"]) == {"pixel_f1_best", "image_auroc", "image_f1_best"}
+    assert payload["rankings"]["padim"]["pixel_f1_best"][-1]["category"] == "object"
+    md = (run / "results.md").read_text()
+    assert "categories ranked by pixel F1" in md
+    assert (run / "models" / "padim" / "texture" / "model.safetensors").is_file()
+
+
+def test_config_file_precedence(texture, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"n_features": 30, "image_size": SIZE, "seed": 5}))
+    project = str(tmp_path / "runs")
+    args = ["fit", "--data", str(texture), "--project", project, "--config", str(config), "-q"]
+    assert main([*args, "--n-features", "20"]) == 0
+    saved = json.loads((tmp_path / "runs" / "fit" / "texture" / "config.json").read_text())
+    assert saved["params"]["n_features"] == 20  # command line beats the file
+    assert saved["params"]["seed"] == 5  # the file beats the default
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "--data", "/nonexistent/cat"], "category folder not found: /nonexistent/cat"),
+        (["evaluate", "--model", "/nonexistent.safetensors", "--data", "."], "model file not found"),
+        (["benchmark", "--data", "{root}", "--categories", "textur"], "did you mean 'texture'"),
+        (["fit", "--data", "{root}/texture", "--backbone", "resnet81"], "did you mean 'resnet18'"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(argv, message, mvtec_root, tmp_path, capsys):
+    argv = [a.replace("{root}", str(mvtec_root)) for a in argv]
+    assert main([*argv, "--project", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    assert "example:" in capsys.readouterr().out

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score, roc_curve
+
+from defectscope import metrics
+
+
+@pytest.fixture(params=[0, 1, 2])
+def data(request):
+    rng = np.random.default_rng(request.param)
+    labels = rng.random(500) < 0.3
+    # rounded scores create many ties, the case where naive implementations go wrong
+    scores = np.round(rng.normal(size=500) + labels * 1.2, 1)
+    return labels, scores
+
+
+def test_auroc_matches_sklearn(data):
+    labels, scores = data
+    assert metrics.auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_roc_curve_matches_sklearn(data):
+    labels, scores = data
+    fpr, tpr, _ = metrics.roc_curve(labels, scores)
+    ref_fpr, ref_tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+
+
+def test_best_f1_matches_sklearn(data):
+    labels, scores = data
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best, threshold = metrics.best_f1(labels, scores)
+    assert best == pytest.approx(f1.max(), abs=1e-9)
+    assert f1_score(labels, scores >= threshold) == pytest.approx(best)
+
+
+def test_f1_at_matches_sklearn(data):
+    labels, scores = data
+    for threshold in (-0.5, 0.3, 1.0):
+        assert metrics.f1_at(labels, scores, threshold) == pytest.approx(
+            f1_score(labels, scores > threshold)
+        )
+
+
+def test_aupro_perfect_and_random():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 32, 32), bool)
+    masks[0, 2:6, 2:6] = True
+    masks[0, 20:30, 20:22] = True  # a second region in the same image
+    masks[1, 10:20, 10:20] = True
+    assert metrics.aupro(masks, masks.astype(float)) == pytest.approx(1.0)
+    # Random maps: PRO equals FPR on average, so the normalised area up to 0.3 is about 0.15.
+    random_maps = rng.random(masks.shape)
+    assert metrics.aupro(masks, random_maps) == pytest.approx(0.15, abs=0.05)
+
+
+def test_pro_weighs_regions_equally():
+    masks = np.zeros((1, 20, 20), bool)
+    masks[0, 0:2, 0:2] = True  # small region, 4 pixels
+    masks[0, 10:20, 10:20] = True  # large region, 100 pixels
+    maps = np.zeros((1, 20, 20))
+    maps[0, 0:2, 0:2] = 1.0  # only the small region is found
+    fpr, pro = metrics.pro_curve(masks, maps)
+    # At the threshold that finds the small region and no good pixel, PRO is 1/2 (not 4/104).
+    assert pro[1] == pytest.approx(0.5)
+    assert fpr[1] == 0.0
+
+
+def test_metric_errors():
+    with pytest.raises(ValueError, match="both good and anomalous"):
+        metrics.auroc([True, True], [0.1, 0.2])
+    with pytest.raises(ValueError, match="differ in size"):
+        metrics.auroc([True, False], [0.1])
+    with pytest.raises(ValueError, match="at least one defect region"):
+        metrics.aupro(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 4)))

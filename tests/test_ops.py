@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from defectscope.ops import GaussianAccumulator, gaussian_blur, mahalanobis, precision_cholesky
+from defectscope.ops.gaussian import pack_lower, unpack_lower
+
+
+def test_streaming_statistics_equal_two_pass():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(61, 9, 6, generator=gen) * 3 + 50  # an offset mean stresses the merge
+    acc = GaussianAccumulator(9, 6, chunk_bytes=300)  # tiny chunks exercise the chunked path
+    for batch in x.split(7):
+        acc.update(batch)
+    ref_cov = torch.stack([torch.cov(x[:, p].T.double()) for p in range(9)])
+    torch.testing.assert_close(acc.mean, x.double().mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(acc.covariance(0.0), ref_cov, atol=1e-4, rtol=1e-5)
+
+
+def test_merge_equals_single_stream():
+    x = torch.randn(40, 5, 4, generator=torch.Generator().manual_seed(1))
+    whole, a, b = GaussianAccumulator(5, 4), GaussianAccumulator(5, 4), GaussianAccumulator(5, 4)
+    whole.update(x)
+    a.update(x[:13])
+    b.update(x[13:])
+    a.merge(b)
+    # batch scatters are float32 (see GaussianAccumulator), so agreement is to ~1e-6
+    torch.testing.assert_close(a.covariance(0.01), whole.covariance(0.01), atol=1e-5, rtol=1e-5)
+
+
+def test_mahalanobis_matches_inverse_covariance():
+    x = torch.randn(30, 4, 5, generator=torch.Generator().manual_seed(2))
+    acc = GaussianAccumulator(4, 5)
+    acc.update(x)
+    cov = acc.covariance(0.01)
+    dist = mahalanobis(x[:3], acc.mean, precision_cholesky(cov))
+    centred = x[:3].double() - acc.mean
+    ref = torch.einsum("bpd,pde,bpe->bp", centred, torch.linalg.inv(cov), centred).sqrt()
+    torch.testing.assert_close(dist, ref)
+
+
+def test_not_positive_definite_is_explained():
+    with pytest.raises(ValueError, match="increase the regularization"):
+        precision_cholesky(-torch.eye(3).expand(2, 3, 3))
+
+
+def test_pack_round_trip():
+    m = torch.tril(torch.randn(3, 6, 6))
+    assert pack_lower(m).shape == (3, 21)
+    torch.testing.assert_close(unpack_lower(pack_lower(m), 6), m)
+
+
+def test_blur_matches_scipy():
+    maps = torch.rand(2, 40, 37)
+    ref = ndimage.gaussian_filter(maps.numpy(), sigma=(0, 4, 4), mode="mirror", truncate=4.0)
+    np.testing.assert_allclose(gaussian_blur(maps, 4.0).numpy(), ref, atol=1e-5)

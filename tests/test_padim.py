@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+import torch
+
+import defectscope
+from defectscope.data import load_category
+from defectscope.errors import ConfigError, ModelFileError, NotFittedError
+from defectscope.evaluation import evaluate
+from defectscope.models import DETECTORS, Prediction
+
+from .conftest import SIZE, small_padim
+
+
+def test_fit_returns_self_and_learns_trailing_underscore_state(texture):
+    model = small_padim(runtime="torch")
+    assert model.fit(texture) is model
+    positions = (SIZE // 4) ** 2
+    assert model.mean_.shape == (positions, 50)
+    assert model.precision_chol_.shape == (positions, 50, 50)
+    assert model.feature_index_.shape == (50,)
+    assert np.isfinite(model.threshold_)
+
+
+def test_unfitted_raises_clear_error(texture):
+    sample = load_category(texture).test_samples[0].path
+    with pytest.raises(NotFittedError, match="not fitted yet; call fit first"):
+        small_padim().predict([sample])
+
+
+def test_predict_returns_typed_results(fitted, texture):
+    samples = load_category(texture).test_samples[:3]
+    predictions = fitted.predict([s.path for s in samples])
+    assert len(predictions) == 3
+    for p, s in zip(predictions, samples):
+        assert isinstance(p, Prediction)
+        assert p.anomaly_map.shape == (SIZE, SIZE) and p.anomaly_map.dtype == np.float32
+        assert p.score == pytest.approx(float(p.anomaly_map.max()))
+        assert p.is_anomalous == (p.score > fitted.threshold_)
+        assert p.path == str(s.path)
+
+
+def test_detects_synthetic_defects(fitted, texture):
+    result = evaluate(fitted, texture)
+    assert result.metrics["image_auroc"] >= 0.9
+    assert result.metrics["pixel_auroc"] >= 0.9
+    assert result.metrics["aupro_30"] >= 0.7
+
+
+def test_training_images_score_below_threshold(fitted, texture):
+    train = load_category(texture).train_paths
+    scores = fitted.score(list(train)).scores
+    # Fitted images are in-distribution: nearly all pass the held-out threshold.
+    assert np.mean(scores <= fitted.threshold_) >= 0.9
+
+
+def test_seed_fixes_channels_and_is_saved(texture, tmp_path):
+    a = small_padim(runtime="torch", seed=3).fit(texture)
+    b = small_padim(runtime="torch", seed=3).fit(texture)
+    c = small_padim(runtime="torch", seed=4).fit(texture)
+    assert torch.equal(a.feature_index_, b.feature_index_)
+    assert not torch.equal(a.feature_index_, c.feature_index_)
+    loaded = defectscope.load(a.save(tmp_path / "a.safetensors"))
+    assert torch.equal(loaded.feature_index_, a.feature_index_)
+
+
+def test_save_load_round_trip_identical_scores(fitted, texture, tmp_path):
+    paths = [s.path for s in load_category(texture).test_samples]
+    path = fitted.save(tmp_path / "run")
+    assert path.name == "model.safetensors"
+    loaded = defectscope.load(tmp_path / "run")
+    assert loaded.threshold_ == fitted.threshold_
+    np.testing.assert_array_equal(loaded.score(paths).scores, fitted.score(paths).scores)
+
+
+def test_onnxruntime_matches_torch(fitted, texture, tmp_path):
+    paths = [s.path for s in load_category(texture).test_samples]
+    reference = fitted.score(paths)
+    fast = defectscope.load(fitted.save(tmp_path / "m.safetensors"), runtime="onnxruntime")
+    got = fast.score(paths)
+    np.testing.assert_allclose(got.scores, reference.scores, rtol=1e-3)
+    np.testing.assert_allclose(got.maps, reference.maps, rtol=1e-3, atol=1e-3 * reference.maps.max())
+
+
+def test_fit_memory_does_not_keep_embeddings(texture):
+    model = small_padim(runtime="torch").fit(texture)
+    # What fit keeps is the Gaussian only: no per-image state grows with the training set.
+    kept = [v for v in vars(model).values() if isinstance(v, torch.Tensor)]
+    assert sum(t.numel() for t in kept) == model.mean_.numel() + model.precision_chol_.numel() + 50
+
+
+def test_corrupted_and_incompatible_model_files(fitted, tmp_path):
+    path = fitted.save(tmp_path / "m.safetensors")
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match="truncated or corrupted|damaged tensors"):
+        defectscope.load(damaged)
+    with pytest.raises(ModelFileError, match="model file not found"):
+        defectscope.load(tmp_path / "nothing.safetensors")
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"),
+              metadata={**metadata, "format_version": "99"})
+    with pytest.raises(ModelFileError, match="format version 99"):
+        defectscope.load(tmp_path / "old.safetensors")
+
+
+def test_save_is_atomic(fitted, tmp_path, monkeypatch):
+    path = fitted.save(tmp_path / "m.safetensors")
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        fitted.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_features": 10_000}, "n_features must be between 1 and 176"),
+        ({"regularization": 0.0}, "regularization must be > 0"),
+        ({"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
+        ({"image_size": 8}, "image_size must be an int >= 32"),
+    ],
+)
+def test_invalid_parameters(texture, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        small_padim(**kwargs).fit(texture)
+
+
+def test_every_detector_is_registered():
+    assert "padim" in DETECTORS
