@@ -22,10 +22,25 @@ def _cache(tmp_path_factory):
 def mvtec_root(tmp_path_factory) -> Path:
     """``root/texture`` with masks and ``root/object`` without ground truth (image level only)."""
     root = tmp_path_factory.mktemp("mvtec")
-    make_category(root / "texture", kind="texture", size=SIZE, n_train=24, n_test_good=8,
-                  n_test_defect=5, seed=1)
-    make_category(root / "object", kind="object", size=SIZE, n_train=24, n_test_good=8,
-                  n_test_defect=5, seed=2, with_masks=False)
+    make_category(
+        root / "texture",
+        kind="texture",
+        size=SIZE,
+        n_train=24,
+        n_test_good=8,
+        n_test_defect=5,
+        seed=1,
+    )
+    make_category(
+        root / "object",
+        kind="object",
+        size=SIZE,
+        n_train=24,
+        n_test_good=8,
+        n_test_defect=5,
+        seed=2,
+        with_masks=False,
+    )
     return root
 
 

@@ -52,7 +52,9 @@ def test_missing_weights_say_how_to_provide_them(monkeypatch, tmp_path):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(BackboneError, match=r"no ImageNet weights for backbone 'resnet18'.*--weights PATH"):
+    with pytest.raises(
+        BackboneError, match=r"no ImageNet weights for backbone 'resnet18'.*--weights PATH"
+    ):
         build_backbone(resolve_spec("resnet18"), None)
 
 

@@ -21,15 +21,21 @@ def test_fit_evaluate_predict(texture, tmp_path, capsys):
     assert main(["fit", "--data", str(texture), "--project", project, *SMALL]) == 0
     assert (tmp_path / "runs" / "fit" / "texture2" / "model.safetensors").is_file()
 
-    assert main(["evaluate", "--model", str(model), "--data", str(texture), "--project", project,
-                 "-q"]) == 0
+    assert (
+        main(
+            ["evaluate", "--model", str(model), "--data", str(texture), "--project", project, "-q"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| texture | padim |" in out
     rows = list(csv.DictReader(open(tmp_path / "runs" / "evaluate" / "texture" / "results.csv")))
     assert len(rows) == 1 and float(rows[0]["image_auroc"]) > 0.9
 
-    assert main(["predict", "--model", str(model), str(texture / "test"), "--project", project,
-                 "-q"]) == 0
+    assert (
+        main(["predict", "--model", str(model), str(texture / "test"), "--project", project, "-q"])
+        == 0
+    )
     run = tmp_path / "runs" / "predict" / "predict"
     predictions = json.loads((run / "predictions.json").read_text())
     assert len(predictions) == len(list((texture / "test").rglob("*.png")))
@@ -68,7 +74,10 @@ def test_config_file_precedence(texture, tmp_path):
     "argv, message",
     [
         (["fit", "--data", "/nonexistent/cat"], "category folder not found: /nonexistent/cat"),
-        (["evaluate", "--model", "/nonexistent.safetensors", "--data", "."], "model file not found"),
+        (
+            ["evaluate", "--model", "/nonexistent.safetensors", "--data", "."],
+            "model file not found",
+        ),
         (["benchmark", "--data", "{root}", "--categories", "textur"], "did you mean 'texture'"),
         (["fit", "--data", "{root}/texture", "--backbone", "resnet81"], "did you mean 'resnet18'"),
     ],

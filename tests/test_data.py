@@ -17,8 +17,9 @@ def test_category_pairs_masks_by_stem(texture):
 
 
 def test_pairing_does_not_depend_on_sorted_position(tmp_path):
-    root = make_category(tmp_path / "c", n_train=3, n_test_good=1, n_test_defect=3, size=32,
-                         defects=("hole",))
+    root = make_category(
+        tmp_path / "c", n_train=3, n_test_good=1, n_test_defect=3, size=32, defects=("hole",)
+    )
     # Remove image 001 but keep its mask: a positional pairing would shift every later mask.
     (root / "test" / "hole" / "001.png").unlink()
     category = load_category(root)
@@ -33,8 +34,9 @@ def test_missing_ground_truth_is_image_level_with_notice(mvtec_root):
 
 
 def test_missing_mask_names_file(tmp_path):
-    root = make_category(tmp_path / "c", n_train=3, n_test_good=1, n_test_defect=2, size=32,
-                         defects=("hole",))
+    root = make_category(
+        tmp_path / "c", n_train=3, n_test_good=1, n_test_defect=2, size=32, defects=("hole",)
+    )
     (root / "ground_truth" / "hole" / "001_mask.png").unlink()
     with pytest.raises(DataError, match=r"ground truth mask missing for .*hole/001.png: expected"):
         load_category(root)

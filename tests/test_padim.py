@@ -78,7 +78,9 @@ def test_onnxruntime_matches_torch(fitted, texture, tmp_path):
     fast = defectscope.load(fitted.save(tmp_path / "m.safetensors"), runtime="onnxruntime")
     got = fast.score(paths)
     np.testing.assert_allclose(got.scores, reference.scores, rtol=1e-3)
-    np.testing.assert_allclose(got.maps, reference.maps, rtol=1e-3, atol=1e-3 * reference.maps.max())
+    np.testing.assert_allclose(
+        got.maps, reference.maps, rtol=1e-3, atol=1e-3 * reference.maps.max()
+    )
 
 
 def test_fit_memory_does_not_keep_embeddings(texture):
@@ -102,8 +104,11 @@ def test_corrupted_and_incompatible_model_files(fitted, tmp_path):
 
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata()
-    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"),
-              metadata={**metadata, "format_version": "99"})
+    save_file(
+        load_file(str(path)),
+        str(tmp_path / "old.safetensors"),
+        metadata={**metadata, "format_version": "99"},
+    )
     with pytest.raises(ModelFileError, match="format version 99"):
         defectscope.load(tmp_path / "old.safetensors")
 

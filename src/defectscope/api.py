@@ -62,8 +62,13 @@ def benchmark(
     folders = discover(data, categories)
     results: list[CategoryResult] = []
     failures: list[str] = []
-    meta = {"command": list(command or []), "data": str(data), "models": list(models),
-            "params": params, "failures": failures}
+    meta = {
+        "command": list(command or []),
+        "data": str(data),
+        "models": list(models),
+        "params": params,
+        "failures": failures,
+    }
     for folder in folders:
         try:
             category = load_category(folder, require_test=True)
@@ -72,8 +77,10 @@ def benchmark(
             log(f"error: {folder.name} skipped: {exc}")
             continue
         for name in models:
-            log(f"{name} on {category.name}: {len(category.train_paths)} train, "
-                f"{len(category.test_samples)} test images")
+            log(
+                f"{name} on {category.name}: {len(category.train_paths)} train, "
+                f"{len(category.test_samples)} test images"
+            )
             try:
                 _, result = fit_and_evaluate(
                     lambda n=name: make_detector(n, params), category, run / "models" / name
@@ -125,8 +132,12 @@ def predict_to_folder(
     files, notices = expand_inputs(inputs)
     predictions = detector.predict(files)
     rows = [
-        {"path": p.path, "score": p.score, "is_anomalous": p.is_anomalous,
-         "threshold": detector.threshold_}
+        {
+            "path": p.path,
+            "score": p.score,
+            "is_anomalous": p.is_anomalous,
+            "threshold": detector.threshold_,
+        }
         for p in predictions
     ]
     with open(out / "predictions.csv", "w", newline="") as handle:

@@ -246,4 +246,3 @@ class FeatureExtractor(nn.Module):
         """``images: (B, 3, H, W)`` float in 0..1 -> one ``(B, C_i, H/s_i, W/s_i)`` per layer."""
         out = self.body((images - self.mean) / self.std)
         return [out[layer] for layer in self.layers]
-

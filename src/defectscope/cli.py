@@ -17,8 +17,12 @@ from defectscope.errors import ConfigError, DefectscopeError
 
 MODEL_OPTIONS = {
     # option dest: (flag, type, help)
-    "backbone": ("--backbone", str, "backbone name (default efficientnet_lite0; also resnet18, "
-                 "wide_resnet50_2, timm:ARCH, torchvision:ARCH)"),
+    "backbone": (
+        "--backbone",
+        str,
+        "backbone name (default efficientnet_lite0; also resnet18, "
+        "wide_resnet50_2, timm:ARCH, torchvision:ARCH)",
+    ),
     "layers": ("--layers", str, "feature layers (module names); default: stride-4/8/16 stages"),
     "weights": ("--weights", str, "backbone weights file (.pth/.safetensors), or 'random'"),
     "n_features": ("--n-features", int, "channels kept at random (default per backbone; 0: all)"),
@@ -27,18 +31,21 @@ MODEL_OPTIONS = {
     "runtime": ("--runtime", str, "auto | torch | onnxruntime (default auto)"),
     "batch_size": ("--batch-size", int, "images per forward pass (default 32)"),
     "num_workers": ("--workers", int, "image decoding threads (default 2)"),
-    "threshold_quantile": ("--threshold-quantile", float,
-                           "quantile of held-out good scores used as threshold (default 0.99)"),
+    "threshold_quantile": (
+        "--threshold-quantile",
+        float,
+        "quantile of held-out good scores used as threshold (default 0.99)",
+    ),
 }
 
 EXAMPLES = {
     "fit": "defectscope fit --data ../shared/datasets/tire\n"
-           "  defectscope fit --data mvtec/bottle --backbone resnet18 --weights resnet18.pth",
+    "  defectscope fit --data mvtec/bottle --backbone resnet18 --weights resnet18.pth",
     "evaluate": "defectscope evaluate --model runs/fit/tire/model.safetensors "
-                "--data ../shared/datasets/tire",
+    "--data ../shared/datasets/tire",
     "predict": "defectscope predict --model runs/fit/tire images/ part_017.png",
     "benchmark": "defectscope benchmark --data ../shared/datasets\n"
-                 "  defectscope benchmark --data mvtec --categories bottle screw --runtime torch",
+    "  defectscope benchmark --data mvtec --categories bottle screw --runtime torch",
     "demo": "defectscope demo",
 }
 
@@ -106,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def verb(name: str, text: str) -> argparse.ArgumentParser:
         sub = verbs.add_parser(
-            name, help=text, description=text, epilog="example:\n  " + EXAMPLES[name],
+            name,
+            help=text,
+            description=text,
+            epilog="example:\n  " + EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_common(sub)
@@ -131,8 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = verb("benchmark", "fit and evaluate every category under a root; table + rankings")
     bench.add_argument("--data", required=True, help="MVTec root or one category folder")
     bench.add_argument("--categories", nargs="+", help="only these categories")
-    bench.add_argument("--model", nargs="+", default=["padim"], dest="models",
-                       help="detectors to compare (default padim)")
+    bench.add_argument(
+        "--model",
+        nargs="+",
+        default=["padim"],
+        dest="models",
+        help="detectors to compare (default padim)",
+    )
     _add_model_options(bench)
 
     demo = verb("demo", "generate a synthetic data set and run fit + benchmark on it, offline")
@@ -165,11 +180,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     run = next_run_dir(Path(args.project) / "fit", args.name or category.name)
     path = detector.save(run / "model.safetensors")
     (run / "config.json").write_text(
-        json.dumps({"command": sys.argv, "detector": detector.name,
-                    "params": detector.get_params(), "fitted": detector.fitted_info()}, indent=2)
+        json.dumps(
+            {
+                "command": sys.argv,
+                "detector": detector.name,
+                "params": detector.get_params(),
+                "fitted": detector.fitted_info(),
+            },
+            indent=2,
+        )
     )
-    print(f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
-          f"in {seconds:.1f} s; threshold {detector.threshold_:.4g}; saved {path}")
+    print(
+        f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
+        f"in {seconds:.1f} s; threshold {detector.threshold_:.4g}; saved {path}"
+    )
     return 0
 
 
@@ -222,8 +246,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for p in predictions:
         verdict = "FAIL" if p.is_anomalous else "pass"
         print(f"{verdict}  {p.score:10.4g}  {p.path}")
-    print(f"{flagged} of {len(predictions)} images flagged anomalous "
-          f"(threshold {detector.threshold_:.4g}); results in {run}")
+    print(
+        f"{flagged} of {len(predictions)} images flagged anomalous "
+        f"(threshold {detector.threshold_:.4g}); results in {run}"
+    )
     return 0
 
 
@@ -232,8 +258,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from defectscope.runs import next_run_dir
 
     run = next_run_dir(Path(args.project) / "benchmark", args.name or "benchmark")
-    results = benchmark(args.data, args.models, model_params(args), run,
-                        categories=args.categories, command=sys.argv, log=lambda s: _say(args, s))
+    results = benchmark(
+        args.data,
+        args.models,
+        model_params(args),
+        run,
+        categories=args.categories,
+        command=sys.argv,
+        log=lambda s: _say(args, s),
+    )
     _print_results(results, run, args)
     return 0
 
@@ -247,8 +280,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data = run / "data"
     _say(args, f"writing a synthetic MVTec-layout data set to {data}")
     make_dataset(data, size=args.size)
-    results = benchmark(data, ["padim"], model_params(args), run, command=sys.argv,
-                        log=lambda s: _say(args, s))
+    results = benchmark(
+        data, ["padim"], model_params(args), run, command=sys.argv, log=lambda s: _say(args, s)
+    )
     _print_results(results, run, args)
     return 0
 

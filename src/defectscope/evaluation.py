@@ -150,7 +150,11 @@ def evaluate(detector: Detector, category: Category | str | Path) -> CategoryRes
     seconds = time.perf_counter() - start
     images = [
         ImageResult(
-            str(s.path), s.defect_type, bool(s.is_anomalous), float(x), bool(x > detector.threshold_)
+            str(s.path),
+            s.defect_type,
+            bool(s.is_anomalous),
+            float(x),
+            bool(x > detector.threshold_),
         )
         for s, x in zip(samples, scored.scores)
     ]

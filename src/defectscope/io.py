@@ -92,7 +92,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(metadata["config"])
     except (KeyError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path} has a damaged config ({exc}); re-run `defectscope fit`") from exc
+        raise ModelFileError(
+            f"{path} has a damaged config ({exc}); re-run `defectscope fit`"
+        ) from exc
 
 
 def load(path: str | Path, **overrides: Any):
@@ -109,7 +111,9 @@ def load(path: str | Path, **overrides: Any):
     registry = _registry()
     name = config.get("detector")
     if name not in registry:
-        raise ModelFileError(f"{model_path(path)}: " + unknown_name("detector", str(name), registry))
+        raise ModelFileError(
+            f"{model_path(path)}: " + unknown_name("detector", str(name), registry)
+        )
     params = {**config["params"], **overrides}
     detector = registry[name](**params)
     try:
@@ -117,6 +121,7 @@ def load(path: str | Path, **overrides: Any):
         detector._set_state(tensors, config["fitted"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise ModelFileError(
-            f"{model_path(path)} is missing or has damaged tensors ({exc}); re-run `defectscope fit`"
+            f"{model_path(path)} is missing or has damaged tensors ({exc}); "
+            "re-run `defectscope fit`"
         ) from exc
     return detector

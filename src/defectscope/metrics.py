@@ -28,7 +28,9 @@ def _cumulative(labels: np.ndarray, scores: np.ndarray):
     order = np.argsort(scores, kind="stable")[::-1]
     sorted_scores = scores[order]
     hits = labels[order]
-    distinct = np.flatnonzero(np.diff(sorted_scores)) if sorted_scores.size > 1 else np.array([], int)
+    distinct = (
+        np.flatnonzero(np.diff(sorted_scores)) if sorted_scores.size > 1 else np.array([], int)
+    )
     ends = np.r_[distinct, hits.size - 1]
     tps = np.cumsum(hits, dtype=np.int64)[ends]
     fps = (ends + 1) - tps

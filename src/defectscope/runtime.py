@@ -69,9 +69,7 @@ class OnnxModule:
         options.log_severity_level = 3
         # Spinning worker threads burn the cores that image decoding needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
         self._verify(module, image_size)
 

@@ -63,7 +63,9 @@ def _image_files(folder: Path, notices: list[str]) -> list[Path]:
         else:
             skipped.append(path.name)
     if skipped:
-        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        shown = ", ".join(skipped[:3]) + (
+            f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        )
         notices.append(f"skipped {len(skipped)} non-image entries in {folder}: {shown}")
     return files
 

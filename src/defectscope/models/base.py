@@ -82,9 +82,7 @@ class Detector(ABC):
         self._validate()
         paths = training_paths(data)
         if len(paths) < 3:
-            raise DataError(
-                f"fit needs at least 3 defect-free training images, got {len(paths)}"
-            )
+            raise DataError(f"fit needs at least 3 defect-free training images, got {len(paths)}")
         self._fit(paths)
         return self
 

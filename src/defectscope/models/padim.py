@@ -37,7 +37,9 @@ class PadimEmbedding(nn.Module):
     ``(B, D, h, w)`` with ``D = len(feature_index)`` and ``(h, w)`` the stride-4 map size.
     """
 
-    def __init__(self, extractor: FeatureExtractor, feature_index: torch.Tensor, channels: list[int]):
+    def __init__(
+        self, extractor: FeatureExtractor, feature_index: torch.Tensor, channels: list[int]
+    ):
         super().__init__()
         self.extractor = extractor
         offsets = np.cumsum([0, *channels])
@@ -200,7 +202,7 @@ class PaDiM(Detector):
             self._set_embedder(extractor, channels)
         return self._embedder(images).flatten(2).transpose(1, 2)
 
-    # -- fitting ------------------------------------------------------------------------------------
+    # -- fitting ---------------------------------------------------------------
     def _fit(self, paths: list[Path]) -> None:
         extractor, channels, feature_size = self._build_extractor()
         total = sum(channels)
@@ -232,7 +234,9 @@ class PaDiM(Detector):
         held_embeddings = []
         with progress_bar(len(paths), "fitting", enabled=self.progress) as bar:
             for items, acc, keep in ((held, held_acc, True), (rest, main, False)):
-                for idx, batch in iter_batches(items, self.image_size, self.batch_size, self.num_workers):
+                for idx, batch in iter_batches(
+                    items, self.image_size, self.batch_size, self.num_workers
+                ):
                     with torch.inference_mode():
                         emb = self.embed(batch)
                     acc.update(emb)
@@ -257,7 +261,7 @@ class PaDiM(Detector):
         self.mean_ = acc.mean.float()
         self.precision_chol_ = precision_cholesky(acc.covariance(self.regularization)).float()
 
-    # -- scoring ------------------------------------------------------------------------------------
+    # -- scoring ---------------------------------------------------------------
     def _maps_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
         h, w = self.feature_size_
         dist = mahalanobis(emb, self.mean_, self.precision_chol_).view(-1, 1, h, w)
@@ -269,7 +273,7 @@ class PaDiM(Detector):
         self.check_fitted()
         return self._maps_from_embeddings(self.embed(images))
 
-    # -- persistence --------------------------------------------------------------------------------
+    # -- persistence -----------------------------------------------------------
     def fitted_info(self) -> dict[str, Any]:
         info = {
             "threshold_": self.threshold_,

@@ -30,7 +30,8 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = maps.unsqueeze(1)
     if radius >= min(x.shape[-2:]):
         raise ValueError(
-            f"sigma={sigma} needs maps larger than {radius} pixels per side, got {tuple(x.shape[-2:])}"
+            f"sigma={sigma} needs maps larger than {radius} pixels per side, "
+            f"got {tuple(x.shape[-2:])}"
         )
     x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))

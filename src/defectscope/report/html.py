@@ -23,7 +23,8 @@ th { background: #f0f0f0; } td:first-child, td:nth-child(2) { text-align: left; 
 tr.mean td { font-weight: bold; background: #fafafa; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 img { max-width: 100%; border: 1px solid #ddd; }
-.notice { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.4em 0.8em; margin: 0.3em 0; }
+.notice { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.4em 0.8em;
+          margin: 0.3em 0; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 """
 
@@ -37,11 +38,15 @@ def _fmt(value: Any) -> str:
 
 
 def _figure(path: str, caption: str) -> str:
-    return (f'<figure><img src="{html.escape(path)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{html.escape(path)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
-def render(payload: dict[str, Any], figures: dict[str, dict[str, str]], meta: dict[str, Any]) -> str:
+def render(
+    payload: dict[str, Any], figures: dict[str, dict[str, str]], meta: dict[str, Any]
+) -> str:
     """The report page from the ``results.json`` payload, figure paths and run metadata."""
     rows = payload["rows"]
     parts = [
@@ -54,11 +59,15 @@ def render(payload: dict[str, Any], figures: dict[str, dict[str, str]], meta: di
     ]
     for row in rows:
         cls = ' class="mean"' if row["category"] == "mean" else ""
-        parts.append(f"<tr{cls}>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in COLUMNS)
-                     + "</tr>")
+        parts.append(
+            f"<tr{cls}>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in COLUMNS) + "</tr>"
+        )
     parts.append("</tbody></table>")
-    parts.append("<p>" + "<br>".join(f"<b>{k}</b>: {html.escape(v)}"
-                                     for k, v in METRIC_LABELS.items()) + "</p>")
+    parts.append(
+        "<p>"
+        + "<br>".join(f"<b>{k}</b>: {html.escape(v)}" for k, v in METRIC_LABELS.items())
+        + "</p>"
+    )
     for notice in dict.fromkeys(payload.get("notices", [])):
         parts.append(f'<div class="notice">{html.escape(notice)}</div>')
     for failure in meta.get("failures", []):
@@ -68,8 +77,7 @@ def render(payload: dict[str, Any], figures: dict[str, dict[str, str]], meta: di
     for detector, per_metric in payload["rankings"].items():
         for key, entries in per_metric.items():
             parts.append(f"<h3>{html.escape(detector)}: by {RANKED_BY[key]}</h3><ol>")
-            parts += [f"<li>{html.escape(e['category'])}: {_fmt(e['value'])}</li>"
-                      for e in entries]
+            parts += [f"<li>{html.escape(e['category'])}: {_fmt(e['value'])}</li>" for e in entries]
             parts.append("</ol>")
     overview = figures.get("", {})
     if overview:
@@ -84,8 +92,9 @@ def render(payload: dict[str, Any], figures: dict[str, dict[str, str]], meta: di
     parts.append("<h2>Configuration</h2>")
     command = " ".join(meta.get("command") or []) or "(Python API)"
     parts.append(f"<p>Command: <code>{html.escape(command)}</code></p>")
-    parts.append(f"<pre>{html.escape(json.dumps(meta.get('params', {}), indent=2, default=str))}"
-                 "</pre>")
+    parts.append(
+        f"<pre>{html.escape(json.dumps(meta.get('params', {}), indent=2, default=str))}</pre>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -101,8 +110,7 @@ def write_report(results: Sequence[CategoryResult], run: Path, meta: dict[str, A
     for result in results:
         made = category_figures(result, out)
         figures[f"{result.category} ({result.detector})"] = {
-            k: str(p.relative_to(run)) if p.is_relative_to(run) else str(p)
-            for k, p in made.items()
+            k: str(p.relative_to(run)) if p.is_relative_to(run) else str(p) for k, p in made.items()
         }
     (run / "figures.json").write_text(json.dumps(figures, indent=2))
     return rebuild_report(run)

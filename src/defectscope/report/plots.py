@@ -57,8 +57,13 @@ def roc_figure(result: CategoryResult, path: Path) -> Path | None:
         fpr, tpr = _thin(fpr, tpr)
         ax.plot(fpr, tpr, label=f"pixel (AUROC {result.metrics['pixel_auroc']:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate",
-           title=f"{result.category} ({result.detector}): ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"{result.category} ({result.detector}): ROC",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     ax.legend(loc="lower right")
     return _save(fig, path)
 
@@ -78,14 +83,23 @@ def pro_figure(result: CategoryResult, path: Path) -> Path | None:
     ax = fig.add_subplot()
     ax.plot(fpr, pro, label=f"AUPRO@0.3 = {result.metrics['aupro_30']:.3f}")
     ax.axvline(0.3, color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="false positive rate (good pixels)", ylabel="per-region overlap",
-           title=f"{result.category} ({result.detector}): PRO curve", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        xlabel="false positive rate (good pixels)",
+        ylabel="per-region overlap",
+        title=f"{result.category} ({result.detector}): PRO curve",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     ax.legend(loc="lower right")
     return _save(fig, path)
 
 
 def histogram_figure(
-    good: np.ndarray, defective: np.ndarray, threshold: float | None, title: str, xlabel: str,
+    good: np.ndarray,
+    defective: np.ndarray,
+    threshold: float | None,
+    title: str,
+    xlabel: str,
     path: Path,
 ) -> Path:
     """Histogram of scores of good vs defective images, with the pass/fail threshold."""
@@ -94,8 +108,7 @@ def histogram_figure(
     values = np.concatenate([good, defective])
     bins = np.linspace(values.min(), values.max(), 31) if values.size else 10
     ax.hist(good, bins=bins, alpha=0.6, label=f"good ({good.size})", color="tab:green")
-    ax.hist(defective, bins=bins, alpha=0.6, label=f"defective ({defective.size})",
-            color="tab:red")
+    ax.hist(defective, bins=bins, alpha=0.6, label=f"defective ({defective.size})", color="tab:red")
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
     ax.set(xlabel=xlabel, ylabel="images", title=title)
@@ -106,9 +119,14 @@ def histogram_figure(
 def score_histogram(result: CategoryResult, path: Path) -> Path:
     scores = np.array([r.score for r in result.images])
     labels = np.array([r.is_anomalous for r in result.images])
-    return histogram_figure(scores[~labels], scores[labels], result.threshold,
-                            f"{result.category} ({result.detector}): image scores",
-                            "image anomaly score", path)
+    return histogram_figure(
+        scores[~labels],
+        scores[labels],
+        result.threshold,
+        f"{result.category} ({result.detector}): image scores",
+        "image anomaly score",
+        path,
+    )
 
 
 def _pick_examples(result: CategoryResult, per_group: int) -> list[tuple[str, int]]:
@@ -142,8 +160,10 @@ def example_grid(result: CategoryResult, path: Path, per_group: int = 3) -> Path
         panels = [image]
         if with_gt:
             panels.append(mask_image(result.masks[i]))
-        panels += [overlay(image, result.maps[i], vmin, vmax),
-                   mask_image(result.maps[i] > result.threshold)]
+        panels += [
+            overlay(image, result.maps[i], vmin, vmax),
+            mask_image(result.maps[i] > result.threshold),
+        ]
         for col, panel in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(panel)
@@ -153,8 +173,13 @@ def example_grid(result: CategoryResult, path: Path, per_group: int = 3) -> Path
                 ax.set_title(columns[col], fontsize=10)
         axes[row, 0].set_ylabel(f"{group}\n{r.defect_type}\n{r.score:.3g}", fontsize=8)
     scale = ScalarMappable(Normalize(vmin, vmax), cmap=CMAP)
-    fig.colorbar(scale, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02,
-                 label="anomaly score (one scale per category)")
+    fig.colorbar(
+        scale,
+        ax=axes.ravel().tolist(),
+        fraction=0.03,
+        pad=0.02,
+        label="anomaly score (one scale per category)",
+    )
     fig.suptitle(f"{result.category} ({result.detector}): threshold {result.threshold:.3g}")
     return _save(fig, path)
 
@@ -197,20 +222,33 @@ def benchmark_figures(results: Sequence[CategoryResult], out: Path) -> dict[str,
     for detector, per_metric in rankings(results).items():
         for key, entries in per_metric.items():
             made[f"{detector}_rank_{key}"] = bar_figure(
-                [e["category"] for e in entries], [e["value"] for e in entries],
-                f"{detector}: categories ranked by {RANKED_BY[key]}", key,
-                out / f"{detector}_rank_{key}.png")
+                [e["category"] for e in entries],
+                [e["value"] for e in entries],
+                f"{detector}: categories ranked by {RANKED_BY[key]}",
+                key,
+                out / f"{detector}_rank_{key}.png",
+            )
     labels = [f"{r.category} ({r.detector})" for r in results]
-    made["fit_time"] = bar_figure(labels, [r.fit_seconds for r in results],
-                                  "fit time per category", "seconds", out / "fit_time.png")
-    made["evaluate_time"] = bar_figure(labels, [r.evaluate_seconds for r in results],
-                                       "evaluation (inference + metrics) time per category",
-                                       "seconds", out / "evaluate_time.png")
+    made["fit_time"] = bar_figure(
+        labels,
+        [r.fit_seconds for r in results],
+        "fit time per category",
+        "seconds",
+        out / "fit_time.png",
+    )
+    made["evaluate_time"] = bar_figure(
+        labels,
+        [r.evaluate_seconds for r in results],
+        "evaluation (inference + metrics) time per category",
+        "seconds",
+        out / "evaluate_time.png",
+    )
     return made
 
 
-def contact_sheet(predictions, threshold: float, scale: tuple[float, float], path: Path,
-                  count: int = 12) -> Path:
+def contact_sheet(
+    predictions, threshold: float, scale: tuple[float, float], path: Path, count: int = 12
+) -> Path:
     """The ``count`` most anomalous predictions as heatmap overlays, highest score first."""
     top = sorted(predictions, key=lambda p: -p.score)[:count]
     cols = min(4, len(top))

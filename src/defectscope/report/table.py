@@ -60,8 +60,11 @@ def rankings(results: Sequence[CategoryResult]) -> dict[str, dict[str, list[dict
                 own, key=lambda r: (r.metrics[key] is None, -(r.metrics[key] or 0.0), r.category)
             )
             out[detector][key] = [
-                {"rank": i + 1 if r.metrics[key] is not None else None, "category": r.category,
-                 "value": r.metrics[key]}
+                {
+                    "rank": i + 1 if r.metrics[key] is not None else None,
+                    "category": r.category,
+                    "value": r.metrics[key],
+                }
                 for i, r in enumerate(ordered)
             ]
     return out
@@ -128,7 +131,12 @@ def write_tables(results: Sequence[CategoryResult], out_dir: Path) -> dict[str, 
             writer.writerow(["path", "defect_type", "is_anomalous", "score", "predicted_anomalous"])
             for img in r.images:
                 writer.writerow(
-                    [img.path, img.defect_type, int(img.is_anomalous), f"{img.score:.6g}",
-                     int(img.predicted_anomalous)]
+                    [
+                        img.path,
+                        img.defect_type,
+                        int(img.is_anomalous),
+                        f"{img.score:.6g}",
+                        int(img.predicted_anomalous),
+                    ]
                 )
     return paths
