@@ -4,7 +4,7 @@ import torch
 from scipy import ndimage
 
 from defectscope.ops import GaussianAccumulator, gaussian_blur, mahalanobis, precision_cholesky
-from defectscope.ops.gaussian import pack_lower, unpack_lower
+from defectscope.ops.gaussian import pack_lower, precision_cholesky_of, unpack_lower
 
 
 def test_streaming_statistics_equal_two_pass():
@@ -18,15 +18,12 @@ def test_streaming_statistics_equal_two_pass():
     torch.testing.assert_close(acc.covariance(0.0), ref_cov, atol=1e-4, rtol=1e-5)
 
 
-def test_merge_equals_single_stream():
+def test_chunked_precision_equals_whole():
     x = torch.randn(40, 5, 4, generator=torch.Generator().manual_seed(1))
-    whole, a, b = GaussianAccumulator(5, 4), GaussianAccumulator(5, 4), GaussianAccumulator(5, 4)
-    whole.update(x)
-    a.update(x[:13])
-    b.update(x[13:])
-    a.merge(b)
-    # batch scatters are float32 (see GaussianAccumulator), so agreement is to ~1e-6
-    torch.testing.assert_close(a.covariance(0.01), whole.covariance(0.01), atol=1e-5, rtol=1e-5)
+    acc = GaussianAccumulator(5, 4)
+    acc.update(x)
+    whole = precision_cholesky(acc.covariance(0.01)).float()
+    torch.testing.assert_close(precision_cholesky_of(acc, 0.01, chunk=2), whole)
 
 
 def test_mahalanobis_matches_inverse_covariance():

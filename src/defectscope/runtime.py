@@ -67,6 +67,9 @@ class OnnxModule:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # The arena keeps the largest batch's activations (hundreds of MB) for the process's
+        # life; without it they are returned after every batch, at no measurable speed cost.
+        options.enable_cpu_mem_arena = False
         # Spinning worker threads burn the cores that image decoding needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -22,8 +22,8 @@ from defectscope.backbones import (
 from defectscope.data.loader import iter_batches
 from defectscope.errors import ConfigError
 from defectscope.models.base import Detector
-from defectscope.ops import GaussianAccumulator, gaussian_blur, mahalanobis, precision_cholesky
-from defectscope.ops.gaussian import pack_lower, unpack_lower
+from defectscope.ops import GaussianAccumulator, gaussian_blur, mahalanobis
+from defectscope.ops.gaussian import pack_lower, precision_cholesky_of, unpack_lower
 from defectscope.progress import progress_bar
 from defectscope.runtime import compile_module, graph_key, resolve_runtime
 
@@ -229,37 +229,39 @@ class PaDiM(Detector):
         held = [paths[i] for i in order[:n_holdout]]
         rest = [paths[i] for i in sorted(order[n_holdout:])]
         positions = feature_size[0] * feature_size[1]
-        main = GaussianAccumulator(positions, n_features)
-        held_acc = GaussianAccumulator(positions, n_features)
+        acc = GaussianAccumulator(positions, n_features)
         held_embeddings = []
         with progress_bar(len(paths), "fitting", enabled=self.progress) as bar:
-            for items, acc, keep in ((held, held_acc, True), (rest, main, False)):
-                for idx, batch in iter_batches(
-                    items, self.image_size, self.batch_size, self.num_workers
-                ):
+            for items, keep in ((held, True), (rest, False)):
+                batches = iter_batches(items, self.image_size, self.batch_size, self.num_workers)
+                for idx, batch in batches:
                     with torch.inference_mode():
                         emb = self.embed(batch)
-                    acc.update(emb)
                     if keep:
                         held_embeddings.append(emb)
+                    else:
+                        acc.update(emb)
                     bar.update(len(idx))
 
         if held_embeddings:
-            self._set_gaussian(main)
+            self._set_gaussian(acc)
             with torch.inference_mode():
                 maps = torch.cat([self._maps_from_embeddings(e) for e in held_embeddings])
                 self.threshold_ = self._threshold(self.image_scores(maps).numpy())
-            main.merge(held_acc)
-        self._set_gaussian(main)
-        if not held_embeddings:
+            # The held-out images join the final model: the saved Gaussian uses every image.
+            for emb in held_embeddings:
+                acc.update(emb)
+            del held_embeddings, maps
+        else:
             self.threshold_ = float("inf")
             log.warning("holdout=0: no threshold was chosen; every image will pass")
-        self.n_train_ = main.count
+        self._set_gaussian(acc)
+        self.n_train_ = acc.count
         self.n_holdout_ = n_holdout
 
     def _set_gaussian(self, acc: GaussianAccumulator) -> None:
         self.mean_ = acc.mean.float()
-        self.precision_chol_ = precision_cholesky(acc.covariance(self.regularization)).float()
+        self.precision_chol_ = precision_cholesky_of(acc, self.regularization)
 
     # -- scoring ---------------------------------------------------------------
     def _maps_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:

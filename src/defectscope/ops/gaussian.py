@@ -37,29 +37,17 @@ class GaussianAccumulator:
         total = self.count + batch
         delta = batch_mean.double() - self.mean  # (P, D)
         # The batch scatter is P matrices of D x D; chunk the positions so the float32
-        # temporary stays under chunk_bytes (wide_resnet50_2 has D = 550).
+        # temporary stays under chunk_bytes (wide_resnet50_2 has D = 550). Both additions are
+        # in place into the float64 sums: no float64 temporary of the scatter's size is made.
         step = max(1, self._chunk_bytes // (4 * dim * dim))
+        weight = self.count * batch / total
         for start in range(0, positions, step):
             stop = min(positions, start + step)
             centred = (x[:, start:stop] - batch_mean[start:stop]).transpose(0, 1)  # (p, B, D)
-            self.scatter[start:stop] += torch.bmm(centred.transpose(1, 2), centred).double()
+            self.scatter[start:stop].add_(torch.bmm(centred.transpose(1, 2), centred))
             d = delta[start:stop]
-            self.scatter[start:stop] += (
-                d.unsqueeze(2) * d.unsqueeze(1) * (self.count * batch / total)
-            )
+            self.scatter[start:stop].baddbmm_(d.unsqueeze(2), d.unsqueeze(1), alpha=weight)
         self.mean += delta * (batch / total)
-        self.count = total
-
-    def merge(self, other: GaussianAccumulator) -> None:
-        """Fold another accumulator's samples into this one (Chan et al.'s pairwise merge)."""
-        if other.count == 0:
-            return
-        total = self.count + other.count
-        delta = other.mean - self.mean
-        self.scatter += other.scatter + delta.unsqueeze(2) * delta.unsqueeze(1) * (
-            self.count * other.count / total
-        )
-        self.mean += delta * (other.count / total)
         self.count = total
 
     def covariance(self, regularization: float) -> torch.Tensor:
@@ -71,16 +59,34 @@ class GaussianAccumulator:
         return cov
 
 
-def precision_cholesky(cov: torch.Tensor) -> torch.Tensor:
+def precision_cholesky_of(
+    acc: GaussianAccumulator, regularization: float, *, chunk: int = 512
+) -> torch.Tensor:
+    """:func:`precision_cholesky` of an accumulator's regularised covariance, as float32.
+
+    Works ``chunk`` positions at a time, so no full-size float64 covariance is ever built:
+    peak memory stays at the accumulator plus the float32 result.
+    """
+    positions, dim = acc.mean.shape
+    out = torch.empty(positions, dim, dim, dtype=torch.float32)
+    for start in range(0, positions, chunk):
+        stop = min(positions, start + chunk)
+        cov = acc.scatter[start:stop] / (acc.count - 1)
+        cov.diagonal(dim1=1, dim2=2).add_(regularization)
+        out[start:stop] = precision_cholesky(cov, first_position=start)
+    return out
+
+
+def precision_cholesky(cov: torch.Tensor, *, first_position: int = 0) -> torch.Tensor:
     """Inverse of the lower Cholesky factor of each covariance: ``(P, D, D) -> (P, D, D)``.
 
     With ``cov = L L^T`` and ``W = L^{-1}``, the squared Mahalanobis distance is
     ``|W (x - mean)|^2``: a sum of squares, never negative, unlike ``x^T cov^{-1} x`` in
-    floating point. Computed in float64.
+    floating point. Computed in float64; ``first_position`` only numbers positions in errors.
     """
     chol, info = torch.linalg.cholesky_ex(cov.double())
     if int(info.max()) > 0:
-        bad = int((info > 0).nonzero()[0])
+        bad = first_position + int((info > 0).nonzero()[0])
         raise ValueError(
             f"covariance at position {bad} is not positive definite; increase the regularization"
         )
