@@ -40,8 +40,13 @@ def run_defectscope(category_dir: Path, runtime: str) -> dict:
     from defectscope.evaluation import evaluate
 
     category = load_category(category_dir, require_test=True)
-    model = PaDiM(n_features=N_FEATURES, image_size=IMAGE_SIZE, batch_size=BATCH,
-                  runtime=runtime, num_workers=2)
+    model = PaDiM(
+        n_features=N_FEATURES,
+        image_size=IMAGE_SIZE,
+        batch_size=BATCH,
+        runtime=runtime,
+        num_workers=2,
+    )
     start = time.perf_counter()
     model.fit(category)
     fit_s = time.perf_counter() - start
@@ -77,9 +82,14 @@ def run_anomalib(category_dir: Path) -> dict:
     metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_")]
     if has_masks:
         metrics.append(AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_"))
-    model = Padim(backbone="efficientnet_lite0", layers=LAYERS, pre_trained=False,
-                  n_features=N_FEATURES, evaluator=Evaluator(test_metrics=metrics),
-                  visualizer=False)
+    model = Padim(
+        backbone="efficientnet_lite0",
+        layers=LAYERS,
+        pre_trained=False,
+        n_features=N_FEATURES,
+        evaluator=Evaluator(test_metrics=metrics),
+        visualizer=False,
+    )
     # Same ImageNet weights as defectscope: the full timm model's tensors, by name.
     full, _ = build_backbone(resolve_spec("efficientnet_lite0"), None)
     extractor = model.model.feature_extractor.feature_extractor
@@ -95,11 +105,13 @@ def run_anomalib(category_dir: Path) -> dict:
         train_batch_size=BATCH,
         eval_batch_size=BATCH,
         num_workers=2,
-        val_split_mode="same_as_test",  # anomalib needs a validation set; this one costs no test images
+        # anomalib needs a validation set; this one takes no images from the test set
+        val_split_mode="same_as_test",
     )
     root = tempfile.mkdtemp()
-    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=root,
-                    enable_progress_bar=False)
+    engine = Engine(
+        accelerator="cpu", devices=1, logger=False, default_root_dir=root, enable_progress_bar=False
+    )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
@@ -135,8 +147,9 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="MVTec root (or one category)")
     parser.add_argument("--categories", nargs="+")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--impls", nargs="+",
-                        default=["defectscope:onnxruntime", "defectscope:torch", "anomalib"])
+    parser.add_argument(
+        "--impls", nargs="+", default=["defectscope:onnxruntime", "defectscope:torch", "anomalib"]
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-category", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,9 +167,19 @@ def main() -> None:
         for repeat in range(args.repeats):
             for impl in args.impls:  # alternate implementations within each repeat
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--data", args.data, "--child", impl,
-                     "--child-category", str(folder)],
-                    capture_output=True, text=True, env=env,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--data",
+                        args.data,
+                        "--child",
+                        impl,
+                        "--child-category",
+                        str(folder),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
                 )
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode or not lines:
@@ -177,8 +200,10 @@ def main() -> None:
     for row in table:
         cells = [f"{row[k]:.3f}" if isinstance(row[k], float) else "n/a" for k in keys]
         print(f"| {row['category']} | {row['impl']} | " + " | ".join(cells) + " |")
-    print("\nratios anomalib / defectscope (fit+evaluate time, peak RSS; >1 means defectscope "
-          "is faster or leaner), and AUROC differences defectscope - anomalib:")
+    print(
+        "\nratios anomalib / defectscope (fit+evaluate time, peak RSS; >1 means defectscope "
+        "is faster or leaner), and AUROC differences defectscope - anomalib:"
+    )
     for folder in folders:
         ref = next(r for r in table if r["category"] == folder.name and r["impl"] == "anomalib")
         for row in table:
@@ -188,13 +213,16 @@ def main() -> None:
             memory = ref["peak_rss_mb"] / row["peak_rss_mb"]
             predict = row["predict_img_s"] / ref["predict_img_s"]
             diffs = [
-                f"{k} {row[k] - ref[k]:+.4f}" if row[k] is not None and ref[k] is not None
+                f"{k} {row[k] - ref[k]:+.4f}"
+                if row[k] is not None and ref[k] is not None
                 else f"{k} n/a"
                 for k in ("image_auroc", "pixel_auroc")
             ]
-            print(f"{folder.name} {row['impl']}: fit+evaluate {total:.1f}x faster, "
-                  f"predict {predict:.1f}x the throughput, peak RSS {memory:.2f}x lower; "
-                  + ", ".join(diffs))
+            print(
+                f"{folder.name} {row['impl']}: fit+evaluate {total:.1f}x faster, "
+                f"predict {predict:.1f}x the throughput, peak RSS {memory:.2f}x lower; "
+                + ", ".join(diffs)
+            )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import torch
 
 from defectscope import PaDiM
 from defectscope.data import load_category
-from defectscope.data.loader import iter_batches
 from defectscope.data.images import load_image
+from defectscope.data.loader import iter_batches
 from defectscope.runtime import compile_module
 
 
@@ -47,8 +47,10 @@ def main() -> None:
     category = load_category(args.data)
     paths = [s.path for s in category.test_samples] or list(category.train_paths)
     size, batch = args.image_size, args.batch_size
-    print(f"category {category.name}: {len(paths)} test images, batch {batch}, {size}x{size}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"category {category.name}: {len(paths)} test images, batch {batch}, {size}x{size}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     model = PaDiM(backbone=args.backbone, image_size=size, batch_size=batch, runtime="torch")
     model.fit(category)
@@ -76,8 +78,10 @@ def main() -> None:
     fast.fit(category)
     predict = median_rate(lambda: fast.score(paths), len(paths), args.repeats)
     best = max(rates.values())
-    print(f"defectscope predict end to end:      {predict:7.1f} img/s "
-          f"= {predict / best:.0%} of the fastest forward pass alone ({best:.1f} img/s)")
+    print(
+        f"defectscope predict end to end:      {predict:7.1f} img/s "
+        f"= {predict / best:.0%} of the fastest forward pass alone ({best:.1f} img/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from defectscope.data.mvtec import discover, load_category
 from defectscope.errors import ConfigError, DataError, DefectscopeError, unknown_name
 from defectscope.evaluation import CategoryResult, fit_and_evaluate
 from defectscope.models import DETECTORS, Detector, Prediction
+from defectscope.models.classifier import cross_validate
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,12 @@ def benchmark(
                 f"{name} on {category.name}: {len(category.train_paths)} train, "
                 f"{len(category.test_samples)} test images"
             )
+            make = lambda n=name: make_detector(n, params)  # noqa: E731
             try:
-                _, result = fit_and_evaluate(
-                    lambda n=name: make_detector(n, params), category, run / "models" / name
-                )
+                if name == "classifier":
+                    result = cross_validate(make, category, seed=params.get("seed", 0))
+                else:
+                    _, result = fit_and_evaluate(make, category, run / "models" / name)
             except DefectscopeError as exc:
                 failures.append(f"{category.name} ({name}): {exc}")
                 log(f"error: {category.name} ({name}) skipped: {exc}")

@@ -27,6 +27,7 @@ METRICS = (
     "pixel_f1_best",
     "pixel_f1_fixed",
     "aupro_30",
+    "image_accuracy_fixed",
 )
 METRIC_LABELS = {
     "image_auroc": "image AUROC",
@@ -36,6 +37,7 @@ METRIC_LABELS = {
     "pixel_f1_best": "pixel F1 (best threshold on test, optimistic)",
     "pixel_f1_fixed": "pixel F1 (threshold fitted without test labels)",
     "aupro_30": "AUPRO up to FPR 0.3",
+    "image_accuracy_fixed": "image accuracy (threshold fitted without test labels)",
 }
 
 
@@ -90,6 +92,7 @@ def compute_metrics(
     out: dict[str, float | None] = dict.fromkeys(METRICS)
     if labels.any() and not labels.all():
         out["image_auroc"] = metrics.auroc(labels, scores)
+    out["image_accuracy_fixed"] = float(np.mean((scores > threshold) == labels))
     if labels.any():
         out["image_f1_best"] = metrics.best_f1(labels, scores)[0]
         out["image_f1_fixed"] = metrics.f1_at(labels, scores, threshold)
@@ -187,4 +190,6 @@ def fit_and_evaluate(
         detector.save(model_dir / category.name / "model.safetensors")
     result = evaluate(detector, category)
     result.fit_seconds = fit_seconds
+    if getattr(detector, "history_", None):
+        result.extra["history"] = detector.history_
     return detector, result

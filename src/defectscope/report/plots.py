@@ -191,11 +191,25 @@ def category_figures(result: CategoryResult, out: Path) -> dict[str, Path]:
         "roc": roc_figure(result, out / f"{stem}_roc.png"),
         "pro": pro_figure(result, out / f"{stem}_pro.png"),
         "histogram": score_histogram(result, out / f"{stem}_histogram.png"),
-        "examples": example_grid(result, out / f"{stem}_examples.png"),
+        "examples": example_grid(result, out / f"{stem}_examples.png")
+        if result.maps is not None
+        else None,
     }
-    for name, figure in result.extra.get("figures", {}).items():
-        made[name] = Path(figure)
+    if result.extra.get("history"):
+        made["loss"] = loss_figure(result.extra["history"], result, out / f"{stem}_loss.png")
     return {k: v for k, v in made.items() if v is not None}
+
+
+def loss_figure(history: dict[str, list[float]], result: CategoryResult, path: Path) -> Path:
+    """Training and validation loss per epoch."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    epochs = np.arange(1, len(history["train"]) + 1)
+    ax.plot(epochs, history["train"], label="train")
+    ax.plot(epochs, history["val"], label="validation")
+    ax.set(xlabel="epoch", ylabel="loss", title=f"{result.category} ({result.detector}): loss")
+    ax.legend()
+    return _save(fig, path)
 
 
 def bar_figure(

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+
+import defectscope
+from defectscope.data import load_category
+from defectscope.data.synthetic import make_category
+from defectscope.errors import ConfigError, DataError, NotFittedError
+from defectscope.evaluation import evaluate
+from defectscope.models import Autoencoder, Classifier
+from defectscope.models.classifier import cross_validate, stratified_folds
+
+from .conftest import SIZE, small_padim
+
+
+def small_autoencoder(**kwargs):
+    return Autoencoder(**{"image_size": SIZE, "epochs": 15, "num_workers": 1, **kwargs})
+
+
+def small_classifier(**kwargs):
+    return Classifier(**{"image_size": SIZE, "num_workers": 1, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    root = make_category(
+        tmp_path_factory.mktemp("cls") / "c",
+        kind="object",
+        size=SIZE,
+        n_train=3,
+        n_test_good=30,
+        n_test_defect=10,
+        seed=4,
+        defects=("stain", "hole", "scratch"),
+    )
+    return load_category(root)
+
+
+@pytest.mark.parametrize("make", [small_padim, small_autoencoder], ids=["padim", "autoencoder"])
+def test_contract(make, texture, tmp_path):
+    """Every unsupervised detector: fit returns self, unfitted raises, shapes, round trip."""
+    samples = [s.path for s in load_category(texture).test_samples]
+    model = make()
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        model.score(samples[:1])
+    assert model.fit(texture) is model
+    scored = model.score(samples)
+    assert scored.scores.shape == (len(samples),)
+    assert scored.maps.shape == (len(samples), SIZE, SIZE)
+    loaded = defectscope.load(model.save(tmp_path / "m.safetensors"))
+    assert type(loaded) is type(model)
+    np.testing.assert_array_equal(loaded.score(samples).scores, scored.scores)
+
+
+def test_autoencoder_beats_chance(texture):
+    model = small_autoencoder().fit(texture)
+    result = evaluate(model, texture)
+    assert result.metrics["image_auroc"] >= 0.8
+    assert result.metrics["pixel_auroc"] >= 0.8
+    assert len(model.history_["train"]) == len(model.history_["val"]) >= 1
+
+
+def test_autoencoder_rejects_bad_options(texture):
+    with pytest.raises(ConfigError, match="unknown augmentation 'hflp'; did you mean 'hflip'"):
+        small_autoencoder(augment=["hflp"]).fit(texture)
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        small_autoencoder(image_size=72).fit(texture)
+
+
+def test_folds_are_disjoint_stratified_and_complete():
+    labels = np.array([True] * 10 + [False] * 25)
+    folds = stratified_folds(labels, 5, seed=0)
+    joined = np.concatenate(folds)
+    assert sorted(joined.tolist()) == list(range(35))  # every sample exactly once
+    for fold in folds:
+        assert labels[fold].sum() == 2 and (~labels[fold]).sum() == 5
+
+
+def test_classifier_cross_validation_beats_chance(labelled):
+    result = cross_validate(small_classifier, labelled, folds=4)
+    folds = [set(f) for f in result.extra["folds"]]
+    assert all(a.isdisjoint(b) for i, a in enumerate(folds) for b in folds[i + 1 :])
+    assert result.metrics["image_auroc"] >= 0.75
+    assert result.extra["accuracy"] == result.metrics["image_accuracy_fixed"]
+
+
+def test_classifier_round_trip_and_refuses_unlabelled(labelled, tmp_path):
+    paths = [s.path for s in labelled.test_samples]
+    labels = [s.is_anomalous for s in labelled.test_samples]
+    model = small_classifier(epochs=3).fit(paths, labels)
+    loaded = defectscope.load(model.save(tmp_path / "c.safetensors"))
+    np.testing.assert_array_equal(loaded.score(paths).scores, model.score(paths).scores)
+    with pytest.raises(DataError, match="the classifier is supervised"):
+        small_classifier().fit(labelled)
