@@ -182,7 +182,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     (run / "config.json").write_text(
         json.dumps(
             {
-                "command": sys.argv,
+                "command": args.command,
                 "detector": detector.name,
                 "params": detector.get_params(),
                 "fitted": detector.fitted_info(),
@@ -216,7 +216,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     category = load_category(args.data, require_test=True)
     result = evaluate(detector, category)
     run = next_run_dir(Path(args.project) / "evaluate", args.name or category.name)
-    write_run([result], run, {"command": sys.argv, "params": detector.get_params()})
+    write_run([result], run, {"command": args.command, "params": detector.get_params()})
     _print_results([result], run, args)
     return 0
 
@@ -264,7 +264,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         model_params(args),
         run,
         categories=args.categories,
-        command=sys.argv,
+        command=args.command,
         log=lambda s: _say(args, s),
     )
     _print_results(results, run, args)
@@ -281,7 +281,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _say(args, f"writing a synthetic MVTec-layout data set to {data}")
     make_dataset(data, size=args.size)
     results = benchmark(
-        data, ["padim"], model_params(args), run, command=sys.argv, log=lambda s: _say(args, s)
+        data, ["padim"], model_params(args), run, command=args.command, log=lambda s: _say(args, s)
     )
     _print_results(results, run, args)
     return 0
@@ -306,7 +306,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command = ["defectscope", *argv]
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s: %(message)s",
