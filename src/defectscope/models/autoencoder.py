@@ -109,25 +109,6 @@ class Autoencoder(Detector):
         self.num_workers = num_workers
         self.progress = progress
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "image_size": self.image_size,
-            "latent": self.latent,
-            "width": self.width,
-            "epochs": self.epochs,
-            "patience": self.patience,
-            "lr": self.lr,
-            "augment": list(self.augment),
-            "sigma": self.sigma,
-            "top_fraction": self.top_fraction,
-            "holdout": self.holdout,
-            "threshold_quantile": self.threshold_quantile,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "progress": self.progress,
-        }
-
     def _validate(self) -> None:
         super()._validate()
         check_augment(self.augment)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -157,9 +158,11 @@ class Detector(ABC):
         ]
 
     # -- persistence ---------------------------------------------------------------------------
-    @abstractmethod
     def get_params(self) -> dict[str, Any]:
-        """Constructor arguments, as given (JSON-serialisable)."""
+        """Constructor arguments, as stored (tuples as lists, so that they serialise to JSON)."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        values = {n: getattr(self, n) for n in names}
+        return {n: list(v) if isinstance(v, tuple) else v for n, v in values.items()}
 
     @abstractmethod
     def _state_tensors(self) -> dict[str, torch.Tensor]:

@@ -105,22 +105,6 @@ class Classifier(Detector):
         self.num_workers = num_workers
         self.progress = progress
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "image_size": self.image_size,
-            "width": self.width,
-            "epochs": self.epochs,
-            "patience": self.patience,
-            "lr": self.lr,
-            "augment": list(self.augment),
-            "holdout": self.holdout,
-            "threshold_quantile": self.threshold_quantile,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "progress": self.progress,
-        }
-
     def fit(self, data: Sequence[str | Path], labels: Sequence[bool] | None = None) -> Classifier:
         """Train on images with labels (True = defective); returns ``self``."""
         if labels is None or isinstance(data, (str, Path, Category)):

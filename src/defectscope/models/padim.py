@@ -141,25 +141,6 @@ class PaDiM(Detector):
         self.progress = progress
         self._embedder = None
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "backbone": self.backbone,
-            "layers": list(self.layers) if self.layers else None,
-            "weights": self.weights,
-            "n_features": self.n_features,
-            "image_size": self.image_size,
-            "regularization": self.regularization,
-            "sigma": self.sigma,
-            "holdout": self.holdout,
-            "threshold_quantile": self.threshold_quantile,
-            "runtime": self.runtime,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "progress": self.progress,
-        }
-
-    # -- building the feature extractor ------------------------------------------------------------
     def _validate(self) -> None:
         super()._validate()
         if not self.regularization > 0:
