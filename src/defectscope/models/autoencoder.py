@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from defectscope.errors import ConfigError
-from defectscope.models.base import Detector
-from defectscope.models.training import check_augment, load_all, split_holdout, train
+from defectscope.models.training import NetDetector, check_augment, load_all, split_holdout
 from defectscope.ops import gaussian_blur
 
 
@@ -54,7 +53,7 @@ def _reconstruction_loss(net: nn.Module, x: torch.Tensor, _: torch.Tensor | None
     return F.mse_loss(net(x), x)
 
 
-class Autoencoder(Detector):
+class Autoencoder(NetDetector):
     """Convolutional autoencoder trained on defect-free images; anomaly = reconstruction error.
 
     The pixel map is the squared error averaged over colour channels and smoothed (``sigma``);
@@ -72,7 +71,6 @@ class Autoencoder(Detector):
     """
 
     name: ClassVar[str] = "autoencoder"
-    fitted_attributes: ClassVar[tuple[str, ...]] = ("net_", "threshold_")
 
     def __init__(
         self,
@@ -121,22 +119,7 @@ class Autoencoder(Detector):
         torch.manual_seed(self.seed)
         images = load_all(paths, self.image_size, self.num_workers)
         train_idx, val_idx = split_holdout(len(images), self.holdout, self.seed)
-        self.net_ = ConvAutoencoder(self.latent, self.width)
-        self.history_ = train(
-            self.net_,
-            _reconstruction_loss,
-            images[train_idx],
-            None,
-            images[val_idx],
-            None,
-            epochs=self.epochs,
-            patience=self.patience,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            augment=self.augment,
-            seed=self.seed,
-            progress=self.progress,
-        )
+        self._train(_reconstruction_loss, images[train_idx], None, images[val_idx], None)
         with torch.no_grad():
             held = self.image_scores(self._error_maps(images[val_idx]))
         self.threshold_ = self._threshold(held.numpy())
@@ -155,15 +138,5 @@ class Autoencoder(Detector):
         k = max(1, int(self.top_fraction * flat.shape[1]))
         return flat.topk(k, dim=1).values.mean(dim=1)
 
-    def fitted_info(self) -> dict[str, Any]:
-        return {"threshold_": self.threshold_, "history_": self.history_}
-
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
-
-    def _set_state(self, tensors: dict[str, torch.Tensor], fitted: dict[str, Any]) -> None:
-        self.net_ = ConvAutoencoder(self.latent, self.width)
-        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        self.net_.eval()
-        self.threshold_ = float(fitted["threshold_"])
-        self.history_ = fitted.get("history_", {})
+    def _new_net(self) -> nn.Module:
+        return ConvAutoencoder(self.latent, self.width)

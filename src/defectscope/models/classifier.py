@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -19,8 +19,7 @@ from torch import nn
 
 from defectscope.data.mvtec import Category
 from defectscope.errors import ConfigError, DataError
-from defectscope.models.base import Detector
-from defectscope.models.training import check_augment, load_all, train
+from defectscope.models.training import NetDetector, check_augment, load_all
 
 
 class SmallCNN(nn.Module):
@@ -65,7 +64,7 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     return [np.sort(np.array(f, dtype=int)) for f in folds]
 
 
-class Classifier(Detector):
+class Classifier(NetDetector):
     """Supervised good/defective CNN. Score = probability of 'defective'; threshold 0.5.
 
     It has no localisation: its anomaly map is the image score everywhere. Train it with
@@ -74,7 +73,6 @@ class Classifier(Detector):
     """
 
     name: ClassVar[str] = "classifier"
-    fitted_attributes: ClassVar[tuple[str, ...]] = ("net_", "threshold_")
 
     def __init__(
         self,
@@ -127,22 +125,7 @@ class Classifier(Detector):
         val = folds[0]
         tr = np.setdiff1d(np.arange(len(y)), val)
         target = torch.from_numpy(y).float()
-        self.net_ = SmallCNN(self.width)
-        self.history_ = train(
-            self.net_,
-            _bce,
-            images[tr],
-            target[tr],
-            images[val],
-            target[val],
-            epochs=self.epochs,
-            patience=self.patience,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            augment=self.augment,
-            seed=self.seed,
-            progress=self.progress,
-        )
+        self._train(_bce, images[tr], target[tr], images[val], target[val])
         self.threshold_ = 0.5
         return self
 
@@ -155,18 +138,8 @@ class Classifier(Detector):
             prob = torch.sigmoid(self.net_(images))
         return prob.view(-1, 1, 1).expand(-1, images.shape[-2], images.shape[-1]).contiguous()
 
-    def fitted_info(self) -> dict[str, Any]:
-        return {"threshold_": self.threshold_, "history_": self.history_}
-
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
-
-    def _set_state(self, tensors: dict[str, torch.Tensor], fitted: dict[str, Any]) -> None:
-        self.net_ = SmallCNN(self.width)
-        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        self.net_.eval()
-        self.threshold_ = float(fitted["threshold_"])
-        self.history_ = fitted.get("history_", {})
+    def _new_net(self) -> nn.Module:
+        return SmallCNN(self.width)
 
 
 def cross_validate(

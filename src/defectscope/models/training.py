@@ -4,7 +4,9 @@ loss history, progress with epoch, loss and ETA."""
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -13,10 +15,13 @@ from torch import nn
 
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.errors import ConfigError, unknown_name
+from defectscope.models.base import Detector
 from defectscope.progress import progress_bar
 
 AUGMENTATIONS = ("hflip", "vflip", "rotate")
 MAX_ROTATION_DEG = 10.0
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def check_augment(augment: Sequence[str]) -> None:
@@ -57,7 +62,7 @@ def augment_batch(x: torch.Tensor, augment: Sequence[str], gen: torch.Generator)
 
 def train(
     net: nn.Module,
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    loss_fn: LossFn,
     x_train: torch.Tensor,
     y_train: torch.Tensor | None,
     x_val: torch.Tensor,
@@ -118,3 +123,62 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     order = np.random.default_rng(seed).permutation(n)
     k = min(n - 2, max(1, round(fraction * n)))
     return np.sort(order[k:]), np.sort(order[:k])
+
+
+class NetDetector(Detector):
+    """A detector whose learned state is one trained network plus a threshold (the baselines).
+
+    Subclasses build their network in :meth:`_new_net` and train it with :meth:`_train`;
+    saving and loading the network and its loss history is shared here.
+    """
+
+    fitted_attributes: ClassVar[tuple[str, ...]] = ("net_", "threshold_")
+
+    epochs: int
+    patience: int
+    lr: float
+    augment: Sequence[str]
+    seed: int
+
+    @abstractmethod
+    def _new_net(self) -> nn.Module:
+        """A freshly initialised network of this detector's configuration."""
+
+    def _train(
+        self,
+        loss_fn: LossFn,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor | None,
+        x_val: torch.Tensor,
+        y_val: torch.Tensor | None,
+    ) -> None:
+        """Build ``net_`` and train it with this detector's settings; sets ``history_``."""
+        self.net_ = self._new_net()
+        self.history_ = train(
+            self.net_,
+            loss_fn,
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            epochs=self.epochs,
+            patience=self.patience,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            augment=self.augment,
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+    def fitted_info(self) -> dict[str, Any]:
+        return {"threshold_": self.threshold_, "history_": self.history_}
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+
+    def _set_state(self, tensors: dict[str, torch.Tensor], fitted: dict[str, Any]) -> None:
+        self.net_ = self._new_net()
+        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.net_.eval()
+        self.threshold_ = float(fitted["threshold_"])
+        self.history_ = fitted.get("history_", {})
