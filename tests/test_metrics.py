@@ -33,6 +33,8 @@ def test_best_f1_matches_sklearn(data):
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best, threshold = metrics.best_f1(labels, scores)
     assert best == pytest.approx(f1.max(), abs=1e-9)
+    summary = metrics.roc_summary(labels, scores)  # the same, from the ROC's single sort
+    assert (summary.best_f1, summary.best_threshold) == pytest.approx((best, threshold))
     assert f1_score(labels, scores >= threshold) == pytest.approx(best)
 
 
@@ -66,6 +68,13 @@ def test_pro_weighs_regions_equally():
     # At the threshold that finds the small region and no good pixel, PRO is 1/2 (not 4/104).
     assert pro[1] == pytest.approx(0.5)
     assert fpr[1] == 0.0
+
+
+def test_thin_curve_keeps_ends_and_order():
+    x = np.linspace(0, 1, 10_001)
+    tx, ty = metrics.thin_curve(x, x**2, points=100)
+    assert tx.size <= 100 and tx[0] == 0 and tx[-1] == 1
+    assert np.all(np.diff(tx) > 0) and np.allclose(ty, tx**2)
 
 
 def test_metric_errors():

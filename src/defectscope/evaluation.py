@@ -57,8 +57,9 @@ class CategoryResult:
     """Metrics and per-image outcomes of one detector on one category.
 
     ``metrics`` maps each name in :data:`METRICS` to a float, or None where it cannot be computed
-    (pixel metrics without masks); ``notices`` says why. ``maps`` (N, S, S) and ``masks``
-    (N, S, S) or None are kept in memory for the figures and are not serialised.
+    (pixel metrics without masks); ``notices`` says why. ``maps`` (N, S, S), ``masks``
+    (N, S, S) or None, and ``curves`` (thinned ``(x, y)`` of ``image_roc``, ``pixel_roc`` and
+    ``pro``) are kept in memory for the figures and are not serialised.
     """
 
     category: str
@@ -72,13 +73,24 @@ class CategoryResult:
     n_train: int | None = None
     maps: np.ndarray | None = field(default=None, repr=False)
     masks: np.ndarray | None = field(default=None, repr=False)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("maps", "masks", "images")}
+        skip = ("maps", "masks", "curves", "images")
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
         out["n_test"] = len(self.images)
         out["images"] = [asdict(r) for r in self.images]
         return out
+
+
+@dataclass(frozen=True)
+class MetricSet:
+    """Metric values (every name in :data:`METRICS`, None where the inputs do not allow it)
+    and the curves they came from, thinned for plotting."""
+
+    values: dict[str, float | None]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def compute_metrics(
@@ -87,21 +99,29 @@ def compute_metrics(
     threshold: float,
     maps: np.ndarray | None = None,
     masks: np.ndarray | None = None,
-) -> dict[str, float | None]:
-    """Every metric in :data:`METRICS` that the inputs allow (None for the others)."""
+) -> MetricSet:
+    """Every metric in :data:`METRICS` that the inputs allow, each curve sorted once."""
     out: dict[str, float | None] = dict.fromkeys(METRICS)
-    if labels.any() and not labels.all():
-        out["image_auroc"] = metrics.auroc(labels, scores)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out["image_accuracy_fixed"] = float(np.mean((scores > threshold) == labels))
-    if labels.any():
+    if labels.any() and not labels.all():
+        roc = metrics.roc_summary(labels, scores)
+        out["image_auroc"], out["image_f1_best"] = roc.auroc, roc.best_f1
+        curves["image_roc"] = (roc.fpr, roc.tpr)
+    elif labels.any():
         out["image_f1_best"] = metrics.best_f1(labels, scores)[0]
+    if labels.any():
         out["image_f1_fixed"] = metrics.f1_at(labels, scores, threshold)
     if masks is not None and masks.any() and not masks.all():
-        out["pixel_auroc"] = metrics.auroc(masks, maps)
-        out["pixel_f1_best"] = metrics.best_f1(masks, maps)[0]
+        roc = metrics.roc_summary(masks, maps)
+        out["pixel_auroc"], out["pixel_f1_best"] = roc.auroc, roc.best_f1
+        curves["pixel_roc"] = metrics.thin_curve(roc.fpr, roc.tpr)
+        del roc  # the full pixel curve has one point per distinct score
         out["pixel_f1_fixed"] = metrics.f1_at(masks, maps, threshold)
-        out["aupro_30"] = metrics.aupro(masks, maps, fpr_limit=0.3)
-    return out
+        fpr, pro = metrics.pro_curve(masks, maps)
+        out["aupro_30"] = metrics.area_under_pro(fpr, pro, fpr_limit=0.3)
+        curves["pro"] = metrics.thin_curve(fpr, pro)
+    return MetricSet(out, curves)
 
 
 def evaluate(detector: Detector, category: Category | str | Path) -> CategoryResult:
@@ -143,7 +163,7 @@ def evaluate(detector: Detector, category: Category | str | Path) -> CategoryRes
             f"{category.name}: no ground-truth masks; pixel AUROC, pixel F1 and AUPRO skipped "
             "(image-level metrics only)"
         )
-    result_metrics = compute_metrics(
+    computed = compute_metrics(
         labels,
         scored.scores,
         detector.threshold_,
@@ -164,7 +184,7 @@ def evaluate(detector: Detector, category: Category | str | Path) -> CategoryRes
     return CategoryResult(
         category=category.name,
         detector=detector.name,
-        metrics=result_metrics,
+        metrics=computed.values,
         threshold=float(detector.threshold_),
         images=images,
         notices=notices,
@@ -172,7 +192,7 @@ def evaluate(detector: Detector, category: Category | str | Path) -> CategoryRes
         n_train=len(category.train_paths),
         maps=scored.maps,
         masks=masks,
-        extra={"pixel_rows": pixel_rows},
+        curves=computed.curves,
     )
 
 

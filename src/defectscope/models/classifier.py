@@ -177,12 +177,14 @@ def cross_validate(
         ImageResult(str(s.path), s.defect_type, bool(s.is_anomalous), float(x), bool(x > 0.5))
         for s, x in zip(samples, scores)
     ]
+    computed = compute_metrics(labels, scores, 0.5)
     return CategoryResult(
         category=category.name,
         detector=Classifier.name,
-        metrics=compute_metrics(labels, scores, 0.5),
+        metrics=computed.values,
         threshold=0.5,
         images=images,
+        curves=computed.curves,
         notices=[
             f"{category.name}: classifier scored by {folds}-fold cross-validation over the "
             "test split (supervised; no localisation)"

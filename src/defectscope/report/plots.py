@@ -14,20 +14,11 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from defectscope import metrics
 from defectscope.data.images import load_image
 from defectscope.evaluation import CategoryResult
 from defectscope.report.visualize import CMAP, mask_image, overlay
 
 DPI = 100
-
-
-def _thin(x: np.ndarray, y: np.ndarray, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``points`` points of a curve (pixel curves have millions)."""
-    if x.size <= points:
-        return x, y
-    keep = np.unique(np.linspace(0, x.size - 1, points).astype(int))
-    return x[keep], y[keep]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -43,19 +34,16 @@ def color_scale(result: CategoryResult) -> tuple[float, float]:
 
 
 def roc_figure(result: CategoryResult, path: Path) -> Path | None:
-    labels = np.array([r.is_anomalous for r in result.images])
-    if labels.all() or not labels.any():
+    """Image ROC and, where there are masks, pixel ROC (curves computed with the metrics)."""
+    if "image_roc" not in result.curves:
         return None
-    scores = np.array([r.score for r in result.images])
     fig = Figure(figsize=(5, 4.5))
     ax = fig.add_subplot()
-    fpr, tpr, _ = metrics.roc_curve(labels, scores)
-    ax.plot(fpr, tpr, label=f"image (AUROC {result.metrics['image_auroc']:.3f})")
-    if result.masks is not None and result.metrics["pixel_auroc"] is not None:
-        rows = _pixel_rows(result)
-        fpr, tpr, _ = metrics.roc_curve(result.masks[rows], result.maps[rows])
-        fpr, tpr = _thin(fpr, tpr)
-        ax.plot(fpr, tpr, label=f"pixel (AUROC {result.metrics['pixel_auroc']:.3f})")
+    ax.plot(*result.curves["image_roc"], label=f"image (AUROC {result.metrics['image_auroc']:.3f})")
+    if "pixel_roc" in result.curves:
+        ax.plot(
+            *result.curves["pixel_roc"], label=f"pixel (AUROC {result.metrics['pixel_auroc']:.3f})"
+        )
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(
         xlabel="false positive rate",
@@ -68,17 +56,10 @@ def roc_figure(result: CategoryResult, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _pixel_rows(result: CategoryResult) -> np.ndarray:
-    """Test images that count for pixel metrics: good ones and those with a mask."""
-    return np.asarray(result.extra["pixel_rows"])
-
-
 def pro_figure(result: CategoryResult, path: Path) -> Path | None:
-    if result.masks is None or result.metrics["aupro_30"] is None:
+    if "pro" not in result.curves:
         return None
-    rows = _pixel_rows(result)
-    fpr, pro = metrics.pro_curve(result.masks[rows], result.maps[rows])
-    fpr, pro = _thin(fpr, pro)
+    fpr, pro = result.curves["pro"]
     fig = Figure(figsize=(5, 4.5))
     ax = fig.add_subplot()
     ax.plot(fpr, pro, label=f"AUPRO@0.3 = {result.metrics['aupro_30']:.3f}")
