@@ -98,7 +98,6 @@ def benchmark(
             write_tables(results, run)
     if not results:
         raise DataError("no category could be evaluated: " + "; ".join(failures))
-    meta["params"] = params
     write_run(results, run, meta)
     return results
 
