@@ -3,7 +3,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from defectscope.ops import GaussianAccumulator, gaussian_blur, mahalanobis, precision_cholesky
+from defectscope.ops import (
+    GaussianAccumulator,
+    gaussian_blur,
+    mahalanobis,
+    precision_cholesky,
+    resize_blur,
+    resize_blur_matrix,
+)
 from defectscope.ops.gaussian import pack_lower, precision_cholesky_of, unpack_lower
 
 
@@ -52,3 +59,13 @@ def test_blur_matches_scipy():
     maps = torch.rand(2, 40, 37)
     ref = ndimage.gaussian_filter(maps.numpy(), sigma=(0, 4, 4), mode="mirror", truncate=4.0)
     np.testing.assert_allclose(gaussian_blur(maps, 4.0).numpy(), ref, atol=1e-5)
+
+
+def test_resize_blur_equals_upsample_then_blur():
+    maps = torch.rand(3, 16, 12) * 50
+    upsampled = torch.nn.functional.interpolate(
+        maps.unsqueeze(1), size=(64, 48), mode="bilinear", align_corners=False
+    ).squeeze(1)
+    expected = gaussian_blur(upsampled, 4.0)
+    got = resize_blur(maps, resize_blur_matrix(16, 64, 4.0), resize_blur_matrix(12, 48, 4.0))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)

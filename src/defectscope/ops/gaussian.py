@@ -109,7 +109,7 @@ def mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision_chol: torch.Tenso
     """
     centred = (x.to(precision_chol.dtype) - mean.to(precision_chol.dtype)).transpose(0, 1)
     whitened = torch.bmm(centred, precision_chol.transpose(1, 2))  # (P, B, D)
-    return whitened.pow(2).sum(dim=-1).sqrt().transpose(0, 1)
+    return torch.linalg.vector_norm(whitened, dim=-1).transpose(0, 1)
 
 
 def pack_lower(matrices: torch.Tensor) -> torch.Tensor:
