@@ -26,6 +26,11 @@ RUNTIMES = ("auto", "torch", "onnxruntime")
 # Relative tolerance for the exported graph against PyTorch: float32 kernels reorder sums, so
 # outputs differ in the last bits; a wrong export differs at the level of the values themselves.
 EXPORT_RTOL = 1e-3
+# ONNX Runtime is fed this many images per call, whatever the caller's batch. Measured for
+# efficientnet_lite0 at 256x256 on the 2-core CPU (img/s, median of 5): batch 32: 119,
+# 8: 148, 4: 290, 2: 219, 1: 194, identical outputs. Small batches keep the activations in
+# cache, and they also cut the peak memory of a forward pass by about 8x.
+MICRO_BATCH = 4
 
 
 def cache_dir() -> Path:
@@ -78,8 +83,11 @@ class OnnxModule:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().contiguous().numpy()
-        (out,) = self.session.run(None, {"images": array})
-        return torch.from_numpy(out)
+        outs = [
+            self.session.run(None, {"images": array[start : start + MICRO_BATCH]})[0]
+            for start in range(0, len(array), MICRO_BATCH)
+        ]
+        return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
 
     def _verify(self, module: nn.Module, image_size: int) -> None:
         probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))

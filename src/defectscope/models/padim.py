@@ -21,6 +21,7 @@ from defectscope.backbones import (
 )
 from defectscope.data.loader import iter_batches
 from defectscope.errors import ConfigError
+from defectscope.memory import release_free_memory
 from defectscope.models.base import Detector
 from defectscope.ops import GaussianAccumulator, mahalanobis, resize_blur, resize_blur_matrix
 from defectscope.ops.gaussian import pack_lower, precision_cholesky_of, unpack_lower
@@ -225,6 +226,7 @@ class PaDiM(Detector):
                         held_embeddings.append(emb)
                     else:
                         acc.update(emb)
+                    release_free_memory()  # keeps the per-batch temporaries from piling up
                     bar.update(len(idx))
 
         if held_embeddings:
@@ -236,6 +238,7 @@ class PaDiM(Detector):
             for emb in held_embeddings:
                 acc.update(emb)
             del held_embeddings, maps
+            release_free_memory()
         else:
             self.threshold_ = float("inf")
             log.warning("holdout=0: no threshold was chosen; every image will pass")

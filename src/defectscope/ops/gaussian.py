@@ -18,7 +18,7 @@ class GaussianAccumulator:
     several times faster on a CPU than float64 matrix products.
     """
 
-    def __init__(self, positions: int, dim: int, *, chunk_bytes: int = 256 << 20) -> None:
+    def __init__(self, positions: int, dim: int, *, chunk_bytes: int = 32 << 20) -> None:
         self.count = 0
         self.mean = torch.zeros(positions, dim, dtype=torch.float64)
         self.scatter = torch.zeros(positions, dim, dim, dtype=torch.float64)
@@ -60,7 +60,7 @@ class GaussianAccumulator:
 
 
 def precision_cholesky_of(
-    acc: GaussianAccumulator, regularization: float, *, chunk: int = 512
+    acc: GaussianAccumulator, regularization: float, *, chunk: int = 128
 ) -> torch.Tensor:
     """:func:`precision_cholesky` of an accumulator's regularised covariance, as float32.
 
