@@ -67,6 +67,7 @@ def run_defectscope(category_dir: Path, runtime: str) -> dict:
 
 
 def run_anomalib(category_dir: Path) -> dict:
+    import numpy as np
     import torch
     from anomalib.data import Folder
     from anomalib.engine import Engine
@@ -74,6 +75,7 @@ def run_anomalib(category_dir: Path) -> dict:
     from anomalib.models import Padim
 
     from defectscope.backbones import build_backbone, resolve_spec
+    from defectscope.models.padim import channel_subset
 
     test_dir = category_dir / "test"
     defects = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name != "good")
@@ -95,6 +97,12 @@ def run_anomalib(category_dir: Path) -> dict:
     extractor = model.model.feature_extractor.feature_extractor
     missing, _ = extractor.load_state_dict(full.state_dict(), strict=False)
     assert not missing, f"weights not loaded into anomalib's extractor: {missing[:5]}"
+    # Same channels as defectscope's seed 0 (anomalib draws its own with an unseeded randperm,
+    # which moves its screw image AUROC between 0.51 and 0.58 from run to run).
+    same = channel_subset(
+        sum(extractor.feature_info.channels()), N_FEATURES, np.random.default_rng(0)
+    )
+    model.model.idx = torch.from_numpy(same).long()
     datamodule = Folder(
         name=category_dir.name,
         root=category_dir,
@@ -122,7 +130,6 @@ def run_anomalib(category_dir: Path) -> dict:
     start = time.perf_counter()
     engine.predict(model=model, dataloaders=datamodule.test_dataloader(), return_predictions=False)
     predict_s = time.perf_counter() - start
-    del torch
     return {
         "fit_s": fit_s,
         "evaluate_s": evaluate_s,

@@ -31,6 +31,12 @@ from defectscope.runtime import compile_module, graph_key, resolve_runtime
 log = logging.getLogger(__name__)
 
 
+def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.ndarray:
+    """The random channels PaDiM keeps: ``n_features`` of ``total``, sorted, drawn from ``rng``
+    (``np.random.default_rng(seed)`` gives a model's ``feature_index_``)."""
+    return np.sort(rng.choice(total, size=n_features, replace=False))
+
+
 class PadimEmbedding(nn.Module):
     """Backbone features -> the kept channels of all layers at the first layer's resolution.
 
@@ -203,8 +209,7 @@ class PaDiM(Detector):
                 f"{', '.join(extractor.layers)}), got {n_features}"
             )
         rng = np.random.default_rng(self.seed)
-        index = np.sort(rng.choice(total, size=n_features, replace=False))
-        self.feature_index_ = torch.from_numpy(index).long()
+        self.feature_index_ = torch.from_numpy(channel_subset(total, n_features, rng)).long()
         self.feature_size_ = feature_size
         self._set_embedder(extractor, channels)
 
@@ -248,6 +253,9 @@ class PaDiM(Detector):
 
     def _set_gaussian(self, acc: GaussianAccumulator) -> None:
         self.mean_ = acc.mean.float()
+        # Drop the previous factor first (the held-out model's): old and new together would
+        # double the largest tensor of the fit (5 GB each for wide_resnet50_2).
+        self.precision_chol_ = None
         self.precision_chol_ = precision_cholesky_of(acc, self.regularization)
 
     # -- scoring ---------------------------------------------------------------
