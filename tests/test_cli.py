@@ -56,6 +56,7 @@ def test_benchmark_writes_table_rankings_and_notices(mvtec_root, tmp_path, capsy
     assert payload["rankings"]["padim"]["pixel_f1_best"][-1]["category"] == "object"
     md = (run / "results.md").read_text()
     assert "categories ranked by pixel F1" in md
+    assert "- object: n/a (not ranked)" in md
     assert (run / "models" / "padim" / "texture" / "model.safetensors").is_file()
 
 

@@ -86,6 +86,7 @@ def test_html_parses_references_exist_and_reflects_table(run):
     rows = json.loads((run / "results.json").read_text())["rows"]
     assert parser.rows == len(rows) + 1  # header + one per category + mean
     assert "object: no ground-truth masks" in page
+    assert "not ranked (n/a): object" in page  # no masks: no pixel F1, so no place in that list
     assert "benchmark --data" in page  # the command that produced it
 
 

@@ -17,6 +17,7 @@ from defectscope.report.table import COLUMNS, RANKED_BY
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+.wide { overflow-x: auto; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f0f0f0; } td:first-child, td:nth-child(2) { text-align: left; }
@@ -55,14 +56,16 @@ def render(
         f"<style>{STYLE}</style></head><body>",
         "<h1>defectscope report</h1>",
         "<h2>Results</h2>",
-        "<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr></thead><tbody>",
+        '<div class="wide"><table><thead><tr>'
+        + "".join(f"<th>{c}</th>" for c in COLUMNS)
+        + "</tr></thead><tbody>",
     ]
     for row in rows:
         cls = ' class="mean"' if row["category"] == "mean" else ""
         parts.append(
             f"<tr{cls}>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in COLUMNS) + "</tr>"
         )
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table></div>")
     parts.append(
         "<p>"
         + "<br>".join(f"<b>{k}</b>: {html.escape(v)}" for k, v in METRIC_LABELS.items())
@@ -77,8 +80,12 @@ def render(
     for detector, per_metric in payload["rankings"].items():
         for key, entries in per_metric.items():
             parts.append(f"<h3>{html.escape(detector)}: by {RANKED_BY[key]}</h3><ol>")
-            parts += [f"<li>{html.escape(e['category'])}: {_fmt(e['value'])}</li>" for e in entries]
+            ranked = [e for e in entries if e["rank"] is not None]
+            parts += [f"<li>{html.escape(e['category'])}: {_fmt(e['value'])}</li>" for e in ranked]
             parts.append("</ol>")
+            unranked = [html.escape(e["category"]) for e in entries if e["rank"] is None]
+            if unranked:
+                parts.append(f"<p>not ranked (n/a): {', '.join(unranked)}</p>")
     overview = figures.get("", {})
     if overview:
         parts.append("<h2>Overview</h2>")

@@ -92,8 +92,10 @@ def markdown_rankings(ranks: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             lines.append(f"**{detector}: categories ranked by {RANKED_BY[key]}** ({key})")
             lines.append("")
             for e in entries:
-                rank = e["rank"] if e["rank"] is not None else "-"
-                lines.append(f"{rank}. {e['category']}: {_fmt(e['value'])}")
+                if e["rank"] is None:
+                    lines.append(f"- {e['category']}: n/a (not ranked)")
+                else:
+                    lines.append(f"{e['rank']}. {e['category']}: {_fmt(e['value'])}")
             lines.append("")
     return "\n".join(lines)
 
