@@ -134,6 +134,7 @@ def test_save_is_atomic(fitted, tmp_path, monkeypatch):
         ({"regularization": 0.0}, "regularization must be > 0"),
         ({"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
         ({"image_size": 8}, "image_size must be an int >= 32"),
+        ({"threshold_quantile": 0.2}, r"threshold_quantile must be in \[0.5, 1\], got 0.2"),
     ],
 )
 def test_invalid_parameters(texture, kwargs, message):

@@ -109,6 +109,7 @@ class Autoencoder(NetDetector):
 
     def _validate(self) -> None:
         super()._validate()
+        self._check_threshold_quantile()
         check_augment(self.augment)
         if self.image_size % 16:
             raise ConfigError(f"image_size must be a multiple of 16, got {self.image_size}")

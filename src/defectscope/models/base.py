@@ -59,7 +59,8 @@ class Detector(ABC):
     """Base of every detector: ``fit`` on good images, then score; higher means more anomalous.
 
     Subclasses implement :meth:`_fit` (which must set ``threshold_``), :meth:`anomaly_maps`,
-    and the save/load hooks :meth:`get_params`, :meth:`_state_tensors`, :meth:`_set_state`.
+    and the save/load hooks :meth:`_state_tensors` and :meth:`_set_state`; :meth:`get_params`
+    reads the constructor's arguments back from the attributes of the same names.
     """
 
     name: ClassVar[str]
@@ -70,7 +71,6 @@ class Detector(ABC):
     batch_size: int
     num_workers: int
     progress: bool
-    threshold_quantile: float
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, data: str | Path | Category | Sequence[str | Path]) -> Detector:
@@ -92,13 +92,16 @@ class Detector(ABC):
             raise ConfigError(f"image_size must be an int >= 32, got {self.image_size!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int, got {self.batch_size!r}")
+
+    @abstractmethod
+    def _fit(self, paths: list[Path]) -> None: ...
+
+    def _check_threshold_quantile(self) -> None:
+        """For detectors that set their threshold with :meth:`_threshold`."""
         if not 0.5 <= self.threshold_quantile <= 1.0:
             raise ConfigError(
                 f"threshold_quantile must be in [0.5, 1], got {self.threshold_quantile!r}"
             )
-
-    @abstractmethod
-    def _fit(self, paths: list[Path]) -> None: ...
 
     def _threshold(self, holdout_scores: np.ndarray) -> float:
         """Pass/fail threshold from scores of held-out good images, without any test label."""

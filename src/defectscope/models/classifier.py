@@ -84,7 +84,6 @@ class Classifier(NetDetector):
         lr: float = 2e-3,
         augment: tuple[str, ...] | list[str] = ("hflip",),
         holdout: float = 0.15,
-        threshold_quantile: float = 0.5,
         seed: int = 0,
         batch_size: int = 16,
         num_workers: int = 2,
@@ -97,7 +96,6 @@ class Classifier(NetDetector):
         self.lr = lr
         self.augment = augment
         self.holdout = holdout
-        self.threshold_quantile = threshold_quantile
         self.seed = seed
         self.batch_size = batch_size
         self.num_workers = num_workers

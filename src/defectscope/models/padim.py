@@ -150,6 +150,7 @@ class PaDiM(Detector):
 
     def _validate(self) -> None:
         super()._validate()
+        self._check_threshold_quantile()
         if not self.regularization > 0:
             raise ConfigError(f"regularization must be > 0, got {self.regularization!r}")
         if not 0 <= self.holdout < 0.5:
