@@ -144,3 +144,25 @@ def test_invalid_parameters(texture, kwargs, message):
 
 def test_every_detector_is_registered():
     assert "padim" in DETECTORS
+
+
+def test_changed_weights_file_is_refused_on_load(texture, tmp_path):
+    from defectscope.backbones import build_backbone, resolve_spec
+    from defectscope.errors import BackboneError
+
+    source, _ = build_backbone(resolve_spec("resnet18"), "random")
+    weights = tmp_path / "r18.pth"
+    torch.save(source.state_dict(), weights)
+    model = small_padim(backbone="resnet18", weights=str(weights), runtime="torch").fit(texture)
+    path = model.save(tmp_path / "m.safetensors")
+    sample = [load_category(texture).test_samples[0].path]
+    defectscope.load(path).score(sample)  # unchanged file: loads and scores
+
+    torch.manual_seed(1)
+    other, _ = build_backbone(resolve_spec("resnet18"), "random")
+    torch.save(other.state_dict(), weights)
+    with pytest.raises(BackboneError, match=r"r18.pth changed since the model was fitted"):
+        defectscope.load(path).score(sample)
+    weights.unlink()
+    with pytest.raises(BackboneError, match="weights file this model was fitted with is missing"):
+        defectscope.load(path).score(sample)

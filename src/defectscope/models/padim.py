@@ -20,7 +20,7 @@ from defectscope.backbones import (
     weights_digest,
 )
 from defectscope.data.loader import iter_batches
-from defectscope.errors import ConfigError
+from defectscope.errors import BackboneError, ConfigError
 from defectscope.memory import release_free_memory
 from defectscope.models.base import Detector
 from defectscope.ops import GaussianAccumulator, mahalanobis, resize_blur, resize_blur_matrix
@@ -183,10 +183,30 @@ class PaDiM(Detector):
         )
         self._embedder = compile_module(module, self.runtime, self.image_size, key)
 
+    def _check_weights_unchanged(self) -> None:
+        """A model loaded from disk must see the same --weights file it was fitted with."""
+        expected = getattr(self, "weights_sha256_", None)
+        if expected is None or self.weights in (None, RANDOM):
+            return
+        path = Path(self.weights)
+        if not path.is_file():
+            raise BackboneError(
+                f"the weights file this model was fitted with is missing: {path}; restore it, "
+                "or load with weights=PATH (--weights) pointing to the same file"
+            )
+        found = weights_digest(path)
+        if found != expected:
+            raise BackboneError(
+                f"weights file {path} changed since the model was fitted (SHA-256 "
+                f"{found[:12]}... instead of {expected[:12]}...): its scores would be "
+                "meaningless; pass the original file or fit again"
+            )
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` images in 0..1 -> ``(B, P, D)`` patch embeddings."""
         if self._embedder is None:
             self.check_fitted()
+            self._check_weights_unchanged()
             extractor, channels, _ = self._build_extractor()
             self._set_embedder(extractor, channels)
         # One copy into (B, P, D) order: the statistics and the distance then read each
@@ -304,4 +324,5 @@ class PaDiM(Detector):
         self.n_train_ = fitted.get("n_train_")
         self.n_holdout_ = fitted.get("n_holdout_")
         self.weights_source_ = fitted.get("weights_source_")
+        self.weights_sha256_ = fitted.get("weights_sha256")
         self._embedder = None
