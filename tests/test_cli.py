@@ -95,3 +95,21 @@ def test_help_has_examples(capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "--help"])
     assert "example:" in capsys.readouterr().out
+
+
+def test_broken_category_is_reported_and_the_others_still_run(mvtec_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(mvtec_root / "texture", root / "texture")
+    shutil.copytree(mvtec_root / "texture" / "train", root / "broken" / "train")
+    (root / "broken" / "train" / "good" / "000.png").write_bytes(b"not a png")
+    shutil.copytree(mvtec_root / "texture" / "test", root / "broken" / "test")
+    project = str(tmp_path / "runs")
+    assert main(["benchmark", "--data", str(root), "--project", project, *SMALL]) == 1
+    err = capsys.readouterr().err
+    assert "skipped broken (padim):" in err and "000.png is not an image PIL can read" in err
+    payload = json.loads(
+        (tmp_path / "runs" / "benchmark" / "benchmark" / "results.json").read_text()
+    )
+    assert [r["category"] for r in payload["rows"]] == ["texture"]

@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,15 @@ def write_run(results: Sequence[CategoryResult], run: Path, meta: dict[str, Any]
     write_report(results, run, meta)
 
 
+@dataclass(frozen=True)
+class BenchmarkOutcome:
+    """What a benchmark produced: one result per (category, model) that ran, and one line per
+    category or model that failed (bad data), saying why."""
+
+    results: list[CategoryResult]
+    failures: list[str]
+
+
 def benchmark(
     data: str | Path,
     models: Sequence[str],
@@ -51,7 +61,7 @@ def benchmark(
     categories: list[str] | None = None,
     command: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
-) -> list[CategoryResult]:
+) -> BenchmarkOutcome:
     """Fit and evaluate every model on every category under ``data``; write the run folder.
 
     A category that fails (bad data) is reported and skipped; the others still run, and the
@@ -75,7 +85,6 @@ def benchmark(
             category = load_category(folder, require_test=True)
         except DataError as exc:
             failures.append(f"{folder.name}: {exc}")
-            log(f"error: {folder.name} skipped: {exc}")
             continue
         for name in models:
             log(
@@ -90,7 +99,6 @@ def benchmark(
                     _, result = fit_and_evaluate(make, category, run / "models" / name)
             except DefectscopeError as exc:
                 failures.append(f"{category.name} ({name}): {exc}")
-                log(f"error: {category.name} ({name}) skipped: {exc}")
                 continue
             results.append(result)
             from defectscope.report.table import write_tables
@@ -99,7 +107,7 @@ def benchmark(
     if not results:
         raise DataError("no category could be evaluated: " + "; ".join(failures))
     write_run(results, run, meta)
-    return results
+    return BenchmarkOutcome(results, failures)
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:

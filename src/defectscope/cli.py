@@ -253,26 +253,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_benchmark(args: argparse.Namespace) -> int:
+def _run_benchmark(
+    args: argparse.Namespace,
+    data: str | Path,
+    models: list[str],
+    run: Path,
+    categories: list[str] | None = None,
+) -> int:
+    """Benchmark, print the table; exit code 1 when any category or model failed."""
     from defectscope.api import benchmark
-    from defectscope.runs import next_run_dir
 
-    run = next_run_dir(Path(args.project) / "benchmark", args.name or "benchmark")
-    results = benchmark(
-        args.data,
-        args.models,
+    outcome = benchmark(
+        data,
+        models,
         model_params(args),
         run,
-        categories=args.categories,
+        categories=categories,
         command=args.command,
         log=lambda s: _say(args, s),
     )
-    _print_results(results, run, args)
-    return 0
+    _print_results(outcome.results, run, args)
+    for failure in outcome.failures:
+        print(f"defectscope {args.verb}: error: skipped {failure}", file=sys.stderr)
+    return 1 if outcome.failures else 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from defectscope.runs import next_run_dir
+
+    run = next_run_dir(Path(args.project) / "benchmark", args.name or "benchmark")
+    return _run_benchmark(args, args.data, args.models, run, args.categories)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from defectscope.api import benchmark
     from defectscope.data.synthetic import make_dataset
     from defectscope.runs import next_run_dir
 
@@ -280,11 +293,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data = run / "data"
     _say(args, f"writing a synthetic MVTec-layout data set to {data}")
     make_dataset(data, size=args.size)
-    results = benchmark(
-        data, ["padim"], model_params(args), run, command=args.command, log=lambda s: _say(args, s)
-    )
-    _print_results(results, run, args)
-    return 0
+    return _run_benchmark(args, data, ["padim"], run)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
