@@ -37,7 +37,7 @@ def peak_rss_mb() -> float:
 def run_defectscope(category_dir: Path, runtime: str) -> dict:
     from defectscope import PaDiM
     from defectscope.data import load_category
-    from defectscope.evaluation import evaluate
+    from defectscope.engine.evaluation import evaluate
 
     category = load_category(category_dir, require_test=True)
     model = PaDiM(
@@ -75,7 +75,7 @@ def run_anomalib(category_dir: Path) -> dict:
     from anomalib.models import Padim
 
     from defectscope.backbones import build_backbone, resolve_spec
-    from defectscope.models.padim import channel_subset
+    from defectscope.models.padim.model import channel_subset
 
     test_dir = category_dir / "test"
     defects = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name != "good")

@@ -23,7 +23,7 @@ from defectscope import PaDiM
 from defectscope.data import load_category
 from defectscope.data.images import load_image
 from defectscope.data.loader import iter_batches
-from defectscope.runtime import compile_module
+from defectscope.engine.runtime import OnnxModule
 
 
 def median_rate(fn, count: int, repeats: int) -> float:
@@ -55,10 +55,11 @@ def main() -> None:
     model = PaDiM(backbone=args.backbone, image_size=size, batch_size=batch, runtime="torch")
     model.fit(category)
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    module = model._embedder  # the PyTorch embedding module (backbone + channel selection)
+    module = model.module_.embedding  # the PyTorch embedding (backbone + channel selection)
     rates = {}
     for runtime in ("torch", "onnxruntime"):
-        run = compile_module(module, runtime, size, f"limit-{args.backbone}-{size}")
+        key = f"limit-{args.backbone}-{size}"
+        run = module if runtime == "torch" else OnnxModule(module, size, key)
         with torch.inference_mode():
             run(images)  # warm-up
             rates[runtime] = median_rate(lambda r=run: r(images), batch, args.repeats)

@@ -41,7 +41,7 @@ def run_defectscope(paths: list[Path]) -> dict:
     model.fit(paths)
     seconds = time.perf_counter() - start
     path = model.save(Path(tempfile.mkdtemp()) / "wrn.safetensors")
-    memory = tensor_bytes([model.mean_, model.precision_chol_, model.feature_index_])
+    memory = tensor_bytes(list(model.module_.fitted_state().values()))
     return {"fit_s": seconds, "memory_mb": memory / 2**20, "disk_mb": path.stat().st_size / 2**20}
 
 
@@ -64,7 +64,8 @@ def run_anomalib(paths: list[Path]) -> dict:
     start = time.perf_counter()
     with torch.no_grad():
         for _, batch in iter_batches(paths, 256, 8, 2):
-            torch_model((batch - mean) / std)
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255
+            torch_model((x - mean) / std)
         torch_model.fit()
     seconds = time.perf_counter() - start
     path = Path(tempfile.mkdtemp()) / "wrn.pt"

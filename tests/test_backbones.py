@@ -80,4 +80,4 @@ def test_wrong_weights_file_is_explained(tmp_path):
 
 def test_resnet18_padim_with_random_weights_runs(texture):
     model = small_padim(backbone="resnet18", weights="random", runtime="torch").fit(texture)
-    assert model.mean_.shape[1] == 50
+    assert model.module_.mean.shape[1] == 50

@@ -67,8 +67,8 @@ def test_config_file_precedence(texture, tmp_path):
     args = ["fit", "--data", str(texture), "--project", project, "--config", str(config), "-q"]
     assert main([*args, "--n-features", "20"]) == 0
     saved = json.loads((tmp_path / "runs" / "fit" / "texture" / "config.json").read_text())
-    assert saved["params"]["n_features"] == 20  # command line beats the file
-    assert saved["params"]["seed"] == 5  # the file beats the default
+    assert saved["n_features"] == 20  # command line beats the file
+    assert saved["seed"] == 5  # the file beats the default
 
 
 @pytest.mark.parametrize(
@@ -113,3 +113,104 @@ def test_broken_category_is_reported_and_the_others_still_run(mvtec_root, tmp_pa
         (tmp_path / "runs" / "benchmark" / "benchmark" / "results.json").read_text()
     )
     assert [r["category"] for r in payload["rows"]] == ["texture"]
+
+
+def test_saved_config_reproduces_the_run(texture, tmp_path):
+    import defectscope
+
+    project = str(tmp_path / "runs")
+    assert main(["fit", "--data", str(texture), "--project", project, *SMALL, "--seed", "2"]) == 0
+    first = tmp_path / "runs" / "fit" / "texture"
+    config = first / "config.json"
+    assert main(["fit", "--config", str(config), "--project", project, "-q"]) == 0
+    second = tmp_path / "runs" / "fit" / "texture2"
+    a, b = defectscope.load(first), defectscope.load(second)
+    assert a.get_params() == b.get_params() and a.threshold_ == b.threshold_
+    images = sorted((texture / "test").rglob("*.png"))[:4]
+    assert (a.score(images).scores == b.score(images).scores).all()
+
+
+def test_every_option_is_a_flag_and_a_config_key():
+    import dataclasses
+
+    from defectscope.cli import _cli_values, build_parser
+    from defectscope.engine.options import EngineOptions
+    from defectscope.models import DETECTORS
+
+    parser = build_parser()
+    for info in DETECTORS.values():
+        for f in [*dataclasses.fields(info.config), *dataclasses.fields(EngineOptions)]:
+            if f.name == "progress":
+                continue  # -q
+            flag = "--" + f.name.replace("_", "-")
+            value = ["hflip"] if f.name in ("augment", "layers") else ["7"]
+            if f.name == "runtime":
+                value = ["torch"]
+            args = parser.parse_args(["fit", "--data", "x", "--model", info.name, flag, *value])
+            assert f.name in _cli_values(args), flag
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["fit", "--model", "autoencoder", "--backbone", "resnet18"],
+            "option backbone does not apply to autoencoder (it is an option of padim)",
+        ),
+        (["fit", "--model", "padim", "--epochs", "3"], "option epochs does not apply to padim"),
+        (["fit", "--model", "padmi"], "unknown model 'padmi'; did you mean 'padim'?"),
+        (["demo", "--size", "0"], "--size must be at least 32 pixels, got 0"),
+        (["fit", "--image-size", "100000"], "image_size must be at most 2048"),
+    ],
+)
+def test_wrong_options_are_one_line(argv, message, texture, tmp_path, capsys):
+    if argv[0] == "fit":
+        argv = [*argv, "--data", str(texture)]
+    assert main([*argv, "--project", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "demo").exists()  # nothing made before the options were checked
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("c.yaml", "n_features: 30\nimage_size: 64\n", None),
+        ("c.yml", "[padim]\n", "must hold a mapping of option names to values, got a list"),
+        ("c.toml", "n_features = 30\n[padim]\nsigma = 2.0\n", None),
+        ("c.json", "[1, 2]", "must hold a mapping of option names to values, got a list"),
+        ("c.json", '{"n_features": "abc"}', "n_features: expected an integer or None, got 'abc'"),
+        ("c.json", '{"layers": "blocks.1"}', "layers: expected a list of strings or None"),
+        ("c.json", '{"n_featres": 3}', "unknown option 'n_featres'; did you mean 'n_features'?"),
+        ("c.json", '{"autoencoder": {"epochs": 2}}', "a [autoencoder] table is given but"),
+        ("c.json", b"\xff\xfe{", "is not UTF-8 text"),
+        ("c.yaml", "a: [1, 2", "is not valid YAML"),
+    ],
+)
+def test_config_files(name, content, message, texture, tmp_path, capsys):
+    config = tmp_path / name
+    if isinstance(content, bytes):
+        config.write_bytes(content)
+    else:
+        config.write_text(content)
+    argv = ["fit", "--data", str(texture), "--config", str(config), "--project", str(tmp_path)]
+    code = main([*argv, "--image-size", str(SIZE), "--batch-size", "8", "-q"])
+    err = capsys.readouterr().err.strip()
+    if message is None:
+        assert code == 0, err
+        saved = json.loads((tmp_path / "fit" / "texture" / "config.json").read_text())
+        assert saved["n_features"] == 30
+        if name.endswith(".toml"):
+            assert saved["sigma"] == 2.0  # the [padim] table applies to padim
+    else:
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_evaluate_runtime_on_a_baseline(texture, tmp_path, capsys):
+    project = str(tmp_path)
+    argv = ["fit", "--model", "autoencoder", "--data", str(texture), "--epochs", "2"]
+    assert main([*argv, "--image-size", str(SIZE), "--project", project, "-q"]) == 0
+    model = tmp_path / "fit" / "texture"
+    argv = ["evaluate", "--model", str(model), "--data", str(texture), "--runtime", "torch"]
+    assert main([*argv, "--project", project, "-q"]) == 0
+    assert "| texture | autoencoder |" in capsys.readouterr().out

@@ -4,9 +4,9 @@ import torch
 
 import defectscope
 from defectscope.data import load_category
+from defectscope.engine.evaluation import evaluate
 from defectscope.errors import ConfigError, ModelFileError, NotFittedError
-from defectscope.evaluation import evaluate
-from defectscope.models import DETECTORS, Prediction
+from defectscope.results import Prediction
 
 from .conftest import SIZE, small_padim
 
@@ -15,9 +15,9 @@ def test_fit_returns_self_and_learns_trailing_underscore_state(texture):
     model = small_padim(runtime="torch")
     assert model.fit(texture) is model
     positions = (SIZE // 4) ** 2
-    assert model.mean_.shape == (positions, 50)
-    assert model.precision_chol_.shape == (positions, 50, 50)
-    assert model.feature_index_.shape == (50,)
+    assert model.module_.mean.shape == (positions, 50)
+    assert model.module_.precision_chol.shape == (positions, 50, 50)
+    assert model.module_.feature_index.shape == (50,)
     assert np.isfinite(model.threshold_)
 
 
@@ -57,10 +57,10 @@ def test_seed_fixes_channels_and_is_saved(texture, tmp_path):
     a = small_padim(runtime="torch", seed=3).fit(texture)
     b = small_padim(runtime="torch", seed=3).fit(texture)
     c = small_padim(runtime="torch", seed=4).fit(texture)
-    assert torch.equal(a.feature_index_, b.feature_index_)
-    assert not torch.equal(a.feature_index_, c.feature_index_)
+    assert torch.equal(a.module_.feature_index, b.module_.feature_index)
+    assert not torch.equal(a.module_.feature_index, c.module_.feature_index)
     loaded = defectscope.load(a.save(tmp_path / "a.safetensors"))
-    assert torch.equal(loaded.feature_index_, a.feature_index_)
+    assert torch.equal(loaded.module_.feature_index, a.module_.feature_index)
 
 
 def test_save_load_round_trip_identical_scores(fitted, texture, tmp_path):
@@ -83,11 +83,49 @@ def test_onnxruntime_matches_torch(fitted, texture, tmp_path):
     )
 
 
-def test_fit_memory_does_not_keep_embeddings(texture):
-    model = small_padim(runtime="torch").fit(texture)
-    # What fit keeps is the Gaussian only: no per-image state grows with the training set.
-    kept = [v for v in vars(model).values() if isinstance(v, torch.Tensor)]
-    assert sum(t.numel() for t in kept) == model.mean_.numel() + model.precision_chol_.numel() + 50
+def _tensor_bytes(obj, seen=None) -> int:
+    """Bytes of every tensor reachable from ``obj`` through attributes, dicts, lists and
+    modules (each storage once)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple, set)):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    if hasattr(obj, "__dict__") and type(obj).__module__.startswith(("defectscope", "torch")):
+        return _tensor_bytes(vars(obj), seen)
+    return 0
+
+
+@pytest.mark.parametrize("n_train", [12, 24])
+def test_fit_memory_does_not_keep_embeddings(texture, tmp_path, n_train):
+    """What a fitted model holds does not grow with the training set: the Gaussian, the
+    backbone and the upsampling matrices, whatever the number of images."""
+    import shutil
+
+    folder = tmp_path / "few"
+    shutil.copytree(texture, folder)
+    for extra in sorted((folder / "train" / "good").iterdir())[n_train:]:
+        extra.unlink()
+    model = small_padim(runtime="torch").fit(folder)
+    held = _tensor_bytes(model)
+    module = model.module_
+    tensors = [*module.parameters(), *module.buffers()]  # non-persistent buffers included
+    fitted = sum(t.numel() * t.element_size() for t in tensors)
+    assert held == fitted  # nothing outside the module's own tensors
+    positions, dim = (SIZE // 4) ** 2, 50
+    gaussian = 4 * positions * dim * (dim + 1)
+    backbone = sum(
+        t.numel() * t.element_size()
+        for t in [*module.embedding.parameters(), *module.embedding.buffers()]
+    )
+    assert fitted <= gaussian + backbone + 4 * 2 * SIZE * SIZE + 8 * dim
 
 
 def test_corrupted_and_incompatible_model_files(fitted, tmp_path):
@@ -135,15 +173,13 @@ def test_save_is_atomic(fitted, tmp_path, monkeypatch):
         ({"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
         ({"image_size": 8}, "image_size must be an int >= 32"),
         ({"threshold_quantile": 0.2}, r"threshold_quantile must be in \[0.5, 1\], got 0.2"),
+        ({"n_features": "abc"}, "n_features: expected an integer or None, got 'abc'"),
+        ({"layers": "blocks.1"}, "layers: expected a list of strings or None, got 'blocks.1'"),
     ],
 )
 def test_invalid_parameters(texture, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         small_padim(**kwargs).fit(texture)
-
-
-def test_every_detector_is_registered():
-    assert "padim" in DETECTORS
 
 
 def test_changed_weights_file_is_refused_on_load(texture, tmp_path):

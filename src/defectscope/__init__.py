@@ -1,9 +1,44 @@
-"""defectscope: industrial visual anomaly detection and localisation, offline on a CPU."""
+"""defectscope: industrial visual anomaly detection and localisation, offline on a CPU.
 
-__version__ = "0.1.0"
+The estimators (``PaDiM``, ``Autoencoder``, ``Classifier``) and ``load`` are imported on first
+use, so ``import defectscope`` stays light (no torch until a model needs it).
+"""
 
-from defectscope.errors import DefectscopeError  # noqa: E402
-from defectscope.io import load  # noqa: E402
-from defectscope.models import PaDiM, Prediction  # noqa: E402
+from __future__ import annotations
 
-__all__ = ["DefectscopeError", "PaDiM", "Prediction", "__version__", "load"]
+from typing import Any
+
+__version__ = "0.2.0"
+
+_LAZY = {
+    "load": ("defectscope.engine.persistence", "load"),
+    "evaluate": ("defectscope.engine.evaluation", "evaluate"),
+    "export_onnx": ("defectscope.engine.exported", "export_onnx"),
+    "ExportedModel": ("defectscope.engine.exported", "ExportedModel"),
+    "Detector": ("defectscope.engine.estimator", "Detector"),
+    "Prediction": ("defectscope.results", "Prediction"),
+    "DefectscopeError": ("defectscope.errors", "DefectscopeError"),
+}
+
+
+def _estimators() -> dict[str, str]:
+    from defectscope.models import DETECTORS
+
+    return {info.class_name: name for name, info in DETECTORS.items()}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    classes = _estimators()
+    if name in classes:
+        from defectscope.engine.estimator import ESTIMATORS
+
+        return ESTIMATORS[classes[name]]
+    raise AttributeError(f"module 'defectscope' has no attribute {name!r}")
+
+
+__all__ = [*_LAZY, "Autoencoder", "Classifier", "PaDiM", "__version__"]

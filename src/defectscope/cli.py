@@ -15,29 +15,6 @@ from typing import Any
 
 from defectscope.errors import ConfigError, DefectscopeError
 
-MODEL_OPTIONS = {
-    # option dest: (flag, type, help)
-    "backbone": (
-        "--backbone",
-        str,
-        "backbone name (default efficientnet_lite0; also resnet18, "
-        "wide_resnet50_2, timm:ARCH, torchvision:ARCH)",
-    ),
-    "layers": ("--layers", str, "feature layers (module names); default: stride-4/8/16 stages"),
-    "weights": ("--weights", str, "backbone weights file (.pth/.safetensors), or 'random'"),
-    "n_features": ("--n-features", int, "channels kept at random (default per backbone; 0: all)"),
-    "image_size": ("--image-size", int, "square input size in pixels (default 256)"),
-    "seed": ("--seed", int, "seed of the channel subset and the held-out slice (default 0)"),
-    "runtime": ("--runtime", str, "auto | torch | onnxruntime (default auto)"),
-    "batch_size": ("--batch-size", int, "images per forward pass (default 32)"),
-    "num_workers": ("--workers", int, "image decoding threads (default 2)"),
-    "threshold_quantile": (
-        "--threshold-quantile",
-        float,
-        "quantile of held-out good scores used as threshold (default 0.99)",
-    ),
-}
-
 EXAMPLES = {
     "fit": "defectscope fit --data ../shared/datasets/tire\n"
     "  defectscope fit --data mvtec/bottle --backbone resnet18 --weights resnet18.pth",
@@ -47,50 +24,79 @@ EXAMPLES = {
     "benchmark": "defectscope benchmark --data ../shared/datasets\n"
     "  defectscope benchmark --data mvtec --categories bottle screw --runtime torch",
     "demo": "defectscope demo",
+    "export": "defectscope export --model runs/fit/tire --format onnx",
 }
 
 
-def _load_config(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file not found: {file}")
-    text = file.read_text()
-    try:
-        if file.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"config file {file} is not valid {file.suffix[1:]}: {exc}") from exc
-    unknown = sorted(set(data) - set(MODEL_OPTIONS))
-    if unknown:
-        from defectscope.errors import unknown_name
-
-        raise ConfigError(f"config file {file}: " + unknown_name("key", unknown[0], MODEL_OPTIONS))
-    return data
-
-
-def model_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Detector arguments: defaults < config file < command line."""
-    params = _load_config(getattr(args, "config", None))
-    for dest in MODEL_OPTIONS:
-        value = getattr(args, dest, None)
-        if value is not None:
-            params[dest] = value
-    params["progress"] = not args.quiet
-    return params
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model options (defaults < --config < these)")
-    group.add_argument("--config", help="JSON or TOML file with model options")
-    for dest, (flag, kind, text) in MODEL_OPTIONS.items():
-        nargs = "+" if dest == "layers" else None
-        group.add_argument(flag, dest=dest, type=kind, nargs=nargs, default=None, help=text)
+    """One flag per option of every detector and of the engine, from their dataclasses."""
+    import typing
+
+    from defectscope.engine.options import catalogue
+
+    group = parser.add_argument_group(
+        "options (defaults < --config < these; each applies to the detectors that take it)"
+    )
+    group.add_argument("--config", help="JSON, TOML or YAML file of options (a run's config.json)")
+    for name, (kind, text) in catalogue().items():
+        if name == "progress":
+            continue  # -q
+        args = [typing.get_args(kind)] if typing.get_origin(kind) else []
+        base = next((k for k in (args[0] if args else (kind,)) if k is not type(None)), str)
+        flags = [_flag(name)] + (["--workers"] if name == "num_workers" else [])
+        help_text = text.replace("%", "%%")
+        if typing.get_origin(base) is tuple:
+            group.add_argument(*flags, dest=name, nargs="+", default=None, help=help_text)
+        elif base is bool:
+            group.add_argument(
+                *flags,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            group.add_argument(*flags, dest=name, type=base, default=None, help=help_text)
+
+
+def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    from defectscope.engine.options import catalogue
+
+    values = {k: getattr(args, k, None) for k in catalogue() if k != "progress"}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def model_params(args: argparse.Namespace, models: list[str]) -> dict[str, dict[str, Any]]:
+    """Per detector, its options: defaults < config file < command line."""
+    from defectscope.engine.options import read_config_file, resolve_params
+
+    file_values = read_config_file(args.config) if getattr(args, "config", None) else {}
+    where = f"config file {args.config}: " if file_values else ""
+    params = resolve_params(models, file_values, _cli_values(args), where=where)
+    for own in params.values():
+        own["progress"] = not args.quiet
+    return params
+
+
+def _from_config(args: argparse.Namespace, key: str, default: Any = None) -> Any:
+    """A run key (``model``, ``data``...) from the command line, else from --config."""
+    value = getattr(args, key, None)
+    if value is None and getattr(args, "config", None):
+        from defectscope.engine.options import read_config_file
+
+        value = read_config_file(args.config).get(key)
+    return default if value is None else value
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime options (do not change the scores)")
+    group.add_argument("--runtime", choices=["auto", "torch", "onnxruntime"], help="default auto")
+    group.add_argument("--batch-size", type=int, help="images per scoring batch (default 32)")
+    group.add_argument("--num-workers", "--workers", type=int, help="decoding threads (default 2)")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -122,37 +128,44 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(sub)
         return sub
 
+    from defectscope.models import DETECTORS
+
+    models_help = "; ".join(f"{n}: {i.summary}" for n, i in DETECTORS.items())
     fit = verb("fit", "fit a detector on one category's train/good images and save it")
-    fit.add_argument("--data", required=True, help="category folder (MVTec layout)")
-    fit.add_argument("--model", default="padim", help="detector (default padim)")
+    fit.add_argument("--data", help="category folder (MVTec layout); or `data` in --config")
+    fit.add_argument("--model", help=f"detector (default padim). {models_help}")
     _add_model_options(fit)
 
-    ev = verb("evaluate", "evaluate a saved model on a category's test split")
-    ev.add_argument("--model", required=True, help="model file or run folder")
+    ev = verb("evaluate", "evaluate a saved or exported model on a category's test split")
+    ev.add_argument("--model", required=True, help="model file, run folder or exported .onnx")
     ev.add_argument("--data", required=True, help="category folder with test/ (and ground_truth/)")
-    ev.add_argument("--runtime", default=None, help="auto | torch | onnxruntime")
+    _add_runtime_options(ev)
 
     pr = verb("predict", "score images or folders: pass/fail, heatmaps, CSV/JSON")
-    pr.add_argument("--model", required=True, help="model file or run folder")
+    pr.add_argument("--model", required=True, help="model file, run folder or exported .onnx")
     pr.add_argument("inputs", nargs="+", help="image files or folders of images")
-    pr.add_argument("--runtime", default=None, help="auto | torch | onnxruntime")
     pr.add_argument("--no-images", action="store_true", help="do not write heatmap overlays")
+    _add_runtime_options(pr)
 
     bench = verb("benchmark", "fit and evaluate every category under a root; table + rankings")
-    bench.add_argument("--data", required=True, help="MVTec root or one category folder")
+    bench.add_argument("--data", help="MVTec root or one category folder; or `data` in --config")
     bench.add_argument("--categories", nargs="+", help="only these categories")
     bench.add_argument(
         "--model",
         nargs="+",
-        default=["padim"],
         dest="models",
-        help="detectors to compare (default padim)",
+        help=f"detectors to compare (default padim). {models_help}",
     )
     _add_model_options(bench)
 
     demo = verb("demo", "generate a synthetic data set and run fit + benchmark on it, offline")
     demo.add_argument("--size", type=int, default=128, help="synthetic image size (default 128)")
     _add_model_options(demo)
+
+    ex = verb("export", "write a fitted model's whole pipeline to one file (ONNX)")
+    ex.add_argument("--model", required=True, help="model file or run folder")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "openvino"], help="default onnx")
+    ex.add_argument("--output", help="file to write (default: next to the model, model.onnx)")
 
     rep = verbs.add_parser("report", help="rebuild report.html of a saved run folder")
     rep.add_argument("run_dir", help="a run folder written by evaluate or benchmark")
@@ -166,29 +179,31 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from defectscope.api import make_detector
     from defectscope.data import load_category
+    from defectscope.engine.estimator import make_detector
     from defectscope.runs import next_run_dir
 
-    category = load_category(args.data)
+    model = _from_config(args, "model", "padim")
+    data = _from_config(args, "data")
+    if data is None:
+        raise ConfigError("fit needs --data (a category folder), or `data` in the --config file")
+    params = model_params(args, [model])[model]
+    detector = make_detector(model, params)
+    detector.options()  # bad options fail before any work
+    category = load_category(data)
     for notice in category.notices:
         _say(args, f"notice: {notice}")
-    detector = make_detector(args.model, model_params(args))
     start = time.perf_counter()
     detector.fit(category)
     seconds = time.perf_counter() - start
     run = next_run_dir(Path(args.project) / "fit", args.name or category.name)
     path = detector.save(run / "model.safetensors")
-    (run / "config.json").write_text(
-        json.dumps(
-            {
-                "command": args.command,
-                "detector": detector.name,
-                "params": detector.get_params(),
-                "fitted": detector.fitted_info(),
-            },
-            indent=2,
-        )
+    config, engine = detector.options()
+    saved = {"model": model, "data": str(data), **config.to_dict(), **engine.to_dict()}
+    saved.pop("progress")
+    (run / "config.json").write_text(json.dumps(saved, indent=2))
+    (run / "run.json").write_text(
+        json.dumps({"command": args.command, "fitted": detector.fit_info_}, indent=2, default=str)
     )
     print(
         f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
@@ -198,25 +213,29 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace):
-    import defectscope
+    from defectscope.engine.persistence import load
 
     overrides: dict[str, Any] = {"progress": not args.quiet}
-    if args.runtime:
-        overrides["runtime"] = args.runtime
-    return defectscope.load(args.model, **overrides)
+    for key in ("runtime", "batch_size", "num_workers"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    if str(args.model).endswith(".onnx") and overrides.get("runtime") == "torch":
+        raise ConfigError("an exported .onnx model runs on ONNX Runtime only; drop --runtime")
+    return load(args.model, **overrides)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from defectscope.api import write_run
     from defectscope.data import load_category
-    from defectscope.evaluation import evaluate
+    from defectscope.engine.evaluation import evaluate
+    from defectscope.engine.workflows import write_run
     from defectscope.runs import next_run_dir
 
     detector = _load_model(args)
     category = load_category(args.data, require_test=True)
     result = evaluate(detector, category)
     run = next_run_dir(Path(args.project) / "evaluate", args.name or category.name)
-    write_run([result], run, {"command": args.command, "params": detector.get_params()})
+    params = detector.get_params() if hasattr(detector, "get_params") else detector.metadata
+    write_run([result], run, {"command": args.command, "model": str(args.model), "params": params})
     _print_results([result], run, args)
     return 0
 
@@ -234,7 +253,7 @@ def _print_results(results, run: Path, args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from defectscope.api import predict_to_folder
+    from defectscope.engine.workflows import predict_to_folder
     from defectscope.runs import next_run_dir
 
     detector = _load_model(args)
@@ -261,12 +280,12 @@ def _run_benchmark(
     categories: list[str] | None = None,
 ) -> int:
     """Benchmark, print the table; exit code 1 when any category or model failed."""
-    from defectscope.api import benchmark
+    from defectscope.engine.workflows import benchmark
 
     outcome = benchmark(
         data,
         models,
-        model_params(args),
+        model_params(args, models),
         run,
         categories=categories,
         command=args.command,
@@ -281,14 +300,22 @@ def _run_benchmark(
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from defectscope.runs import next_run_dir
 
+    data = _from_config(args, "data")
+    if data is None:
+        raise ConfigError("benchmark needs --data (an MVTec root), or `data` in the --config file")
+    models = _from_config(args, "models") or [_from_config(args, "model", "padim")]
+    model_params(args, models)  # bad options fail before a run folder is made
     run = next_run_dir(Path(args.project) / "benchmark", args.name or "benchmark")
-    return _run_benchmark(args, args.data, args.models, run, args.categories)
+    return _run_benchmark(args, data, models, run, _from_config(args, "categories"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from defectscope.data.synthetic import make_dataset
     from defectscope.runs import next_run_dir
 
+    if args.size < 32:
+        raise ConfigError(f"--size must be at least 32 pixels, got {args.size}")
+    model_params(args, ["padim"])  # bad options fail before a run folder is made
     run = next_run_dir(Path(args.project) / "demo", args.name or "demo")
     data = run / "data"
     _say(args, f"writing a synthetic MVTec-layout data set to {data}")
@@ -304,6 +331,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from defectscope.engine.exported import export_onnx
+    from defectscope.engine.persistence import load, model_path
+
+    detector = load(args.model, progress=not args.quiet)
+    suffix = ".xml" if args.format == "openvino" else ".onnx"
+    out = Path(args.output) if args.output else model_path(args.model).with_suffix(suffix)
+    if args.format == "openvino":
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ConfigError(
+                "--format openvino needs the openvino package: pip install openvino"
+            ) from exc
+        onnx_file = export_onnx(detector, out.with_suffix(".onnx"))
+        ov.save_model(ov.convert_model(str(onnx_file)), str(out))
+        print(f"exported {detector.name} to {out} (OpenVINO IR, from {onnx_file})")
+        return 0
+    path = export_onnx(detector, out)
+    size = detector.config_.image_size
+    print(
+        f"exported {detector.name} to {path} ({path.stat().st_size / 1e6:.1f} MB): uint8 images "
+        f"(batch, {size}, {size}, 3) in, scores and maps out; threshold "
+        f"{detector.threshold_:.4g} in its metadata"
+    )
+    return 0
+
+
 COMMANDS = {
     "fit": cmd_fit,
     "evaluate": cmd_evaluate,
@@ -311,6 +366,7 @@ COMMANDS = {
     "benchmark": cmd_benchmark,
     "demo": cmd_demo,
     "report": cmd_report,
+    "export": cmd_export,
 }
 
 
@@ -326,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.verb](args)
     except DefectscopeError as exc:
-        print(f"defectscope {args.verb}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the parser said
+        print(f"defectscope {args.verb}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("defectscope: interrupted", file=sys.stderr)

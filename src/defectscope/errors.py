@@ -34,6 +34,10 @@ class ConfigError(DefectscopeError):
     """An invalid parameter value or configuration file."""
 
 
+class ScoringError(DefectscopeError):
+    """Scoring produced a value that must not become a verdict (NaN, infinity)."""
+
+
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> str:
     """Build the message for an unknown name, listing the valid ones and the close matches.
 

@@ -39,6 +39,12 @@ def _cumulative(labels: np.ndarray, scores: np.ndarray):
     return tps, fps, sorted_scores[ends]
 
 
+
+def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Area under ``y(x)`` by the trapezoidal rule (``np.trapezoid`` exists only in NumPy 2)."""
+    y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
+
 @dataclass(frozen=True)
 class RocSummary:
     """The ROC curve with its area and the best F1 along it, from one sort of the scores."""
@@ -71,7 +77,7 @@ def roc_summary(labels, scores) -> RocSummary:
         fpr=fpr,
         tpr=tpr,
         thresholds=np.r_[np.inf, thresholds],
-        auroc=float(np.trapezoid(tpr, fpr)),
+        auroc=trapezoid(tpr, fpr),
         best_f1=float(f1[best]),
         best_threshold=float(thresholds[best]),
     )
@@ -157,7 +163,7 @@ def area_under_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float = 0.3) -> 
     cut = np.searchsorted(fpr, fpr_limit, side="right")
     x = np.r_[fpr[:cut], fpr_limit]
     y = np.r_[pro[:cut], np.interp(fpr_limit, fpr, pro)]
-    return float(np.trapezoid(y, x) / fpr_limit)
+    return trapezoid(y, x) / fpr_limit
 
 
 def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:

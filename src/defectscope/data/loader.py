@@ -1,4 +1,6 @@
-"""Decoding images into batches on background threads, overlapping I/O with compute."""
+"""Decoding images into uint8 batches on background threads, overlapping I/O with compute.
+
+No torch here: the exported-model path runs on numpy and ONNX Runtime alone."""
 
 from __future__ import annotations
 
@@ -7,17 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from defectscope.data.images import load_image
 
 ImageInput = str | Path | np.ndarray
 
 
-def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 arrays -> ``(B, 3, H, W)`` float32 in 0..1."""
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    return batch.float().div_(255.0).contiguous()
+def stack(images: Sequence[np.ndarray]) -> np.ndarray:
+    """``(H, W, 3)`` uint8 arrays -> one ``(B, H, W, 3)`` uint8 batch."""
+    return np.stack(images)
 
 
 def _prepare(item: ImageInput, size: int) -> np.ndarray:
@@ -39,8 +39,9 @@ def _prepare(item: ImageInput, size: int) -> np.ndarray:
 
 def iter_batches(
     items: Sequence[ImageInput], size: int, batch_size: int, workers: int = 2
-) -> Iterator[tuple[range, torch.Tensor]]:
-    """Yield ``(indices, images)`` batches in input order, decoding ahead on ``workers`` threads.
+) -> Iterator[tuple[range, np.ndarray]]:
+    """Yield ``(indices, images (B, S, S, 3) uint8)`` in input order, decoded on ``workers``
+    threads ahead of use.
 
     PIL releases the GIL while it decodes and resizes, so threads overlap decoding with the
     forward pass without the start-up cost and memory of worker processes. At most two batches
@@ -50,7 +51,7 @@ def iter_batches(
     if workers <= 0:
         for start in starts:
             idx = range(start, min(start + batch_size, len(items)))
-            yield idx, to_tensor([_prepare(items[i], size) for i in idx])
+            yield idx, stack([_prepare(items[i], size) for i in idx])
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: list = []
@@ -68,4 +69,4 @@ def iter_batches(
             idx, futures = pending.pop(0)
             arrays = [f.result() for f in futures]
             submit_next()
-            yield idx, to_tensor(arrays)
+            yield idx, stack(arrays)

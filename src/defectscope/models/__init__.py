@@ -1,18 +1,82 @@
-"""Detectors, all on :class:`~defectscope.models.base.Detector`."""
+"""Detectors: each is a config (``<name>/config.py``, torch-free), a scoring module and a fitter
+(``<name>/model.py``). The registry below finds them by name without importing torch.
 
-from defectscope.models.autoencoder import Autoencoder
-from defectscope.models.base import Detector, Prediction, ScoredImages
-from defectscope.models.classifier import Classifier
-from defectscope.models.padim import PaDiM
+An implementation module provides ``make_fitter(config, hooks) -> Fitter`` and
+``restore(config, tensors, info, hooks) -> AnomalyModule`` (see :mod:`defectscope.models.base`).
+"""
 
-DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (PaDiM, Autoencoder, Classifier)}
+from __future__ import annotations
 
-__all__ = [
-    "DETECTORS",
-    "Autoencoder",
-    "Classifier",
-    "Detector",
-    "PaDiM",
-    "Prediction",
-    "ScoredImages",
-]
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from defectscope.config import Options
+from defectscope.errors import ConfigError, unknown_name
+from defectscope.models.autoencoder import AutoencoderConfig
+from defectscope.models.classifier import ClassifierConfig
+from defectscope.models.padim import PadimConfig
+
+
+@dataclass(frozen=True)
+class DetectorInfo:
+    """A registered detector.
+
+    Attributes:
+        name: what users type (``--model padim``).
+        class_name: the Python API's estimator class (``defectscope.PaDiM``).
+        config: its option dataclass.
+        implementation: module path of ``make_fitter`` and ``restore``.
+        supervised: trained on labelled good and defective images (``fit(images, labels)``).
+        summary: one line for help texts.
+    """
+
+    name: str
+    class_name: str
+    config: type[Options]
+    implementation: str
+    supervised: bool = False
+    summary: str = ""
+
+    def load(self) -> ModuleType:
+        """The implementation module (imports torch)."""
+        return importlib.import_module(self.implementation)
+
+
+DETECTORS: dict[str, DetectorInfo] = {
+    info.name: info
+    for info in (
+        DetectorInfo(
+            "padim",
+            "PaDiM",
+            PadimConfig,
+            "defectscope.models.padim.model",
+            summary="Gaussian per patch position over CNN features (fast, streaming)",
+        ),
+        DetectorInfo(
+            "autoencoder",
+            "Autoencoder",
+            AutoencoderConfig,
+            "defectscope.models.autoencoder.model",
+            summary="convolutional autoencoder, reconstruction error (baseline)",
+        ),
+        DetectorInfo(
+            "classifier",
+            "Classifier",
+            ClassifierConfig,
+            "defectscope.models.classifier.model",
+            supervised=True,
+            summary="supervised good/defective CNN, needs labelled defects (baseline)",
+        ),
+    )
+}
+
+
+def detector_info(name: str) -> DetectorInfo:
+    """The registered detector ``name``; unknown names raise with close matches."""
+    if name not in DETECTORS:
+        raise ConfigError(unknown_name("model", name, DETECTORS))
+    return DETECTORS[name]
+
+
+__all__ = ["DETECTORS", "DetectorInfo", "detector_info"]

@@ -1,190 +1,117 @@
-"""The small base class shared by every detector, and its typed results."""
+"""The shape every detector has: a scoring module and a fitter (the config is in ``config.py``).
+
+- The **module** (:class:`AnomalyModule`) is a plain ``nn.Module`` mapping a batch of images to
+  image scores ``(B,)`` and anomaly maps ``(B, H, W)``. Everything fitted (statistics, memory
+  bank, network) and everything after the network (normalisation, upsampling, blur, the image
+  score) lives in it as buffers or submodules, so exporting the module exports the whole pipeline.
+- The **fitter** (:class:`Fitter`) consumes batches of image tensors and builds the module.
+
+Modules and fitters read no files, draw no progress bars and import nothing above ``models``:
+the engine feeds them tensors and owns files, thresholds, persistence and progress.
+"""
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
 
-from defectscope.data.loader import ImageInput, iter_batches
-from defectscope.data.mvtec import Category, load_category
-from defectscope.errors import ConfigError, DataError, NotFittedError
-from defectscope.progress import progress_bar
+#: ``accelerate(module, key, image_size)`` returns a callable equivalent to ``module`` on square
+#: images of ``image_size`` (e.g. the same graph in ONNX Runtime, cached under ``key``); the
+#: engine provides it, models only call it.
+Accelerate = Callable[[nn.Module, str, int], Callable[[torch.Tensor], torch.Tensor]]
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """The verdict on one image.
+class Hooks:
+    """What the engine lends a fitter or a restored module.
 
     Attributes:
-        score: image anomaly score; higher is more anomalous.
-        is_anomalous: ``score > threshold`` (the threshold chosen at fit time without test labels).
-        anomaly_map: ``(H, W)`` float32 per-pixel scores at the model's input size.
-        path: the image file, when the input was a path.
+        accelerate: runs a feature extractor faster (see :data:`Accelerate`); None: eager PyTorch.
+        on_epoch: called after each training epoch with ``(epoch, train_loss, val_loss)``.
+        on_stage: called with a short description before each long step (building a backbone).
     """
 
-    score: float
-    is_anomalous: bool
-    anomaly_map: np.ndarray
-    path: str | None = None
+    accelerate: Accelerate | None = None
+    on_epoch: Callable[[int, float, float], None] | None = None
+    on_stage: Callable[[str], None] | None = None
+
+    def stage(self, text: str) -> None:
+        if self.on_stage is not None:
+            self.on_stage(text)
 
 
-@dataclass(frozen=True)
-class ScoredImages:
-    """Scores and maps of many images: ``scores (N,)`` and ``maps (N, H, W)`` float32."""
+class AnomalyModule(nn.Module, ABC):
+    """``images (B, 3, H, W)`` float in 0..1 -> ``(scores (B,), maps (B, H, W))`` float32.
 
-    scores: np.ndarray
-    maps: np.ndarray
-
-
-def training_paths(data: str | Path | Category | Sequence[str | Path]) -> list[Path]:
-    """The defect-free training images of a category folder, a Category or a list of files."""
-    if isinstance(data, Category):
-        return list(data.train_paths)
-    if isinstance(data, (str, Path)):
-        return list(load_category(data).train_paths)
-    paths = [Path(p) for p in data]
-    if not paths:
-        raise DataError("fit got an empty list of images; pass defect-free training images")
-    return paths
-
-
-class Detector(ABC):
-    """Base of every detector: ``fit`` on good images, then score; higher means more anomalous.
-
-    Subclasses implement :meth:`_fit` (which must set ``threshold_``), :meth:`anomaly_maps`,
-    and the save/load hooks :meth:`_state_tensors` and :meth:`_set_state`; :meth:`get_params`
-    reads the constructor's arguments back from the attributes of the same names.
+    Higher always means more anomalous. A submodule may be run through a faster runtime with
+    :meth:`accelerate` (the feature extractor, in ONNX Runtime); :meth:`run` calls the fast
+    version where one is set, and :meth:`plain` is the module without them (for export).
     """
 
-    name: ClassVar[str]
-    #: names of what ``fit`` learns; all must be set for the model to count as fitted
-    fitted_attributes: ClassVar[tuple[str, ...]] = ("threshold_",)
+    def __init__(self) -> None:
+        super().__init__()
+        # Plain attribute, not a registered submodule: the fast callables are not state.
+        self.__dict__["_fast"] = {}
 
-    image_size: int
-    batch_size: int
-    num_workers: int
-    progress: bool
+    def accelerate(self, name: str, hooks: Hooks, key: str, image_size: int) -> None:
+        """Run submodule ``name`` through ``hooks.accelerate`` (cached under ``key``)."""
+        if hooks.accelerate is not None:
+            self._fast[name] = hooks.accelerate(getattr(self, name), key, image_size)
 
-    # -- fitting -------------------------------------------------------------------------------
-    def fit(self, data: str | Path | Category | Sequence[str | Path]) -> Detector:
-        """Learn what good looks like from defect-free images; returns ``self``.
+    def run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Submodule ``name`` on ``x``, through its fast version when there is one."""
+        fast = self._fast.get(name)
+        return fast(x) if fast is not None else getattr(self, name)(x)
 
-        Args:
-            data: a category folder (its ``train/good`` is used), a :class:`Category`, or a list
-                of image files.
-        """
-        self._validate()
-        paths = training_paths(data)
-        if len(paths) < 3:
-            raise DataError(f"fit needs at least 3 defect-free training images, got {len(paths)}")
-        self._fit(paths)
-        return self
+    def plain(self) -> AnomalyModule:
+        """This module with no fast versions (shares every tensor): what export traces."""
+        import copy
 
-    def _validate(self) -> None:
-        if not isinstance(self.image_size, int) or self.image_size < 32:
-            raise ConfigError(f"image_size must be an int >= 32, got {self.image_size!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        out = copy.copy(self)
+        out.__dict__["_fast"] = {}
+        return out
 
     @abstractmethod
-    def _fit(self, paths: list[Path]) -> None: ...
-
-    def _check_threshold_quantile(self) -> None:
-        """For detectors that set their threshold with :meth:`_threshold`."""
-        if not 0.5 <= self.threshold_quantile <= 1.0:
-            raise ConfigError(
-                f"threshold_quantile must be in [0.5, 1], got {self.threshold_quantile!r}"
-            )
-
-    def _threshold(self, holdout_scores: np.ndarray) -> float:
-        """Pass/fail threshold from scores of held-out good images, without any test label."""
-        return float(np.quantile(holdout_scores, self.threshold_quantile))
-
-    # -- inference -----------------------------------------------------------------------------
-    def check_fitted(self) -> None:
-        """Raise :class:`NotFittedError` unless ``fit`` (or ``load``) has run."""
-        if any(getattr(self, a, None) is None for a in self.fitted_attributes):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet; call fit first "
-                "(or defectscope.load a saved model)"
-            )
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     @abstractmethod
-    def anomaly_maps(self, images: torch.Tensor) -> torch.Tensor:
-        """``images: (B, 3, S, S)`` float in 0..1 -> ``(B, S, S)`` float32 anomaly maps."""
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        """What fitting learned, as named tensors (what a model file stores)."""
 
-    def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W) -> (B,)`` image scores; the maximum of the map unless overridden."""
-        return maps.flatten(1).amax(dim=1)
+    def fit_info(self) -> dict[str, Any]:
+        """Scalar facts of the fit (counts, sizes, the weights used), JSON-ready."""
+        return {}
 
-    def iter_scores(
-        self, images: Sequence[ImageInput], *, desc: str = "scoring"
-    ) -> Iterator[tuple[range, torch.Tensor, torch.Tensor]]:
-        """Yield ``(indices, scores (b,), maps (b, S, S))`` batch by batch, in input order."""
-        self.check_fitted()
-        batches = iter_batches(images, self.image_size, self.batch_size, self.num_workers)
-        with progress_bar(len(images), desc, enabled=self.progress) as bar:
-            for idx, batch in batches:
-                with torch.inference_mode():
-                    maps = self.anomaly_maps(batch)
-                    scores = self.image_scores(maps)
-                bar.update(len(idx))
-                yield idx, scores, maps
 
-    def score(self, images: Sequence[ImageInput]) -> ScoredImages:
-        """Scores and anomaly maps of many images (paths or uint8 arrays)."""
-        scores = np.empty(len(images), dtype=np.float32)
-        maps = np.empty((len(images), self.image_size, self.image_size), dtype=np.float32)
-        for idx, batch_scores, batch_maps in self.iter_scores(images):
-            scores[idx.start : idx.stop] = batch_scores.numpy()
-            maps[idx.start : idx.stop] = batch_maps.numpy()
-        return ScoredImages(scores, maps)
+class Fitter(ABC):
+    """Consumes batches of images and builds an :class:`AnomalyModule`.
 
-    def predict(self, images: Sequence[ImageInput]) -> list[Prediction]:
-        """One :class:`Prediction` per image, with pass/fail at the fitted threshold."""
-        scored = self.score(images)
-        return [
-            Prediction(
-                score=float(s),
-                is_anomalous=bool(s > self.threshold_),
-                anomaly_map=m,
-                path=str(item) if isinstance(item, (str, Path)) else None,
-            )
-            for item, s, m in zip(images, scored.scores, scored.maps)
-        ]
+    ``update`` may be called any number of times; ``finalize`` may be called more than once
+    (the engine scores held-out images with a first module, then adds them and finalizes again
+    where the detector allows it).
+    """
 
-    # -- persistence ---------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments, as stored (tuples as lists, so that they serialise to JSON)."""
-        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
-        values = {n: getattr(self, n) for n in names}
-        return {n: list(v) if isinstance(v, tuple) else v for n, v in values.items()}
+    #: whether the fitter needs a label per image (True = defective)
+    supervised: bool = False
+    #: whether held-out images, once used for the threshold, may join the final model; False
+    #: where adding them would change the model's scores of similar images (a memory bank) or
+    #: is expensive (training again)
+    merge_holdout: bool = False
 
     @abstractmethod
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        """What ``fit`` learned, as named tensors."""
+    def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Add ``images (B, 3, H, W)`` float in 0..1 (and ``labels (B,)`` bool if supervised)."""
 
     @abstractmethod
-    def _set_state(self, tensors: dict[str, torch.Tensor], fitted: dict[str, Any]) -> None:
-        """Restore what ``fit`` learned from :meth:`_state_tensors` and :meth:`fitted_info`."""
+    def finalize(self) -> AnomalyModule:
+        """The module fitted on everything seen so far."""
 
-    def fitted_info(self) -> dict[str, Any]:
-        """Scalar results of ``fit`` (threshold, counts), saved in the model's JSON config."""
-        return {"threshold_": self.threshold_}
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model to one ``.safetensors`` file (atomically); returns its path."""
-        from defectscope.io import save_detector
-
-        return save_detector(self, path)
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({params})"
+def image_max(maps: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W) -> (B,)``: the maximum of each map."""
+    return maps.flatten(1).amax(dim=1)

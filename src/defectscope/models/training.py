@@ -1,39 +1,22 @@
-"""The small training loop shared by the trained baselines: augmentation, early stopping,
-loss history, progress with epoch, loss and ETA."""
+"""The small training loop shared by the trained baselines: augmentation, early stopping and
+loss history; progress is reported through :class:`~defectscope.models.base.Hooks`."""
 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectscope.data.loader import ImageInput, iter_batches
-from defectscope.errors import ConfigError, unknown_name
-from defectscope.models.base import Detector
-from defectscope.progress import progress_bar
+from defectscope.models.base import Fitter, Hooks
+from defectscope.models.common import TrainingOptions
 
-AUGMENTATIONS = ("hflip", "vflip", "rotate")
 MAX_ROTATION_DEG = 10.0
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
-
-
-def check_augment(augment: Sequence[str]) -> None:
-    for name in augment:
-        if name not in AUGMENTATIONS:
-            raise ConfigError(unknown_name("augmentation", name, AUGMENTATIONS))
-
-
-def load_all(items: Sequence[ImageInput], size: int, workers: int) -> torch.Tensor:
-    """Every image as one ``(N, 3, S, S)`` float tensor in 0..1 (the baselines train on a few
-    hundred small images, which fit in memory many times over)."""
-    return torch.cat([batch for _, batch in iter_batches(items, size, 64, workers)])
 
 
 def augment_batch(x: torch.Tensor, augment: Sequence[str], gen: torch.Generator) -> torch.Tensor:
@@ -74,7 +57,7 @@ def train(
     batch_size: int,
     augment: Sequence[str],
     seed: int,
-    progress: bool,
+    on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> dict[str, list[float]]:
     """Adam on ``loss_fn(net, x, y)``; keeps the weights of the best validation epoch.
 
@@ -84,34 +67,33 @@ def train(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     history: dict[str, list[float]] = {"train": [], "val": []}
     best, best_state, waited = math.inf, None, 0
-    with progress_bar(epochs, "training", enabled=progress, unit="epoch") as bar:
-        for _ in range(epochs):
-            net.train()
-            order = torch.randperm(len(x_train), generator=gen)
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                x = augment_batch(x_train[idx], augment, gen)
-                y = None if y_train is None else y_train[idx]
-                loss = loss_fn(net, x, y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-            net.eval()
-            with torch.no_grad():
-                val = float(loss_fn(net, x_val, y_val))
-            history["train"].append(total / len(order))
-            history["val"].append(val)
-            bar.set_postfix(train=f"{history['train'][-1]:.4f}", val=f"{val:.4f}")
-            bar.update(1)
-            if val < best - 1e-6:
-                best, waited = val, 0
-                best_state = {k: v.clone() for k, v in net.state_dict().items()}
-            else:
-                waited += 1
-                if waited >= patience:
-                    break
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x = augment_batch(x_train[idx], augment, gen)
+            y = None if y_train is None else y_train[idx]
+            loss = loss_fn(net, x, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        net.eval()
+        with torch.no_grad():
+            val = float(loss_fn(net, x_val, y_val))
+        history["train"].append(total / len(order))
+        history["val"].append(val)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, history["train"][-1], val)
+        if val < best - 1e-6:
+            best, waited = val, 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= patience:
+                break
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
@@ -125,60 +107,65 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[k:]), np.sort(order[:k])
 
 
-class NetDetector(Detector):
-    """A detector whose learned state is one trained network plus a threshold (the baselines).
+class NetFitter(Fitter):
+    """Collects the training images, then trains a network in :meth:`finalize`.
 
-    Subclasses build their network in :meth:`_new_net` and train it with :meth:`_train`;
-    saving and loading the network and its loss history is shared here.
+    The baselines train on a few hundred small images, which fit in memory many times over.
     """
 
-    fitted_attributes: ClassVar[tuple[str, ...]] = ("net_", "threshold_")
+    config: TrainingOptions
 
-    epochs: int
-    patience: int
-    lr: float
-    augment: Sequence[str]
-    seed: int
+    def __init__(self, config: TrainingOptions, hooks: Hooks) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.images: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
 
-    @abstractmethod
-    def _new_net(self) -> nn.Module:
-        """A freshly initialised network of this detector's configuration."""
+    def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        self.images.append(images)
+        if labels is not None:
+            self.labels.append(labels)
 
-    def _train(
-        self,
-        loss_fn: LossFn,
-        x_train: torch.Tensor,
-        y_train: torch.Tensor | None,
-        x_val: torch.Tensor,
-        y_val: torch.Tensor | None,
-    ) -> None:
-        """Build ``net_`` and train it with this detector's settings; sets ``history_``."""
-        self.net_ = self._new_net()
-        self.history_ = train(
-            self.net_,
+    def fit_net(
+        self, net: nn.Module, loss_fn: LossFn, train_idx, val_idx
+    ) -> dict[str, list[float]]:
+        """Train ``net`` on the collected images (and labels) with this fitter's options."""
+        torch.manual_seed(self.config.seed)
+        x = torch.cat(self.images)
+        y = torch.cat(self.labels).float() if self.labels else None
+        return train(
+            net,
             loss_fn,
-            x_train,
-            y_train,
-            x_val,
-            y_val,
-            epochs=self.epochs,
-            patience=self.patience,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            augment=self.augment,
-            seed=self.seed,
-            progress=self.progress,
+            x[train_idx],
+            None if y is None else y[train_idx],
+            x[val_idx],
+            None if y is None else y[val_idx],
+            epochs=self.config.epochs,
+            patience=self.config.patience,
+            lr=self.config.lr,
+            batch_size=self.config.train_batch_size,
+            augment=self.config.augment,
+            seed=self.config.seed,
+            on_epoch=self.hooks.on_epoch,
         )
 
-    def fitted_info(self) -> dict[str, Any]:
-        return {"threshold_": self.threshold_, "history_": self.history_}
+    @property
+    def count(self) -> int:
+        return sum(len(x) for x in self.images)
 
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
 
-    def _set_state(self, tensors: dict[str, torch.Tensor], fitted: dict[str, Any]) -> None:
-        self.net_ = self._new_net()
-        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        self.net_.eval()
-        self.threshold_ = float(fitted["threshold_"])
-        self.history_ = fitted.get("history_", {})
+def load_net_state(net: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """``net`` with the ``net.*`` tensors of a model file; ValueError if they do not fit."""
+    state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    expected = net.state_dict()
+    if set(state) != set(expected):
+        missing = sorted(set(expected) - set(state))[:2]
+        raise ValueError(f"network tensors do not match the config (missing e.g. {missing})")
+    for key, value in state.items():
+        if value.shape != expected[key].shape or value.dtype != expected[key].dtype:
+            raise ValueError(
+                f"net.{key} must be {expected[key].dtype} {tuple(expected[key].shape)}, "
+                f"got {value.dtype} {tuple(value.shape)}"
+            )
+    net.load_state_dict(state)
+    return net.eval()

@@ -50,6 +50,23 @@ class GaussianAccumulator:
         self.mean += delta * (batch / total)
         self.count = total
 
+    def merge(self, other: GaussianAccumulator) -> None:
+        """Add the samples summarised by ``other`` (Chan et al.'s pairwise merge, float64)."""
+        if other.mean.shape != self.mean.shape:
+            raise ValueError(
+                f"cannot merge accumulators of shapes {tuple(other.mean.shape)} and "
+                f"{tuple(self.mean.shape)}"
+            )
+        if other.count == 0:
+            return
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        weight = self.count * other.count / total
+        self.scatter += other.scatter
+        self.scatter.baddbmm_(delta.unsqueeze(2), delta.unsqueeze(1), alpha=weight)
+        self.mean += delta * (other.count / total)
+        self.count = total
+
     def covariance(self, regularization: float) -> torch.Tensor:
         """Unbiased covariance plus ``regularization * I``: ``(P, D, D)`` float64."""
         if self.count < 2:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from defectscope.evaluation import METRIC_LABELS, CategoryResult
 from defectscope.report.table import COLUMNS, RANKED_BY
+from defectscope.results import METRIC_LABELS, CategoryResult
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -120,22 +120,23 @@ def write_report(results: Sequence[CategoryResult], run: Path, meta: dict[str, A
             k: str(p.relative_to(run)) if p.is_relative_to(run) else str(p) for k, p in made.items()
         }
     (run / "figures.json").write_text(json.dumps(figures, indent=2))
-    return rebuild_report(run)
+    return rebuild_report(run, meta)
 
 
-def rebuild_report(run: Path) -> Path:
-    """(Re)write ``run/report.html`` from the saved ``results.json``, ``figures.json`` and
-    ``run.json`` of a run folder."""
+def rebuild_report(run: Path, meta: dict[str, Any] | None = None) -> Path:
+    """(Re)write ``run/report.html`` from the saved ``results.json`` and ``figures.json`` of a
+    run folder, and ``meta`` (by default the folder's ``run.json``)."""
     from defectscope.errors import DataError
 
-    needed = [run / "results.json", run / "run.json"]
+    needed = [run / "results.json"] + ([run / "run.json"] if meta is None else [])
     missing = [p for p in needed if not p.is_file()]
     if missing:
         raise DataError(
             f"{missing[0]} not found: {run} is not a run folder written by evaluate or benchmark"
         )
     payload = json.loads(needed[0].read_text())
-    meta = json.loads(needed[1].read_text())
+    if meta is None:
+        meta = json.loads(needed[1].read_text())
     figures_file = run / "figures.json"
     figures = json.loads(figures_file.read_text()) if figures_file.is_file() else {}
     path = run / "report.html"

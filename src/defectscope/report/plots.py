@@ -15,8 +15,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from defectscope.data.images import load_image
-from defectscope.evaluation import CategoryResult
 from defectscope.report.visualize import CMAP, mask_image, overlay
+from defectscope.results import CategoryResult
 
 DPI = 100
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from defectscope.evaluation import METRICS, CategoryResult
+from defectscope.results import METRICS, CategoryResult
 
 COLUMNS = ("category", "detector", "n_train", "n_test", *METRICS, "fit_s", "evaluate_s")
 RANKED_BY = {

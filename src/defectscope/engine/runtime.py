@@ -7,7 +7,6 @@ everything it depends on, and checked against PyTorch on a probe batch before it
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -18,11 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from defectscope.engine.options import RUNTIMES
 from defectscope.errors import ConfigError, unknown_name
 
 log = logging.getLogger(__name__)
-
-RUNTIMES = ("auto", "torch", "onnxruntime")
 # Relative tolerance for the exported graph against PyTorch: float32 kernels reorder sums, so
 # outputs differ in the last bits; a wrong export differs at the level of the values themselves.
 EXPORT_RTOL = 1e-3
@@ -129,22 +127,9 @@ def _export(module: nn.Module, image_size: int, path: Path) -> None:
     log.info("exported feature extractor to %s", path)
 
 
-def graph_key(*parts: object) -> str:
-    """A short digest of everything an exported graph depends on."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            part = part.numpy()
-        if isinstance(part, np.ndarray):
-            digest.update(part.tobytes())
-        else:
-            digest.update(repr(part).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:24]
-
-
-def compile_module(module: nn.Module, runtime: str, image_size: int, key: str):
-    """A callable ``(B, 3, S, S) -> Tensor`` running ``module`` in the resolved ``runtime``."""
+def accelerator(runtime: str):
+    """The ``accelerate`` hook of :class:`~defectscope.models.base.Hooks` for ``runtime``:
+    None for eager PyTorch, else a function that runs a module in ONNX Runtime."""
     if resolve_runtime(runtime) == "onnxruntime":
-        return OnnxModule(module, image_size, key)
-    return module
+        return lambda module, key, image_size: OnnxModule(module, image_size, key)
+    return None

@@ -1,87 +1,23 @@
-"""Evaluating a fitted detector on a category's test split, and benchmarking many categories."""
+"""Evaluating a fitted detector (or an exported file) on a category's test split (torch-free)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from defectscope import metrics
 from defectscope.data.images import load_mask
 from defectscope.data.mvtec import Category, load_category
+from defectscope.engine.scoring import Scorer
 from defectscope.errors import DataError
-from defectscope.models.base import Detector
+from defectscope.results import METRICS, CategoryResult, ImageResult
 
 log = logging.getLogger(__name__)
-
-METRICS = (
-    "image_auroc",
-    "image_f1_best",
-    "image_f1_fixed",
-    "pixel_auroc",
-    "pixel_f1_best",
-    "pixel_f1_fixed",
-    "aupro_30",
-    "image_accuracy_fixed",
-)
-METRIC_LABELS = {
-    "image_auroc": "image AUROC",
-    "image_f1_best": "image F1 (best threshold on test, optimistic)",
-    "image_f1_fixed": "image F1 (threshold fitted without test labels)",
-    "pixel_auroc": "pixel AUROC",
-    "pixel_f1_best": "pixel F1 (best threshold on test, optimistic)",
-    "pixel_f1_fixed": "pixel F1 (threshold fitted without test labels)",
-    "aupro_30": "AUPRO up to FPR 0.3",
-    "image_accuracy_fixed": "image accuracy (threshold fitted without test labels)",
-}
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """One test image's outcome."""
-
-    path: str
-    defect_type: str
-    is_anomalous: bool
-    score: float
-    predicted_anomalous: bool
-
-
-@dataclass
-class CategoryResult:
-    """Metrics and per-image outcomes of one detector on one category.
-
-    ``metrics`` maps each name in :data:`METRICS` to a float, or None where it cannot be computed
-    (pixel metrics without masks); ``notices`` says why. ``maps`` (N, S, S), ``masks``
-    (N, S, S) or None, and ``curves`` (thinned ``(x, y)`` of ``image_roc``, ``pixel_roc`` and
-    ``pro``) are kept in memory for the figures and are not serialised.
-    """
-
-    category: str
-    detector: str
-    metrics: dict[str, float | None]
-    threshold: float
-    images: list[ImageResult]
-    notices: list[str] = field(default_factory=list)
-    fit_seconds: float | None = None
-    evaluate_seconds: float | None = None
-    n_train: int | None = None
-    maps: np.ndarray | None = field(default=None, repr=False)
-    masks: np.ndarray | None = field(default=None, repr=False)
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        skip = ("maps", "masks", "curves", "images")
-        out = {k: v for k, v in asdict(self).items() if k not in skip}
-        out["n_test"] = len(self.images)
-        out["images"] = [asdict(r) for r in self.images]
-        return out
 
 
 @dataclass(frozen=True)
@@ -124,7 +60,7 @@ def compute_metrics(
     return MetricSet(out, curves)
 
 
-def evaluate(detector: Detector, category: Category | str | Path) -> CategoryResult:
+def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResult:
     """Score the test split of ``category`` with a fitted ``detector`` and compute metrics.
 
     Categories or defect types without ``ground_truth`` are evaluated at image level; the
@@ -197,10 +133,10 @@ def evaluate(detector: Detector, category: Category | str | Path) -> CategoryRes
 
 
 def fit_and_evaluate(
-    make_detector: Callable[[], Detector],
+    make_detector: Callable[[], Scorer],
     category: Category,
     model_dir: Path | None = None,
-) -> tuple[Detector, CategoryResult]:
+) -> tuple[Scorer, CategoryResult]:
     """Fit a new detector on ``category``'s training images, save it, evaluate it."""
     detector = make_detector()
     start = time.perf_counter()
@@ -209,7 +145,6 @@ def fit_and_evaluate(
     if model_dir is not None:
         detector.save(model_dir / category.name / "model.safetensors")
     result = evaluate(detector, category)
-    result.fit_seconds = fit_seconds
-    if getattr(detector, "history_", None):
-        result.extra["history"] = detector.history_
-    return detector, result
+    history = detector.fit_info_.get("history")
+    extra = {**result.extra, "history": history} if history else result.extra
+    return detector, replace(result, fit_seconds=fit_seconds, extra=extra)

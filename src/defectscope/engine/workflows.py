@@ -1,11 +1,12 @@
-"""High-level workflows behind the CLI: build detectors by name, benchmark, predict to a folder."""
+"""Workflows behind the CLI: benchmark many categories, cross-validate a supervised detector,
+predict to a folder."""
 
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,23 +15,76 @@ from typing import Any
 import numpy as np
 
 from defectscope.data.images import is_image_file, load_image
-from defectscope.data.mvtec import discover, load_category
-from defectscope.errors import ConfigError, DataError, DefectscopeError, unknown_name
-from defectscope.evaluation import CategoryResult, fit_and_evaluate
-from defectscope.models import DETECTORS, Detector, Prediction
-from defectscope.models.classifier import cross_validate
+from defectscope.data.mvtec import Category, discover, load_category
+from defectscope.engine.estimator import Detector, make_detector
+from defectscope.engine.evaluation import compute_metrics, fit_and_evaluate
+from defectscope.engine.scoring import Scorer
+from defectscope.errors import DataError, DefectscopeError
+from defectscope.models import detector_info
+from defectscope.results import CategoryResult, ImageResult, Prediction
 
 log = logging.getLogger(__name__)
 
 
-def make_detector(name: str, params: dict[str, Any]) -> Detector:
-    """A new detector by name; options it does not take (e.g. ``backbone`` for the
-    autoencoder) are left out, so one option set can serve a multi-model benchmark."""
-    if name not in DETECTORS:
-        raise ConfigError(unknown_name("model", name, DETECTORS))
-    cls = DETECTORS[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in params.items() if k in accepted})
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """``k`` disjoint index sets covering every sample, each with the class ratio of the whole."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for value in (False, True):
+        idx = rng.permutation(np.flatnonzero(labels == value))
+        for i, j in enumerate(idx):
+            folds[i % k].append(int(j))
+    return [np.sort(np.array(f, dtype=int)) for f in folds]
+
+
+def cross_validate(make: Callable[[], Detector], category: Category) -> CategoryResult:
+    """Stratified k-fold over the test split for a supervised detector: out-of-fold scores,
+    metrics and accuracy; every image is scored by a model that never saw it.
+
+    The number of folds and the seed are the detector's ``folds`` and ``seed`` options.
+    """
+    probe = make()
+    folds, seed, name = probe.folds, probe.seed, probe.name
+    samples = category.test_samples
+    labels = np.array([s.is_anomalous for s in samples])
+    if min(labels.sum(), (~labels).sum()) < folds:
+        raise DataError(
+            f"{category.name}: {folds}-fold cross-validation needs at least {folds} good and "
+            f"{folds} defective test images; found {(~labels).sum()} and {labels.sum()}"
+        )
+    paths = [s.path for s in samples]
+    scores = np.zeros(len(samples), dtype=np.float32)
+    parts = stratified_folds(labels, folds, seed)
+    histories = []
+    start = time.perf_counter()
+    for part in parts:
+        train_idx = np.setdiff1d(np.arange(len(samples)), part)
+        model = make().fit([paths[i] for i in train_idx], labels[train_idx])
+        scores[part] = model.score([paths[i] for i in part]).scores
+        histories.append(model.fit_info_.get("history"))
+    seconds = time.perf_counter() - start
+    accuracy = float(np.mean((scores > 0.5) == labels))
+    images = [
+        ImageResult(str(s.path), s.defect_type, bool(s.is_anomalous), float(x), bool(x > 0.5))
+        for s, x in zip(samples, scores)
+    ]
+    computed = compute_metrics(labels, scores, 0.5)
+    return CategoryResult(
+        category=category.name,
+        detector=name,
+        metrics=computed.values,
+        threshold=0.5,
+        images=images,
+        curves=computed.curves,
+        notices=[
+            f"{category.name}: {name} scored by {folds}-fold cross-validation over the "
+            "test split (supervised; no localisation)"
+        ],
+        fit_seconds=seconds,
+        evaluate_seconds=0.0,
+        n_train=int(len(samples) * (folds - 1) / folds),
+        extra={"accuracy": accuracy, "folds": [p.tolist() for p in parts], "history": histories[0]},
+    )
 
 
 def write_run(results: Sequence[CategoryResult], run: Path, meta: dict[str, Any]) -> None:
@@ -55,7 +109,7 @@ class BenchmarkOutcome:
 def benchmark(
     data: str | Path,
     models: Sequence[str],
-    params: dict[str, Any],
+    params: dict[str, dict[str, Any]],
     run: Path,
     *,
     categories: list[str] | None = None,
@@ -68,8 +122,8 @@ def benchmark(
     tables are rewritten after each category so that nothing computed is lost.
     """
     for name in models:
-        if name not in DETECTORS:
-            raise ConfigError(unknown_name("model", name, DETECTORS))
+        detector_info(name)
+        make_detector(name, params.get(name, {})).options()  # bad options fail before any work
     folders = discover(data, categories)
     results: list[CategoryResult] = []
     failures: list[str] = []
@@ -91,10 +145,10 @@ def benchmark(
                 f"{name} on {category.name}: {len(category.train_paths)} train, "
                 f"{len(category.test_samples)} test images"
             )
-            make = lambda n=name: make_detector(n, params)  # noqa: E731
+            make = lambda n=name: make_detector(n, params.get(n, {}))  # noqa: E731
             try:
-                if name == "classifier":
-                    result = cross_validate(make, category, seed=params.get("seed", 0))
+                if detector_info(name).supervised:
+                    result = cross_validate(make, category)
                 else:
                     _, result = fit_and_evaluate(make, category, run / "models" / name)
             except DefectscopeError as exc:
@@ -133,7 +187,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
 
 
 def predict_to_folder(
-    detector: Detector, inputs: Sequence[str | Path], out: Path, *, images: bool = True
+    detector: Scorer, inputs: Sequence[str | Path], out: Path, *, images: bool = True
 ) -> tuple[list[Prediction], list[str]]:
     """Predict every image under ``inputs``; write CSV, JSON, overlays and a contact sheet."""
     from defectscope.report.plots import contact_sheet

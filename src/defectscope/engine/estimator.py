@@ -1,0 +1,306 @@
+"""The Python API's estimators: files -> batches -> a detector's fitter and module -> results.
+
+One class per registered detector (``defectscope.PaDiM``, ``defectscope.Autoencoder``, ...) is
+generated from the registry. Its keyword-only constructor takes every option of the detector's
+config and of :class:`~defectscope.engine.options.EngineOptions`, stores them unchanged and
+validates them in ``fit`` (scikit-learn's estimator contract: ``get_params``, ``set_params``
+and ``sklearn.base.clone`` work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from defectscope.config import Options
+from defectscope.data.loader import ImageInput, iter_batches
+from defectscope.data.mvtec import Category, load_category
+from defectscope.engine.options import ENGINE_NAMES, EngineOptions, split_params
+from defectscope.engine.scoring import Scorer
+from defectscope.errors import ConfigError, DataError, NotFittedError
+from defectscope.models import DETECTORS, DetectorInfo
+from defectscope.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+def training_paths(data: str | Path | Category | Sequence[str | Path]) -> list[Path]:
+    """The defect-free training images of a category folder, a Category or a list of files."""
+    if isinstance(data, Category):
+        return list(data.train_paths)
+    if isinstance(data, (str, Path)):
+        return list(load_category(data).train_paths)
+    paths = [Path(p) for p in data]
+    if not paths:
+        raise DataError("fit got an empty list of images; pass defect-free training images")
+    return paths
+
+
+def to_tensor(batch: np.ndarray):
+    """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32 in 0..1."""
+    import torch
+
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(held, rest)`` indices: a seeded ``fraction`` of ``n`` (1 to 32, leaving at least 2)."""
+    if fraction <= 0:
+        return [], list(range(n))
+    order = np.random.default_rng(seed).permutation(n)
+    k = min(EngineOptions.max_holdout, n - 2, max(1, round(fraction * n)))
+    return sorted(order[:k].tolist()), sorted(order[k:].tolist())
+
+
+class Detector(Scorer):
+    """Base of the generated estimator classes; see the module docstring."""
+
+    #: the registry entry of the detector this class runs
+    info: ClassVar[DetectorInfo]
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = [*dataclasses.fields(cls.info.config), *dataclasses.fields(EngineOptions)]
+        names = [f.name for f in fields]
+        clash = {n for n in names if names.count(n) > 1}
+        if clash:
+            raise TypeError(
+                f"{cls.info.name}: options {clash} are both detector and engine options"
+            )
+        signature = inspect.Signature(
+            [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+            + [
+                inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+                for f in fields
+            ]
+        )
+        defaults = {f.name: f.default for f in fields}
+
+        def __init__(self, **params: Any) -> None:  # noqa: N807 - the generated constructor
+            unknown = sorted(set(params) - set(defaults))
+            if unknown:
+                raise TypeError(
+                    f"{cls.__name__}() got an unexpected keyword argument {unknown[0]!r}"
+                )
+            for key, default in defaults.items():
+                setattr(self, key, params.get(key, default))
+
+        __init__.__signature__ = signature  # type: ignore[attr-defined]
+        __init__.__doc__ = f"Every option of {cls.info.name} and of the engine, keyword-only."
+        __init__.__qualname__ = f"{cls.__name__}.__init__"
+        cls.__init__ = __init__  # type: ignore[misc]
+
+    # -- scikit-learn's estimator contract ------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [*cls.info.config.names(), *ENGINE_NAMES]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor arguments as stored (``deep`` is accepted for scikit-learn; no nesting)."""
+        return {n: getattr(self, n) for n in self._param_names()}
+
+    def set_params(self, **params: Any) -> Detector:
+        """Change constructor arguments; they take effect at the next ``fit``."""
+        for key, value in params.items():
+            if key not in self._param_names():
+                raise ConfigError(
+                    f"{type(self).__name__} has no option {key!r}; options: "
+                    + ", ".join(self._param_names())
+                )
+            setattr(self, key, value)
+        return self
+
+    def options(self) -> tuple[Options, EngineOptions]:
+        """The validated ``(detector config, engine options)`` of the current parameters."""
+        return split_params(self.name, self.get_params())
+
+    def __repr__(self) -> str:
+        changed = {
+            k: v
+            for k, v in self.get_params().items()
+            if v != inspect.signature(type(self).__init__).parameters[k].default
+        }
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    # -- fitting --------------------------------------------------------------------------------
+    def fit(
+        self,
+        data: str | Path | Category | Sequence[str | Path],
+        labels: Sequence[bool] | None = None,
+    ) -> Detector:
+        """Learn from images; returns ``self``.
+
+        Args:
+            data: a category folder (its ``train/good``), a :class:`Category`, or image files.
+            labels: one bool per image (True = defective), for supervised detectors only.
+        """
+        config, engine = self.options()
+        paths = self._check_training_data(data, labels)
+        hooks = self._hooks(engine)
+        fitter = self.info.load().make_fitter(config, hooks)
+        n_holdout = 0
+        if self.info.supervised:
+            y = np.asarray(labels, dtype=bool)
+            self._feed(fitter, paths, engine, config.image_size, y)
+            with self._epochs(engine):
+                module = fitter.finalize()
+            threshold = 0.5  # a probability
+        else:
+            held, rest = holdout_split(len(paths), engine.holdout, config.seed)
+            self._feed(fitter, [paths[i] for i in rest], engine, config.image_size)
+            with self._epochs(engine):
+                module = fitter.finalize()
+            if held:
+                held_paths = [paths[i] for i in held]
+                scores = np.concatenate(
+                    [s for _, s, _ in self._run(module, held_paths, engine, config.image_size)]
+                )
+                threshold = float(np.quantile(scores, engine.threshold_quantile))
+                if fitter.merge_holdout:
+                    # The held-out images join the final model: it uses every image.
+                    self._feed(fitter, held_paths, engine, config.image_size)
+                    module = fitter.finalize()
+                n_holdout = len(held)
+            else:
+                threshold = float("inf")
+                log.warning("holdout=0: no threshold was chosen; every image will pass")
+        self._set_fitted(module, threshold, config, engine, {"n_holdout": n_holdout})
+        return self
+
+    def _check_training_data(self, data, labels) -> list[Path]:
+        if self.info.supervised:
+            if labels is None or isinstance(data, (str, Path, Category)):
+                raise DataError(
+                    f"the {self.name} is supervised: call fit(images, labels) with labelled good "
+                    "and defective images (a category's train/good holds no defects)"
+                )
+            paths = [Path(p) for p in data]
+            y = np.asarray(labels, dtype=bool)
+            if len(y) != len(paths) or y.all() or not y.any():
+                raise DataError(
+                    f"{self.name} needs one label per image and both classes; got {len(paths)} "
+                    f"images, {int(y.sum())} defective, {int((~y).sum())} good"
+                )
+            return paths
+        if labels is not None:
+            raise DataError(f"{self.name} learns from defect-free images only; pass no labels")
+        paths = training_paths(data)
+        if len(paths) < 3:
+            raise DataError(f"fit needs at least 3 defect-free training images, got {len(paths)}")
+        return paths
+
+    def _hooks(self, engine: EngineOptions):
+        from defectscope.engine.runtime import accelerator
+        from defectscope.models.base import Hooks
+
+        self._epoch_bar = None
+
+        def on_epoch(epoch: int, train: float, val: float) -> None:
+            if self._epoch_bar is not None:
+                self._epoch_bar.set_postfix(train=f"{train:.4f}", val=f"{val:.4f}")
+                self._epoch_bar.update(1)
+
+        def on_stage(text: str) -> None:
+            if engine.progress:
+                log.info(text)
+
+        return Hooks(accelerator(engine.runtime), on_epoch, on_stage)
+
+    @contextmanager
+    def _epochs(self, engine: EngineOptions) -> Iterator[None]:
+        epochs = getattr(self, "epochs", None)
+        if epochs is None:
+            yield
+            return
+        with progress_bar(epochs, "training", enabled=engine.progress, unit="epoch") as bar:
+            self._epoch_bar = bar
+            try:
+                yield
+            finally:
+                self._epoch_bar = None
+
+    def _feed(self, fitter, paths, engine, size, labels: np.ndarray | None = None) -> None:
+        import torch
+
+        batches = iter_batches(paths, size, engine.batch_size, engine.num_workers)
+        with progress_bar(len(paths), "fitting", enabled=engine.progress) as bar:
+            for idx, batch in batches:
+                y = None if labels is None else torch.from_numpy(labels[idx.start : idx.stop])
+                fitter.update(to_tensor(batch), y)
+                bar.update(len(idx))
+
+    @staticmethod
+    def _run(module, items, engine, size, desc: str = "scoring"):
+        import torch
+
+        batches = iter_batches(items, size, engine.batch_size, engine.num_workers)
+        with progress_bar(len(items), desc, enabled=engine.progress) as bar:
+            for idx, batch in batches:
+                with torch.inference_mode():
+                    scores, maps = module(to_tensor(batch))
+                bar.update(len(idx))
+                yield idx, scores.float().numpy(), maps.float().numpy()
+
+    def _set_fitted(self, module, threshold, config, engine, info: dict[str, Any]) -> None:
+        self.module_ = module
+        self.threshold_ = float(threshold)
+        self.config_ = config
+        self.fit_info_ = {**module.fit_info(), **info}
+
+    # -- inference ------------------------------------------------------------------------------
+    def check_fitted(self) -> None:
+        """Raise :class:`NotFittedError` unless ``fit`` (or ``load``) has run."""
+        if getattr(self, "module_", None) is None:
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call fit first "
+                "(or defectscope.load a saved model)"
+            )
+
+    def _score_batches(self, images: list[ImageInput], desc: str):
+        self.check_fitted()
+        _, engine = self.options()
+        return self._run(self.module_, images, engine, self.config_.image_size, desc)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the model to one ``.safetensors`` file (atomically); returns its path."""
+        from defectscope.engine.persistence import save_detector
+
+        return save_detector(self, path)
+
+
+ESTIMATORS: dict[str, type[Detector]] = {
+    name: type(
+        info.class_name,
+        (Detector,),
+        {
+            "info": info,
+            "name": name,
+            "__module__": __name__,
+            "__doc__": (
+                f"{info.config.__doc__}\n\nOptions: see ``defectscope fit --model {name} --help``; "
+                "every option of the detector and of the engine is a keyword argument."
+            ),
+        },
+    )
+    for name, info in DETECTORS.items()
+}
+
+
+def estimator_class(name: str) -> type[Detector]:
+    from defectscope.models import detector_info
+
+    return ESTIMATORS[detector_info(name).name]
+
+
+def make_detector(name: str, params: dict[str, Any]) -> Detector:
+    """A new estimator by registry name with the given options."""
+    return estimator_class(name)(**params)

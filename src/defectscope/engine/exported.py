@@ -1,0 +1,220 @@
+"""The whole pipeline as one ONNX file: writing it (:func:`export_onnx`, needs torch) and running
+it (:class:`ExportedModel`: onnxruntime, numpy and Pillow only, no torch).
+
+The file takes ``images``: uint8 ``(B, S, S, 3)`` RGB at the model's input size, and gives
+``scores (B,)`` and ``maps (B, S, S)`` float32. Its ONNX metadata (key ``defectscope``) is a
+JSON object with the threshold, input size and layout, the colour scale, the detector and its
+config, and the SHA-256 of the model file it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectscope.data.loader import ImageInput, iter_batches
+from defectscope.engine.scoring import Scorer
+from defectscope.errors import ConfigError, ModelFileError
+from defectscope.progress import progress_bar
+
+METADATA_KEY = "defectscope"
+EXPORT_FORMAT = "defectscope-onnx"
+EXPORT_VERSION = 1
+#: ONNX files are one protobuf message, which cannot exceed 2 GiB
+MAX_ONNX_BYTES = 1_900_000_000
+#: exported and PyTorch outputs must agree within this relative tolerance
+PARITY_RTOL = 1e-3
+#: images per ONNX Runtime call (small batches keep activations in cache; see runtime.py)
+MICRO_BATCH = 4
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_onnx(detector: Any, path: str | Path) -> Path:
+    """Write the fitted ``detector``'s whole pipeline to one ONNX file; returns its path.
+
+    The exported graph is checked against PyTorch on a probe batch before the file is kept.
+    """
+    import onnx
+    import torch
+
+    from defectscope import __version__
+
+    detector.check_fitted()
+    module = detector.module_.plain().eval()
+    size = detector.config_.image_size
+    state_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    if state_bytes > MAX_ONNX_BYTES:
+        raise ConfigError(
+            f"this model holds {state_bytes / 1e9:.1f} GB of tensors, over ONNX's 2 GB limit for "
+            "one file; export a smaller configuration (fewer n_features, a smaller backbone)"
+        )
+
+    class Uint8Pipeline(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, images: torch.Tensor):
+            x = images.permute(0, 3, 1, 2).float() / 255.0
+            scores, maps = self.module(x)
+            return scores, maps
+
+    wrapper = Uint8Pipeline().eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings on shape branches, constant here
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                tmp,
+                input_names=["images"],
+                output_names=["scores", "maps"],
+                dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "maps": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        graph = onnx.load(tmp)
+        meta = {
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_VERSION,
+            "defectscope_version": __version__,
+            "detector": detector.name,
+            "threshold": detector.threshold_,
+            "image_size": size,
+            "input": "images: uint8 (batch, height, width, 3) RGB, resized to image_size",
+            "outputs": "scores: float32 (batch,); maps: float32 (batch, image_size, image_size)",
+            "colour_scale": detector.fit_info_.get("colour_scale"),
+            "config": detector.config_.to_dict(),
+            "model_sha256": (
+                file_sha256(detector.model_file_)
+                if getattr(detector, "model_file_", None)
+                else None
+            ),
+        }
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+        onnx.save(graph, tmp)
+        _check_parity(wrapper, tmp, size)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _check_parity(wrapper, file: str, size: int) -> None:
+    import onnxruntime as ort
+    import torch
+
+    rng = np.random.default_rng(0)
+    probe = rng.integers(0, 256, size=(2, size, size, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        want_scores, want_maps = (t.numpy() for t in wrapper(torch.from_numpy(probe)))
+    session = ort.InferenceSession(file, providers=["CPUExecutionProvider"])
+    got_scores, got_maps = session.run(None, {"images": probe})
+    scale = float(np.abs(want_maps).max()) or 1.0
+    err = max(
+        float(np.abs(got_scores - want_scores).max()) / (float(np.abs(want_scores).max()) or 1.0),
+        float(np.abs(got_maps - want_maps).max()) / scale,
+    )
+    if err > PARITY_RTOL:
+        raise RuntimeError(f"the exported graph disagrees with PyTorch (relative error {err:.3g})")
+
+
+class ExportedModel(Scorer):
+    """An exported ``.onnx`` file, run with ONNX Runtime, numpy and Pillow: no torch.
+
+    Attributes:
+        threshold_: the pass/fail threshold saved in the file.
+        image_size: the square input side.
+        name: the detector it was exported from.
+        metadata: everything the file says about itself.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        progress: bool = False,
+        weights: str | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"exported model not found: {self.path}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+            raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+            meta = json.loads(raw) if raw else None
+        except Exception as exc:  # noqa: BLE001 - every reader failure means a damaged file
+            raise ModelFileError(
+                f"{self.path} is not a readable ONNX model ({exc}); export it again"
+            ) from exc
+        if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+            raise ModelFileError(
+                f"{self.path} is an ONNX file but not one written by `defectscope export`"
+            )
+        if meta.get("format_version") != EXPORT_VERSION:
+            raise ModelFileError(
+                f"{self.path} has export format version {meta.get('format_version')}; this "
+                f"defectscope reads version {EXPORT_VERSION}: export it again"
+            )
+        try:
+            self.threshold_ = float(meta["threshold"])
+            self.image_size = int(meta["image_size"])
+            self.name = str(meta["detector"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{self.path} has damaged metadata ({exc})") from exc
+        if np.isnan(self.threshold_):
+            raise ModelFileError(f"{self.path} has a NaN threshold; export it again")
+        self.metadata = meta
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.progress = progress
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, S, S, 3)`` uint8 -> ``(scores (B,), maps (B, S, S))``, in micro-batches."""
+        parts = [
+            self.session.run(None, {"images": batch[i : i + MICRO_BATCH]})
+            for i in range(0, len(batch), MICRO_BATCH)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _score_batches(
+        self, images: list[ImageInput], desc: str
+    ) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
+        batches = iter_batches(images, self.image_size, self.batch_size, self.num_workers)
+        with progress_bar(len(images), desc, enabled=self.progress) as bar:
+            for idx, batch in batches:
+                scores, maps = self.run(batch)
+                bar.update(len(idx))
+                yield idx, scores, maps

@@ -1,0 +1,192 @@
+"""The engine's own options, and every option of every detector gathered for the CLI and for
+config files (torch-free: ``defectscope --help`` reads it).
+
+Precedence, lowest to highest: the dataclass defaults < a config file < the command line.
+A config file (JSON, TOML or YAML) holds option names as keys, optionally ``model``/``models``,
+``data`` and ``categories``, and optionally one table per detector (``[padim]``) whose options
+apply to that detector only. A run's saved ``config.json`` is such a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from defectscope.config import Options, field_help, field_types, option
+from defectscope.errors import ConfigError, unknown_name
+from defectscope.models import DETECTORS, detector_info
+
+RUNTIMES = ("auto", "torch", "onnxruntime")
+#: keys of a config file that are not options
+RUN_KEYS = ("model", "models", "data", "categories")
+
+
+@dataclass(frozen=True)
+class EngineOptions(Options):
+    """How the engine fits and scores, whatever the detector."""
+
+    scope: ClassVar[str] = "engine"
+
+    holdout: float = option(
+        0.1, "fraction of the training images held out to choose the threshold (at most 32)"
+    )
+    threshold_quantile: float = option(
+        0.99, "quantile of the held-out good images' scores used as pass/fail threshold"
+    )
+    runtime: str = option("auto", "where the feature extractor runs", choices=RUNTIMES)
+    batch_size: int = option(32, "images per scoring batch")
+    num_workers: int = option(2, "image decoding threads")
+    progress: bool = option(False, "show progress bars")
+
+    #: at most this many held-out images (their scores are all that is kept of them)
+    max_holdout: ClassVar[int] = 32
+
+    def validate(self) -> None:
+        self.require(0 <= self.holdout < 0.5, "holdout", "in [0, 0.5)")
+        self.require(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile", "in [0.5, 1]")
+        self.require(self.batch_size >= 1, "batch_size", "a positive int")
+        self.require(self.num_workers >= 0, "num_workers", ">= 0")
+
+
+ENGINE_NAMES = EngineOptions.names()
+
+
+def option_owners() -> dict[str, list[str]]:
+    """``{option: [detectors that take it]}``; engine options are taken by every detector."""
+    owners: dict[str, list[str]] = {}
+    for name, info in DETECTORS.items():
+        for key in info.config.names():
+            owners.setdefault(key, []).append(name)
+    for key in ENGINE_NAMES:
+        owners[key] = list(DETECTORS)
+    return owners
+
+
+def catalogue() -> dict[str, tuple[Any, str]]:
+    """``{option: (annotation, help)}`` over every detector and the engine, for the CLI.
+
+    Where detectors share an option name with different defaults, the help names each default.
+    """
+    out: dict[str, tuple[Any, str]] = {}
+    sources = [(info.name, info.config) for info in DETECTORS.values()]
+    sources.append(("engine", EngineOptions))
+    defaults: dict[str, list[str]] = {}
+    for owner, cls in sources:
+        helps, types = field_help(cls), field_types(cls)
+        for f in dataclasses.fields(cls):
+            text, _, default = helps[f.name].rpartition(" [default: ")
+            defaults.setdefault(f.name, []).append(f"{owner} {default.rstrip(']')}")
+            out.setdefault(f.name, (types[f.name], text))
+    return {
+        k: (
+            kind,
+            f"{text} [default: {', '.join(defaults[k])}]"
+            if len(defaults[k]) > 1
+            else f"{text} [default: {defaults[k][0].split(' ', 1)[1]}]",
+        )
+        for k, (kind, text) in out.items()
+    }
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file as a dict: JSON, TOML (``.toml``) or YAML (``.yaml``/``.yml``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {file} is not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {file} cannot be read: {exc.strerror}") from exc
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - every parser failure means the same to the user
+        kind = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}.get(suffix, "JSON")
+        raise ConfigError(f"config file {file} is not valid {kind}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {file} must hold a mapping of option names to values, "
+            f"got a {type(data).__name__}"
+        )
+    return data
+
+
+def resolve_params(
+    models: Sequence[str],
+    file_values: Mapping[str, Any],
+    cli_values: Mapping[str, Any],
+    *,
+    where: str = "",
+) -> dict[str, dict[str, Any]]:
+    """Per detector, the options given for it: file < command line, per-detector tables last.
+
+    An option that none of ``models`` takes is an error (never silently dropped). In a
+    multi-detector run, an option applies to the detectors that take it.
+
+    Returns:
+        ``{model: {option: value}}`` holding only what was given (the rest stays at defaults).
+    """
+    for name in models:
+        detector_info(name)
+    owners = option_owners()
+    tables = {k: v for k, v in file_values.items() if k in DETECTORS}
+    flat = {k: v for k, v in file_values.items() if k not in DETECTORS and k not in RUN_KEYS}
+    for key in flat:
+        if key not in owners:
+            raise ConfigError(where + unknown_name("option", key, [*owners, *RUN_KEYS]))
+    merged = {**flat, **{k: v for k, v in cli_values.items() if v is not None}}
+    for key in merged:
+        takers = [m for m in models if m in owners[key]]
+        if not takers:
+            raise ConfigError(
+                f"option {key} does not apply to {', '.join(models)} (it is an option of "
+                f"{', '.join(owners[key])}); remove it or choose another --model"
+            )
+    out: dict[str, dict[str, Any]] = {}
+    for name in models:
+        taken = set(detector_info(name).config.names()) | set(ENGINE_NAMES)
+        params = {k: v for k, v in merged.items() if k in taken}
+        table = tables.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}[{name}] must be a table of options")
+        for key in table:
+            if key not in taken:
+                raise ConfigError(
+                    where + f"[{name}]: " + unknown_name(f"{name} option", key, taken)
+                )
+        out[name] = {**params, **table}
+    for name in tables:
+        if name not in models:
+            raise ConfigError(
+                f"{where}a [{name}] table is given but {name} is not among the models run "
+                f"({', '.join(models)})"
+            )
+    return out
+
+
+def split_params(name: str, params: Mapping[str, Any]) -> tuple[Options, EngineOptions]:
+    """Build and validate ``(detector config, engine options)`` from one flat parameter dict."""
+    config_cls = detector_info(name).config
+    own = {k: v for k, v in params.items() if k in config_cls.names()}
+    engine = {k: v for k, v in params.items() if k in ENGINE_NAMES}
+    rest = sorted(set(params) - set(own) - set(engine))
+    if rest:
+        raise ConfigError(
+            unknown_name(f"{name} option", rest[0], [*config_cls.names(), *ENGINE_NAMES])
+        )
+    return config_cls(**own), EngineOptions(**engine)

@@ -1,0 +1,215 @@
+"""Model files: one ``.safetensors`` file holding the tensors and a JSON header, never pickle.
+
+The header holds the detector's name and config, the engine options, what ``fit`` learned as
+scalars (threshold, counts, the weights used), the file format version, the defectscope version
+and a SHA-256 of the tensor data. Everything is checked on load: the config by its dataclass,
+the tensors by the detector's ``restore`` (dtype, shape, index range), every value finite, and
+the digest; any failure is a :class:`ModelFileError` naming the file and what is wrong.
+
+Saving writes a temporary file next to the target and renames it, so a crash never leaves a
+half-written model; temporary files left by an interrupted save are removed by the next save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from defectscope.errors import ConfigError, DefectscopeError, ModelFileError, unknown_name
+
+FORMAT = "defectscope-model"
+FORMAT_VERSION = 2
+SUFFIX = ".safetensors"
+#: options that may be changed when loading a model: they do not change what it computes
+LOAD_OVERRIDES = ("runtime", "batch_size", "num_workers", "progress", "weights")
+
+
+def model_path(path: str | Path) -> Path:
+    """``path`` itself if it ends in ``.safetensors``, else ``path/model.safetensors``."""
+    path = Path(path)
+    return path if path.suffix == SUFFIX else path / f"model{SUFFIX}"
+
+
+def tensors_digest(tensors: dict[str, Any]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors``, in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _remove_stale_temp_files(folder: Path, name: str) -> None:
+    for stale in folder.glob(f".{name}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+
+
+def save_detector(detector: Any, path: str | Path) -> Path:
+    """Write a fitted estimator atomically; returns the file written."""
+    from safetensors.torch import save_file
+
+    from defectscope import __version__
+
+    detector.check_fitted()
+    path = model_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config, engine = detector.config_, detector.options()[1]
+    tensors = {k: v.contiguous() for k, v in detector.module_.fitted_state().items()}
+    header = {
+        "detector": detector.name,
+        "config": config.to_dict(),
+        "engine": {k: v for k, v in engine.to_dict().items() if k != "progress"},
+        "fitted": {"threshold": detector.threshold_, **detector.fit_info_},
+    }
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "defectscope_version": __version__,
+        "tensors_sha256": tensors_digest(tensors),
+        "config": json.dumps(header),
+    }
+    _remove_stale_temp_files(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        # mkstemp creates 0600; a model file is read by services and colleagues.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a saved model (and its file metadata), without loading tensors."""
+    from safetensors import safe_open
+
+    path = model_path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}; train one with `defectscope fit`")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except PermissionError as exc:
+        raise ModelFileError(f"model file {path} cannot be read: permission denied") from exc
+    except Exception as exc:  # noqa: BLE001 - every reader failure means a damaged file
+        raise ModelFileError(
+            f"{path} is not a readable model file ({exc}); it may be truncated or corrupted: "
+            "re-run `defectscope fit`"
+        ) from exc
+    if metadata.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is a safetensors file but not a defectscope model")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        newer = version is not None and version.isdigit() and int(version) > FORMAT_VERSION
+        raise ModelFileError(
+            f"{path} has model format version {version} (written by defectscope "
+            f"{metadata.get('defectscope_version')}); this defectscope reads version "
+            f"{FORMAT_VERSION}: "
+            + ("upgrade defectscope to read it" if newer else "re-fit the model with this version")
+        )
+    try:
+        header = json.loads(metadata["config"])
+        if not isinstance(header, dict):
+            raise TypeError("the header is not a JSON object")
+        for key, kind in (("detector", str), ("config", dict), ("engine", dict), ("fitted", dict)):
+            if not isinstance(header.get(key), kind):
+                raise TypeError(f"{key!r} missing or not a {kind.__name__}")
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(
+            f"{path} has a damaged header ({exc}); re-run `defectscope fit`"
+        ) from exc
+    header["_metadata"] = metadata
+    return header
+
+
+def load(path: str | Path, **overrides: Any):
+    """Load a model saved with ``save``, or an exported ``.onnx`` file.
+
+    Args:
+        path: the ``.safetensors`` file, a run folder holding ``model.safetensors``, or an
+            ``.onnx`` file written by ``defectscope export``.
+        overrides: options that do not change what the model computes: ``runtime``,
+            ``batch_size``, ``num_workers``, ``progress`` and ``weights`` (where the backbone
+            weights file now lives).
+    """
+    if Path(path).suffix == ".onnx":
+        from defectscope.engine.exported import ExportedModel
+
+        return ExportedModel(path, **{k: v for k, v in overrides.items() if k != "runtime"})
+    import torch
+    from safetensors.torch import load_file
+
+    from defectscope.engine.estimator import ESTIMATORS
+    from defectscope.engine.options import EngineOptions
+
+    file = model_path(path)
+    bad = sorted(set(overrides) - set(LOAD_OVERRIDES))
+    if bad:
+        raise ConfigError(
+            f"option {bad[0]} cannot be changed when loading a model (it changes what the model "
+            f"computes; fit again); options that can: {', '.join(LOAD_OVERRIDES)}"
+        )
+    header = read_header(file)
+    name = header["detector"]
+    if name not in ESTIMATORS:
+        raise ModelFileError(f"{file}: " + unknown_name("detector", str(name), ESTIMATORS))
+    cls = ESTIMATORS[name]
+    try:
+        config = cls.info.config.from_dict(header["config"], where=f"{file}: ")
+        engine = EngineOptions.from_dict(header["engine"], where=f"{file}: ")
+        threshold = float(header["fitted"]["threshold"])
+        if math.isnan(threshold):
+            raise ConfigError("its threshold is NaN")
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(
+            f"{file} has an invalid config ({exc}); a newer defectscope may have written it, or "
+            "it was edited: re-run `defectscope fit`"
+        ) from exc
+    params = {**config.to_dict(), **engine.to_dict(), **overrides}
+    detector = cls(**params)
+    config = detector.options()[0]  # with the overrides (e.g. a moved weights file)
+    try:
+        tensors = load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - every reader failure means a damaged file
+        raise ModelFileError(
+            f"{file} has damaged tensors ({exc}); re-run `defectscope fit`"
+        ) from exc
+    expected = header["_metadata"].get("tensors_sha256")
+    if expected != tensors_digest(tensors):
+        raise ModelFileError(
+            f"{file}: the tensor data does not match the checksum in its header (the file was "
+            "changed or damaged after it was saved); re-run `defectscope fit`"
+        )
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(f"{file}: tensor {key} holds NaN or infinite values; re-fit")
+    try:
+        module = cls.info.load().restore(
+            config, tensors, header["fitted"], detector._hooks(detector.options()[1])
+        )
+    except DefectscopeError:
+        raise
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ModelFileError(
+            f"{file} has tensors that do not fit its config ({exc}); re-run `defectscope fit`"
+        ) from exc
+    fitted = {k: v for k, v in header["fitted"].items() if k != "threshold"}
+    detector._set_fitted(module, threshold, config, detector.options()[1], fitted)
+    detector.model_file_ = file
+    return detector

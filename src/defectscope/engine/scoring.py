@@ -1,0 +1,88 @@
+"""What every scorer shares, fitted estimator or exported file: scores, maps and verdicts of many
+images, batch by batch, never a NaN turned into a verdict (torch-free)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from defectscope.data.loader import ImageInput
+from defectscope.errors import DataError, ScoringError
+from defectscope.results import Prediction, ScoredImages
+
+
+def as_image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """One image (a path or an ``(H, W[, C])`` array) or a sequence of them, as a list.
+
+    A single path string or a single array is one image, never a sequence of characters or
+    of rows.
+    """
+    if isinstance(images, (str, Path)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim in (2, 3) and (images.ndim == 2 or images.shape[-1] in (1, 3, 4)):
+            return [images]
+        if images.ndim == 4:
+            return list(images)
+        raise DataError(
+            f"an image array must be (H, W), (H, W, 3) or a batch (N, H, W, 3); got shape "
+            f"{images.shape}"
+        )
+    return list(images)
+
+
+class Scorer(ABC):
+    """Subclasses provide :meth:`_score_batches`, ``threshold_``, ``image_size`` and ``name``."""
+
+    name: str
+    threshold_: float
+    image_size: int
+
+    @abstractmethod
+    def _score_batches(
+        self, images: list[ImageInput], desc: str
+    ) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
+        """Yield ``(indices, scores (b,), maps (b, S, S))`` float32, in input order."""
+
+    def iter_scores(
+        self, images: ImageInput | Sequence[ImageInput], *, desc: str = "scoring"
+    ) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
+        """Yield ``(indices, scores, maps)`` batch by batch; a non-finite score is an error."""
+        items = as_image_list(images)
+        for idx, scores, maps in self._score_batches(items, desc):
+            bad = np.flatnonzero(~np.isfinite(scores))
+            if len(bad):
+                item = items[idx.start + int(bad[0])]
+                what = item if isinstance(item, (str, Path)) else f"image #{idx.start + bad[0]}"
+                raise ScoringError(
+                    f"the model gave a non-finite score ({scores[bad[0]]}) for {what}: the model "
+                    "file or the image is damaged; no verdict is given"
+                )
+            yield idx, scores, maps
+
+    def score(self, images: ImageInput | Sequence[ImageInput]) -> ScoredImages:
+        """Scores and anomaly maps of many images (paths or uint8 arrays)."""
+        items = as_image_list(images)
+        scores = np.empty(len(items), dtype=np.float32)
+        maps = np.empty((len(items), self.image_size, self.image_size), dtype=np.float32)
+        for idx, batch_scores, batch_maps in self.iter_scores(items):
+            scores[idx.start : idx.stop] = batch_scores
+            maps[idx.start : idx.stop] = batch_maps
+        return ScoredImages(scores, maps)
+
+    def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
+        """One :class:`Prediction` per image, with pass/fail at the model's threshold."""
+        items = as_image_list(images)
+        scored = self.score(items)
+        return [
+            Prediction(
+                score=float(s),
+                is_anomalous=bool(s > self.threshold_),
+                anomaly_map=m,
+                path=str(item) if isinstance(item, (str, Path)) else None,
+            )
+            for item, s, m in zip(items, scored.scores, scored.maps)
+        ]

@@ -1,0 +1,3 @@
+from defectscope.models.autoencoder.config import AutoencoderConfig
+
+__all__ = ["AutoencoderConfig"]

@@ -1,0 +1,3 @@
+from defectscope.models.classifier.config import ClassifierConfig
+
+__all__ = ["ClassifierConfig"]

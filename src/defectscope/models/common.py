@@ -1,0 +1,74 @@
+"""Options shared by several detectors (torch-free, like every ``config.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from defectscope.config import Options, option
+from defectscope.errors import ConfigError, unknown_name
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+AUGMENTATIONS = ("hflip", "vflip", "rotate")
+
+
+@dataclass(frozen=True)
+class ImageOptions(Options):
+    """Options of every detector."""
+
+    image_size: int = option(256, "square input side in pixels")
+    seed: int = option(0, "seed of every random choice (kept channels, coreset, held-out slice)")
+
+    def validate(self) -> None:
+        self.require(self.image_size >= 32, "image_size", "an int >= 32")
+        self.require(
+            self.image_size <= 2048,
+            "image_size",
+            "at most 2048 (larger inputs need more memory than a CPU inspection station has)",
+        )
+
+
+@dataclass(frozen=True)
+class BackboneOptions(ImageOptions):
+    """Options of the detectors built on a pretrained CNN."""
+
+    backbone: str = option(
+        DEFAULT_BACKBONE,
+        "feature extractor: efficientnet_lite0/1/2, resnet18, wide_resnet50_2, timm:ARCH or "
+        "torchvision:ARCH (with layers)",
+    )
+    layers: tuple[str, ...] | None = option(
+        None, "feature layers (module names); None: the detector's default stages"
+    )
+    weights: str | None = option(
+        None,
+        "backbone weights file (.pth/.safetensors), 'random' (timing only), or None to "
+        "find pretrained weights",
+    )
+
+
+@dataclass(frozen=True)
+class TrainingOptions(ImageOptions):
+    """Options of the detectors that train a network (the baselines)."""
+
+    image_size: int = option(128, "square input side in pixels (small: trained on a CPU)")
+    epochs: int = option(40, "maximum training epochs")
+    patience: int = option(6, "epochs without a better validation loss before stopping")
+    lr: float = option(2e-3, "Adam learning rate")
+    augment: tuple[str, ...] = option(
+        ("hflip",),
+        "training augmentations: any of hflip, vflip, rotate (at most 10 degrees); "
+        "choose only what the category allows",
+    )
+    validation: float = option(0.15, "fraction of the training images used for early stopping")
+    train_batch_size: int = option(16, "images per training step")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in self.augment:
+            if name not in AUGMENTATIONS:
+                raise ConfigError(unknown_name("augmentation", name, AUGMENTATIONS))
+        self.require(self.epochs >= 1, "epochs", ">= 1")
+        self.require(self.patience >= 1, "patience", ">= 1")
+        self.require(self.lr > 0, "lr", "> 0")
+        self.require(0 < self.validation < 0.5, "validation", "in (0, 0.5)")
+        self.require(self.train_batch_size >= 1, "train_batch_size", ">= 1")

@@ -1,0 +1,3 @@
+from defectscope.models.padim.config import PadimConfig
+
+__all__ = ["PadimConfig"]

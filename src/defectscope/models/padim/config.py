@@ -1,0 +1,30 @@
+"""PaDiM's options (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from defectscope.config import option
+from defectscope.models.common import BackboneOptions
+
+
+@dataclass(frozen=True)
+class PadimConfig(BackboneOptions):
+    """Patch Distribution Modeling (Defard et al., 2020): a Gaussian per patch position."""
+
+    scope: ClassVar[str] = "padim"
+
+    n_features: int | None = option(
+        None, "channels kept at random; None: the backbone's default, 0: all"
+    )
+    regularization: float = option(
+        0.01, "added to every covariance diagonal: keeps it invertible with few images (paper)"
+    )
+    sigma: float = option(4.0, "standard deviation of the map's Gaussian smoothing, in pixels")
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(self.regularization > 0, "regularization", "> 0")
+        self.require(self.sigma >= 0, "sigma", ">= 0")
+        self.require(self.n_features is None or self.n_features >= 0, "n_features", ">= 0")

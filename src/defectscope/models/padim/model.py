@@ -1,0 +1,253 @@
+"""PaDiM's scoring module and fitter (Defard et al., 2020).
+
+Features of the stride-4, -8 and -16 stages of an ImageNet CNN are concatenated per patch,
+a seeded random subset of ``n_features`` channels is kept, and a Gaussian is fitted at every
+patch position from defect-free images. A test patch scores its Mahalanobis distance; the map
+is upsampled bilinearly to the input size and smoothed (``sigma``); the image score is its
+maximum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectscope.backbones import FeatureExtractor
+from defectscope.errors import ConfigError
+from defectscope.memory import release_free_memory
+from defectscope.models.base import AnomalyModule, Fitter, Hooks, image_max
+from defectscope.models.features import Extractor, build_extractor, check_weights_unchanged
+from defectscope.models.padim.config import PadimConfig
+from defectscope.ops import GaussianAccumulator, mahalanobis, resize_blur, resize_blur_matrix
+from defectscope.ops.gaussian import pack_lower, precision_cholesky_of, unpack_lower
+
+
+def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.ndarray:
+    """The random channels PaDiM keeps: ``n_features`` of ``total``, sorted, drawn from ``rng``
+    (``np.random.default_rng(seed)`` gives a model's ``feature_index``)."""
+    return np.sort(rng.choice(total, size=n_features, replace=False))
+
+
+class PadimEmbedding(nn.Module):
+    """Backbone features -> the kept channels of all layers at the first layer's resolution.
+
+    Channels are selected before upsampling, so the discarded ones are never resized. Output:
+    ``(B, D, h, w)`` with ``D = len(feature_index)`` and ``(h, w)`` the stride-4 map size.
+    """
+
+    def __init__(
+        self, extractor: FeatureExtractor, feature_index: torch.Tensor, channels: list[int]
+    ):
+        super().__init__()
+        self.extractor = extractor
+        offsets = np.cumsum([0, *channels])
+        index = feature_index.numpy()
+        for i in range(len(channels)):
+            local = index[(index >= offsets[i]) & (index < offsets[i + 1])] - offsets[i]
+            self.register_buffer(f"keep{i}", torch.from_numpy(local).long(), persistent=False)
+        self.n_layers = len(channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.extractor(images)
+        size = features[0].shape[-2:]
+        parts = []
+        for i, feature in enumerate(features):
+            keep = getattr(self, f"keep{i}")
+            if keep.numel() == 0:
+                continue
+            part = feature.index_select(1, keep)
+            if part.shape[-2:] != size:
+                part = F.interpolate(part, size=size, mode="nearest")
+            parts.append(part)
+        return torch.cat(parts, dim=1)
+
+
+def graph_key(config: PadimConfig, embedding: PadimEmbedding, extractor: Extractor) -> str:
+    """What the exported embedding graph depends on, for the engine's cache."""
+    from hashlib import sha256
+
+    digest = sha256(repr(("padim-embedding", config.image_size, extractor.channels)).encode())
+    for tensor in embedding.state_dict().values():
+        digest.update(tensor.numpy().tobytes())
+    for i in range(embedding.n_layers):
+        digest.update(getattr(embedding, f"keep{i}").numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+class PadimModel(AnomalyModule):
+    """Images -> Mahalanobis distance maps, upsampled and smoothed; score = map maximum.
+
+    Buffers: ``mean (P, D)``, ``precision_chol (P, D, D)`` (inverse lower Cholesky factors),
+    ``feature_index (D,)`` and the upsample + blur matrices ``rows (S, h)``, ``cols (S, w)``.
+    """
+
+    def __init__(
+        self,
+        embedding: PadimEmbedding,
+        feature_index: torch.Tensor,
+        mean: torch.Tensor,
+        precision_chol: torch.Tensor,
+        feature_size: tuple[int, int],
+        config: PadimConfig,
+        info: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.register_buffer("feature_index", feature_index)
+        self.register_buffer("mean", mean)
+        self.register_buffer("precision_chol", precision_chol)
+        h, w = feature_size
+        # Bilinear upsampling then Gaussian smoothing as two small matrix products.
+        self.register_buffer("rows", resize_blur_matrix(h, config.image_size, config.sigma).clone())
+        self.register_buffer("cols", resize_blur_matrix(w, config.image_size, config.sigma).clone())
+        self.feature_size = (h, w)
+        self.info = info
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S) -> (B, P, D)`` patch embeddings.
+
+        One copy into (B, P, D) order: the statistics and the distance then read each D-vector
+        contiguously, several times faster than on the (B, D, P) layout the network produces.
+        """
+        return self.run("embedding", images).flatten(2).transpose(1, 2).contiguous()
+
+    def maps_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
+        h, w = self.feature_size
+        dist = mahalanobis(emb, self.mean, self.precision_chol).view(-1, h, w)
+        return resize_blur(dist, self.rows, self.cols)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.maps_from_embeddings(self.embed(images))
+        return image_max(maps), maps
+
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        return {
+            "mean": self.mean,
+            # W = L^-1 is lower triangular: storing only its lower half halves the file.
+            "precision_chol_lower": pack_lower(self.precision_chol),
+            "feature_index": self.feature_index,
+        }
+
+    def fit_info(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
+def _n_features(config: PadimConfig, extractor: Extractor) -> int:
+    total = sum(extractor.channels)
+    n = config.n_features
+    if n is None:
+        n = extractor.spec.n_features or total
+    if n == 0:
+        n = total
+    if not 0 < n <= total:
+        raise ConfigError(
+            f"n_features must be between 1 and {total} (the channels of layers "
+            f"{', '.join(extractor.spec.layers)}), got {n}"
+        )
+    return n
+
+
+class PadimFitter(Fitter):
+    """Streams embeddings into a per-position Gaussian accumulator (float64, Chan merge)."""
+
+    merge_holdout = True
+
+    def __init__(self, config: PadimConfig, hooks: Hooks) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.extractor = build_extractor(config, hooks)
+        n = _n_features(config, self.extractor)
+        rng = np.random.default_rng(config.seed)
+        self.feature_index = torch.from_numpy(
+            channel_subset(sum(self.extractor.channels), n, rng)
+        ).long()
+        self.embedding = PadimEmbedding(
+            self.extractor.module, self.feature_index, self.extractor.channels
+        ).eval()
+        h, w = self.extractor.sizes[0]
+        self.accumulator = GaussianAccumulator(h * w, n)
+        # A module for embedding only until finalize: no factor yet.
+        self._module = self._new_module(self.accumulator.mean.float(), torch.empty(0), {})
+
+    def _new_module(self, mean, precision_chol, info) -> PadimModel:
+        module = PadimModel(
+            self.embedding,
+            self.feature_index,
+            mean,
+            precision_chol,
+            self.extractor.sizes[0],
+            self.config,
+            info,
+        ).eval()
+        key = graph_key(self.config, self.embedding, self.extractor)
+        module.accelerate("embedding", self.hooks, key, self.config.image_size)
+        return module
+
+    def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        with torch.inference_mode():
+            self.accumulator.update(self._module.embed(images))
+        release_free_memory()  # keeps the per-batch temporaries from piling up
+
+    def merge(self, other: PadimFitter) -> None:
+        """Add the statistics of ``other`` (same config), e.g. fitted on another shard."""
+        self.accumulator.merge(other.accumulator)
+
+    def finalize(self) -> PadimModel:
+        acc = self.accumulator
+        # Drop the previous factor first: old and new together would double the largest tensor.
+        self._module.precision_chol = torch.empty(0)
+        release_free_memory()
+        precision = precision_cholesky_of(acc, self.config.regularization)
+        info = {
+            "feature_size": list(self.extractor.sizes[0]),
+            "n_train": acc.count,
+            "weights_source": self.extractor.weights_source,
+            "weights_sha256": self.extractor.weights_sha256,
+        }
+        self._module = self._new_module(acc.mean.float(), precision, info)
+        return self._module
+
+
+def make_fitter(config: PadimConfig, hooks: Hooks) -> PadimFitter:
+    return PadimFitter(config, hooks)
+
+
+def restore(
+    config: PadimConfig, tensors: dict[str, torch.Tensor], info: dict[str, Any], hooks: Hooks
+) -> PadimModel:
+    """Rebuild a fitted module from a model file's tensors; raises ValueError on a mismatch."""
+    check_weights_unchanged(config, info.get("weights_sha256"))
+    extractor = build_extractor(config, hooks)
+    total = sum(extractor.channels)
+    index = tensors["feature_index"]
+    if index.dtype != torch.int64 or index.ndim != 1 or not len(index):
+        raise ValueError(
+            f"feature_index must be a 1-D int64 tensor, got {index.dtype} {tuple(index.shape)}"
+        )
+    if int(index.min()) < 0 or int(index.max()) >= total or len(index.unique()) != len(index):
+        raise ValueError(f"feature_index holds values outside 0..{total - 1} or repeats")
+    h, w = extractor.sizes[0]
+    dim = len(index)
+    expected = {"mean": (h * w, dim), "precision_chol_lower": (h * w, dim * (dim + 1) // 2)}
+    for name, shape in expected.items():
+        got = tensors[name]
+        if tuple(got.shape) != shape or got.dtype != torch.float32:
+            raise ValueError(f"{name} must be float32 {shape}, got {got.dtype} {tuple(got.shape)}")
+    embedding = PadimEmbedding(extractor.module, index, extractor.channels).eval()
+    module = PadimModel(
+        embedding,
+        index,
+        tensors["mean"],
+        unpack_lower(tensors["precision_chol_lower"], dim),
+        (h, w),
+        config,
+        info,
+    ).eval()
+    module.accelerate(
+        "embedding", hooks, graph_key(config, embedding, extractor), config.image_size
+    )
+    return module

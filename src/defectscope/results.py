@@ -1,0 +1,98 @@
+"""Typed results shared by the engine and the reports (no torch, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+METRICS = (
+    "image_auroc",
+    "image_f1_best",
+    "image_f1_fixed",
+    "pixel_auroc",
+    "pixel_f1_best",
+    "pixel_f1_fixed",
+    "aupro_30",
+    "image_accuracy_fixed",
+)
+METRIC_LABELS = {
+    "image_auroc": "image AUROC",
+    "image_f1_best": "image F1 (best threshold on test, optimistic)",
+    "image_f1_fixed": "image F1 (threshold fitted without test labels)",
+    "pixel_auroc": "pixel AUROC",
+    "pixel_f1_best": "pixel F1 (best threshold on test, optimistic)",
+    "pixel_f1_fixed": "pixel F1 (threshold fitted without test labels)",
+    "aupro_30": "AUPRO up to FPR 0.3",
+    "image_accuracy_fixed": "image accuracy (threshold fitted without test labels)",
+}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The verdict on one image.
+
+    Attributes:
+        score: image anomaly score; higher is more anomalous.
+        is_anomalous: ``score > threshold`` (the model's pass/fail threshold).
+        anomaly_map: ``(H, W)`` float32 per-pixel scores at the model's input size.
+        path: the image file, when the input was a path.
+    """
+
+    score: float
+    is_anomalous: bool
+    anomaly_map: np.ndarray
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoredImages:
+    """Scores and maps of many images: ``scores (N,)`` and ``maps (N, H, W)`` float32."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One test image's outcome."""
+
+    path: str
+    defect_type: str
+    is_anomalous: bool
+    score: float
+    predicted_anomalous: bool
+
+
+@dataclass(frozen=True)
+class CategoryResult:
+    """Metrics and per-image outcomes of one detector on one category.
+
+    ``metrics`` maps each name in :data:`METRICS` to a float, or None where it cannot be computed
+    (pixel metrics without masks); ``notices`` says why. ``maps`` (N, S, S), ``masks``
+    (N, S, S) or None, and ``curves`` (thinned ``(x, y)`` of ``image_roc``, ``pixel_roc`` and
+    ``pro``) are kept in memory for the figures and are not serialised. Built once, complete:
+    use :func:`dataclasses.replace` for a variant.
+    """
+
+    category: str
+    detector: str
+    metrics: dict[str, float | None]
+    threshold: float
+    images: list[ImageResult]
+    notices: list[str] = field(default_factory=list)
+    fit_seconds: float | None = None
+    evaluate_seconds: float | None = None
+    n_train: int | None = None
+    maps: np.ndarray | None = field(default=None, repr=False)
+    masks: np.ndarray | None = field(default=None, repr=False)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        skip = ("maps", "masks", "curves", "images")
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
+        out["n_test"] = len(self.images)
+        out["images"] = [asdict(r) for r in self.images]
+        return out

@@ -1,0 +1,138 @@
+"""The import graph runs one way: cli -> engine -> report -> models -> backbones -> base."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "defectscope"
+
+#: higher layers may import lower ones, never the reverse (lazy imports inside functions count)
+LAYERS = {
+    "cli": 5,
+    "engine": 4,
+    "report": 3,
+    "models": 2,
+    "backbones": 1,
+    # the base: pure functions and types
+    "ops": 0,
+    "data": 0,
+    "metrics": 0,
+    "results": 0,
+    "config": 0,
+    "errors": 0,
+    "progress": 0,
+    "memory": 0,
+    "runs": 0,
+}
+
+
+def module_name(path: Path, src: Path) -> str:
+    parts = path.relative_to(src.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "defectscope" else None
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return [(line, name) for line, name in found if name.startswith("defectscope.")]
+
+
+def upward_imports(src: Path) -> list[str]:
+    problems = []
+    for path in sorted(src.rglob("*.py")):
+        here = layer_of(module_name(path, src))
+        if here is None:  # defectscope/__init__.py: the public facade, lazy
+            continue
+        if here not in LAYERS:
+            problems.append(f"{path}: module {here} has no layer in LAYERS")
+            continue
+        for line, name in imports(path):
+            there = layer_of(name)
+            if there in LAYERS and LAYERS[there] > LAYERS[here]:
+                problems.append(f"{path.relative_to(src.parent)}:{line} ({here}) imports {name}")
+    return problems
+
+
+def test_imports_point_down_only():
+    assert upward_imports(SRC) == []
+
+
+def package_cycles(src: Path) -> list[list[str]]:
+    """Cycles in the graph of top-level modules (``data -> errors`` and so on)."""
+    graph: dict[str, set[str]] = {}
+    for path in src.rglob("*.py"):
+        here = layer_of(module_name(path, src))
+        if here is None:
+            continue
+        for _, name in imports(path):
+            there = layer_of(name)
+            if there in LAYERS and there != here:
+                graph.setdefault(here, set()).add(there)
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return cycles
+
+
+def test_no_import_cycles_between_packages():
+    assert package_cycles(SRC) == []
+
+
+def test_the_check_finds_an_upward_import(tmp_path):
+    """The checker itself can fail: a models module importing the engine is reported."""
+    fake = tmp_path / "defectscope"
+    (fake / "models").mkdir(parents=True)
+    (fake / "engine").mkdir()
+    (fake / "models" / "bad.py").write_text("def f():\n    from defectscope.engine import x\n")
+    (fake / "engine" / "ok.py").write_text("from defectscope.models import bad\n")
+    found = upward_imports(fake)
+    assert found and all("models/bad.py:2 (models) imports defectscope.engine" in f for f in found)
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import defectscope",
+        "from defectscope.cli import build_parser; build_parser()",
+        "import defectscope.models, defectscope.engine.options",
+    ],
+)
+def test_light_paths_do_not_import_torch(code):
+    assert "torch" not in _modules_after(code)

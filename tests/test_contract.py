@@ -1,0 +1,105 @@
+"""One contract for every registered detector (parametrised over the registry, not a list)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+import defectscope
+from defectscope.data import load_category
+from defectscope.engine.estimator import ESTIMATORS
+from defectscope.engine.exported import export_onnx
+from defectscope.errors import NotFittedError
+from defectscope.models import DETECTORS
+
+from .conftest import SIZE
+
+#: small settings per detector so that the suite stays fast; every registered detector must
+#: appear here (a new detector without them fails test_every_detector_has_small_settings)
+SMALL = {
+    "padim": {"n_features": 40, "runtime": "torch"},
+    "autoencoder": {"epochs": 3},
+    "classifier": {"epochs": 3},
+}
+
+
+def test_every_detector_has_small_settings():
+    assert set(SMALL) == set(DETECTORS)
+
+
+def make(name: str, **extra):
+    return ESTIMATORS[name](image_size=SIZE, batch_size=8, num_workers=1, **SMALL[name], **extra)
+
+
+def fit(model, texture):
+    category = load_category(texture)
+    if model.info.supervised:
+        samples = category.test_samples
+        return model.fit([s.path for s in samples], [s.is_anomalous for s in samples])
+    return model.fit(category)
+
+
+@pytest.fixture(scope="module", params=sorted(DETECTORS))
+def fitted_any(request, texture):
+    model = make(request.param)
+    with pytest.raises(NotFittedError, match="not fitted yet; call fit first"):
+        model.score([load_category(texture).test_samples[0].path])
+    assert fit(model, texture) is model
+    return model
+
+
+def test_scores_maps_and_round_trip(fitted_any, texture, tmp_path):
+    samples = [s.path for s in load_category(texture).test_samples]
+    scored = fitted_any.score(samples)
+    assert scored.scores.shape == (len(samples),) and scored.scores.dtype == np.float32
+    assert scored.maps.shape == (len(samples), SIZE, SIZE)
+    assert np.isfinite(scored.scores).all() and np.isfinite(fitted_any.threshold_)
+    loaded = defectscope.load(fitted_any.save(tmp_path / "m.safetensors"))
+    assert type(loaded) is type(fitted_any)
+    assert loaded.threshold_ == fitted_any.threshold_
+    np.testing.assert_array_equal(loaded.score(samples).scores, scored.scores)
+
+
+def test_export_parity(fitted_any, texture, tmp_path):
+    """The exported file, run without defectscope's torch path, gives the same scores/maps."""
+    samples = [s.path for s in load_category(texture).test_samples]
+    reference = fitted_any.score(samples)
+    exported = defectscope.load(export_onnx(fitted_any, tmp_path / "m.onnx"))
+    assert exported.threshold_ == fitted_any.threshold_ and exported.image_size == SIZE
+    got = exported.score(samples)
+    np.testing.assert_allclose(got.scores, reference.scores, rtol=1e-3, atol=1e-6)
+    scale = float(np.abs(reference.maps).max())
+    np.testing.assert_allclose(got.maps, reference.maps, rtol=1e-3, atol=1e-3 * scale)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_sklearn_estimator_contract(name):
+    model = make(name, seed=3)
+    params = model.get_params(deep=True)
+    assert params["seed"] == 3 and params["image_size"] == SIZE
+    copy = clone(model)
+    assert type(copy) is type(model) and copy is not model
+    assert copy.get_params() == params
+    assert copy.set_params(seed=7) is copy and copy.seed == 7 and model.seed == 3
+    with pytest.raises(defectscope.DefectscopeError, match="has no option 'sed'"):
+        copy.set_params(sed=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'sed'"):
+        ESTIMATORS[name](sed=1)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_constructor_signature_is_explicit(name):
+    import inspect
+
+    parameters = inspect.signature(ESTIMATORS[name]).parameters
+    kinds = {p.kind for p in parameters.values()}
+    assert kinds == {inspect.Parameter.KEYWORD_ONLY}  # no **kwargs, no positionals
+    assert set(parameters) == set(DETECTORS[name].config.names()) | {
+        "holdout",
+        "threshold_quantile",
+        "runtime",
+        "batch_size",
+        "num_workers",
+        "progress",
+    }
