@@ -7,7 +7,17 @@ from defectscope.cli import main
 
 from .conftest import SIZE
 
-SMALL = ["--image-size", str(SIZE), "--n-features", "40", "--batch-size", "8", "-q"]
+SMALL = [
+    "--model",
+    "padim",
+    "--image-size",
+    str(SIZE),
+    "--n-features",
+    "40",
+    "--batch-size",
+    "8",
+    "-q",
+]
 
 
 def test_fit_evaluate_predict(texture, tmp_path, capsys):
@@ -62,7 +72,9 @@ def test_benchmark_writes_table_rankings_and_notices(mvtec_root, tmp_path, capsy
 
 def test_config_file_precedence(texture, tmp_path):
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({"n_features": 30, "image_size": SIZE, "seed": 5}))
+    config.write_text(
+        json.dumps({"model": "padim", "n_features": 30, "image_size": SIZE, "seed": 5})
+    )
     project = str(tmp_path / "runs")
     args = ["fit", "--data", str(texture), "--project", project, "--config", str(config), "-q"]
     assert main([*args, "--n-features", "20"]) == 0
@@ -144,8 +156,10 @@ def test_every_option_is_a_flag_and_a_config_key():
                 continue  # -q
             flag = "--" + f.name.replace("_", "-")
             value = ["hflip"] if f.name in ("augment", "layers") else ["7"]
-            if f.name == "runtime":
-                value = ["torch"]
+            if f.metadata.get("choices"):
+                value = [f.metadata["choices"][0]]
+            if isinstance(f.default, bool):
+                value = []
             args = parser.parse_args(["fit", "--data", "x", "--model", info.name, flag, *value])
             assert f.name in _cli_values(args), flag
 
@@ -155,7 +169,7 @@ def test_every_option_is_a_flag_and_a_config_key():
     [
         (
             ["fit", "--model", "autoencoder", "--backbone", "resnet18"],
-            "option backbone does not apply to autoencoder (it is an option of padim)",
+            "option backbone does not apply to autoencoder (it is an option of padim, patchcore)",
         ),
         (["fit", "--model", "padim", "--epochs", "3"], "option epochs does not apply to padim"),
         (["fit", "--model", "padmi"], "unknown model 'padmi'; did you mean 'padim'?"),
@@ -194,7 +208,7 @@ def test_config_files(name, content, message, texture, tmp_path, capsys):
     else:
         config.write_text(content)
     argv = ["fit", "--data", str(texture), "--config", str(config), "--project", str(tmp_path)]
-    code = main([*argv, "--image-size", str(SIZE), "--batch-size", "8", "-q"])
+    code = main([*argv, "--model", "padim", "--image-size", str(SIZE), "--batch-size", "8", "-q"])
     err = capsys.readouterr().err.strip()
     if message is None:
         assert code == 0, err

@@ -19,6 +19,7 @@ from .conftest import SIZE
 #: appear here (a new detector without them fails test_every_detector_has_small_settings)
 SMALL = {
     "padim": {"n_features": 40, "runtime": "torch"},
+    "patchcore": {"coreset_ratio": 0.05, "runtime": "torch"},
     "autoencoder": {"epochs": 3},
     "classifier": {"epochs": 3},
 }

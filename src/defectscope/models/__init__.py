@@ -16,6 +16,7 @@ from defectscope.errors import ConfigError, unknown_name
 from defectscope.models.autoencoder import AutoencoderConfig
 from defectscope.models.classifier import ClassifierConfig
 from defectscope.models.padim import PadimConfig
+from defectscope.models.patchcore import PatchcoreConfig
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,13 @@ DETECTORS: dict[str, DetectorInfo] = {
             PadimConfig,
             "defectscope.models.padim.model",
             summary="Gaussian per patch position over CNN features (fast, streaming)",
+        ),
+        DetectorInfo(
+            "patchcore",
+            "PatchCore",
+            PatchcoreConfig,
+            "defectscope.models.patchcore.model",
+            summary="nearest-neighbour distance to a coreset memory bank (most accurate)",
         ),
         DetectorInfo(
             "autoencoder",

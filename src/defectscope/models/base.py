@@ -53,6 +53,9 @@ class AnomalyModule(nn.Module, ABC):
     version where one is set, and :meth:`plain` is the module without them (for export).
     """
 
+    #: most images one forward pass may take (the engine splits larger batches); None: any
+    max_batch: int | None = None
+
     def __init__(self) -> None:
         super().__init__()
         # Plain attribute, not a registered submodule: the fast callables are not state.

@@ -8,6 +8,8 @@ from defectscope.config import Options, option
 from defectscope.errors import ConfigError, unknown_name
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+#: per-image illumination corrections, applied inside the scoring module (so also in export)
+ILLUMINATION = ("none", "gain", "standardize")
 AUGMENTATIONS = ("hflip", "vflip", "rotate")
 
 
@@ -43,6 +45,12 @@ class BackboneOptions(ImageOptions):
         None,
         "backbone weights file (.pth/.safetensors), 'random' (timing only), or None to "
         "find pretrained weights",
+    )
+    illumination: str = option(
+        "none",
+        "per-image lighting correction before the backbone: gain = scale every image to the "
+        "training images' mean intensity; standardize = each channel to a fixed mean and spread",
+        choices=ILLUMINATION,
     )
 
 

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from defectscope.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     RANDOM,
     BackboneSpec,
     FeatureExtractor,
@@ -34,7 +37,7 @@ class Extractor:
             the weights are read, so a model records the file it was really fitted with).
     """
 
-    module: FeatureExtractor
+    module: nn.Module
     spec: BackboneSpec
     channels: list[int]
     sizes: list[tuple[int, int]]
@@ -85,3 +88,54 @@ def check_weights_unchanged(options: BackboneOptions, expected: str | None) -> N
             f"{found[:12]}... instead of {expected[:12]}...): its scores would be "
             "meaningless; pass the original file or fit again"
         )
+
+
+class Illumination(nn.Module):
+    """Per-image lighting correction of images in 0..1, before the backbone.
+
+    - ``none``: unchanged.
+    - ``gain``: every image multiplied by one factor so that its mean intensity is ``target``
+      (clipped to 0..1): undoes a global brightness change. ``target`` is the mean intensity of
+      the first training batch, set by :meth:`calibrate` and saved with the model.
+    - ``standardize``: every channel of every image shifted and scaled to ImageNet's per-channel
+      mean and standard deviation: undoes brightness and contrast changes, also per colour.
+
+    It runs in PyTorch before the (possibly accelerated) feature extractor, so the exported
+    feature graph does not depend on the fitted target; the whole-pipeline export includes it.
+    """
+
+    #: keeps a black image from being divided by zero (1/255 of grey)
+    EPS = 1.0 / 255.0
+
+    def __init__(self, mode: str, target: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.mode = mode
+        self.register_buffer("target", torch.full((1,), float("nan")) if target is None else target)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def calibrate(self, images: torch.Tensor) -> None:
+        """Set ``target`` from the first images seen (later calls change nothing); recorded
+        whatever the mode, used by ``gain``."""
+        if bool(torch.isnan(self.target).all()):
+            self.target.fill_(float(images.mean()))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.mode == "gain":
+            level = images.mean(dim=(1, 2, 3), keepdim=True).clamp_min(self.EPS)
+            return (images * (self.target / level)).clamp(0.0, 1.0)
+        if self.mode == "standardize":
+            mu = images.mean(dim=(2, 3), keepdim=True)
+            sd = images.std(dim=(2, 3), keepdim=True).clamp_min(self.EPS)
+            return ((images - mu) / sd * self.std + self.mean).clamp(0.0, 1.0)
+        return images
+
+
+def restore_illumination(mode: str, tensors: dict[str, torch.Tensor]) -> Illumination:
+    """The fitted :class:`Illumination` of a model file; ValueError if its target is bad."""
+    target = tensors.get("illumination_target")
+    if target is None or target.dtype != torch.float32 or tuple(target.shape) != (1,):
+        raise ValueError("illumination_target must be a float32 tensor of shape (1,)")
+    if not 0.0 < float(target) <= 1.0:
+        raise ValueError(f"illumination_target must be in (0, 1], got {float(target)}")
+    return Illumination(mode, target.clone())

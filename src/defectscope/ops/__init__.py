@@ -1,9 +1,16 @@
-"""Pure tensor functions: Gaussian statistics, Mahalanobis distance, smoothing."""
+"""Pure tensor functions: Gaussian statistics, Mahalanobis distance, smoothing, greedy
+k-center coreset, nearest-neighbour search."""
 
 from defectscope.ops.blur import gaussian_blur, resize_blur, resize_blur_matrix
+from defectscope.ops.coreset import Coreset, greedy_coreset, greedy_coreset_reference
 from defectscope.ops.gaussian import GaussianAccumulator, mahalanobis, precision_cholesky
+from defectscope.ops.knn import nearest
 
 __all__ = [
+    "Coreset",
+    "greedy_coreset",
+    "greedy_coreset_reference",
+    "nearest",
     "GaussianAccumulator",
     "gaussian_blur",
     "mahalanobis",

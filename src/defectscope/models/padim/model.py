@@ -16,11 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectscope.backbones import FeatureExtractor
 from defectscope.errors import ConfigError
 from defectscope.memory import release_free_memory
 from defectscope.models.base import AnomalyModule, Fitter, Hooks, image_max
-from defectscope.models.features import Extractor, build_extractor, check_weights_unchanged
+from defectscope.models.features import (
+    Extractor,
+    Illumination,
+    build_extractor,
+    check_weights_unchanged,
+    restore_illumination,
+)
 from defectscope.models.padim.config import PadimConfig
 from defectscope.ops import GaussianAccumulator, mahalanobis, resize_blur, resize_blur_matrix
 from defectscope.ops.gaussian import pack_lower, precision_cholesky_of, unpack_lower
@@ -39,9 +44,7 @@ class PadimEmbedding(nn.Module):
     ``(B, D, h, w)`` with ``D = len(feature_index)`` and ``(h, w)`` the stride-4 map size.
     """
 
-    def __init__(
-        self, extractor: FeatureExtractor, feature_index: torch.Tensor, channels: list[int]
-    ):
+    def __init__(self, extractor: nn.Module, feature_index: torch.Tensor, channels: list[int]):
         super().__init__()
         self.extractor = extractor
         offsets = np.cumsum([0, *channels])
@@ -70,7 +73,8 @@ def graph_key(config: PadimConfig, embedding: PadimEmbedding, extractor: Extract
     """What the exported embedding graph depends on, for the engine's cache."""
     from hashlib import sha256
 
-    digest = sha256(repr(("padim-embedding", config.image_size, extractor.channels)).encode())
+    parts = ("padim-embedding", config.image_size, extractor.channels)
+    digest = sha256(repr(parts).encode())
     for tensor in embedding.state_dict().values():
         digest.update(tensor.numpy().tobytes())
     for i in range(embedding.n_layers):
@@ -94,8 +98,10 @@ class PadimModel(AnomalyModule):
         feature_size: tuple[int, int],
         config: PadimConfig,
         info: dict[str, Any],
+        illumination: Illumination,
     ) -> None:
         super().__init__()
+        self.illumination = illumination
         self.embedding = embedding
         self.register_buffer("feature_index", feature_index)
         self.register_buffer("mean", mean)
@@ -113,6 +119,7 @@ class PadimModel(AnomalyModule):
         One copy into (B, P, D) order: the statistics and the distance then read each D-vector
         contiguously, several times faster than on the (B, D, P) layout the network produces.
         """
+        images = self.illumination(images)
         return self.run("embedding", images).flatten(2).transpose(1, 2).contiguous()
 
     def maps_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
@@ -130,6 +137,7 @@ class PadimModel(AnomalyModule):
             # W = L^-1 is lower triangular: storing only its lower half halves the file.
             "precision_chol_lower": pack_lower(self.precision_chol),
             "feature_index": self.feature_index,
+            "illumination_target": self.illumination.target,
         }
 
     def fit_info(self) -> dict[str, Any]:
@@ -170,6 +178,7 @@ class PadimFitter(Fitter):
         ).eval()
         h, w = self.extractor.sizes[0]
         self.accumulator = GaussianAccumulator(h * w, n)
+        self.illumination = Illumination(config.illumination)
         # A module for embedding only until finalize: no factor yet.
         self._module = self._new_module(self.accumulator.mean.float(), torch.empty(0), {})
 
@@ -182,12 +191,14 @@ class PadimFitter(Fitter):
             self.extractor.sizes[0],
             self.config,
             info,
+            self.illumination,
         ).eval()
         key = graph_key(self.config, self.embedding, self.extractor)
         module.accelerate("embedding", self.hooks, key, self.config.image_size)
         return module
 
     def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        self.illumination.calibrate(images)
         with torch.inference_mode():
             self.accumulator.update(self._module.embed(images))
         release_free_memory()  # keeps the per-batch temporaries from piling up
@@ -246,6 +257,7 @@ def restore(
         (h, w),
         config,
         info,
+        restore_illumination(config.illumination, tensors),
     ).eval()
     module.accelerate(
         "embedding", hooks, graph_key(config, embedding, extractor), config.image_size

@@ -1,0 +1,3 @@
+from defectscope.models.patchcore.config import PatchcoreConfig
+
+__all__ = ["PatchcoreConfig"]

@@ -1,0 +1,282 @@
+"""PatchCore's scoring module and fitter (Roth et al., 2022).
+
+Patch features of two stages of an ImageNet CNN are averaged over a small neighbourhood
+("locally aware"), the coarser stage upsampled to the finer one, and concatenated. Fitting keeps
+a greedy k-center coreset of all training patches as the memory bank. A test patch scores its
+distance to the nearest bank patch; the map is upsampled and smoothed like PaDiM's; the image
+score is the largest patch score, optionally re-weighted by how dense the bank is around it.
+"""
+
+from __future__ import annotations
+
+from hashlib import sha256
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectscope.errors import ConfigError
+from defectscope.memory import release_free_memory
+from defectscope.models.base import AnomalyModule, Fitter, Hooks
+from defectscope.models.features import (
+    Extractor,
+    Illumination,
+    build_extractor,
+    check_weights_unchanged,
+    restore_illumination,
+)
+from defectscope.models.patchcore.config import DEFAULT_LAYERS, PatchcoreConfig
+from defectscope.ops import greedy_coreset, nearest, resize_blur, resize_blur_matrix
+
+#: images per forward pass of the module: the nearest-neighbour temporaries grow with it
+MAX_BATCH = 4
+
+
+class PatchcoreEmbedding(nn.Module):
+    """Images -> ``(B, D, h, w)`` locally averaged features of every layer at the first
+    layer's resolution (the coarser ones upsampled bilinearly)."""
+
+    def __init__(self, extractor: nn.Module, neighbourhood: int) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.neighbourhood = neighbourhood
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.extractor(images)
+        size = features[0].shape[-2:]
+        k = self.neighbourhood
+        parts = []
+        for feature in features:
+            if k > 1:
+                feature = F.avg_pool2d(
+                    feature, k, stride=1, padding=k // 2, count_include_pad=False
+                )
+            if feature.shape[-2:] != size:
+                feature = F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
+            parts.append(feature)
+        return torch.cat(parts, dim=1)
+
+
+def graph_key(config: PatchcoreConfig, embedding: PatchcoreEmbedding, extractor: Extractor) -> str:
+    parts = ("patchcore-embedding", config.image_size, config.neighbourhood)
+    digest = sha256(repr((*parts, extractor.spec.layers, extractor.channels)).encode())
+    for tensor in embedding.state_dict().values():
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+class PatchcoreModel(AnomalyModule):
+    """Images -> nearest-bank-patch distance maps, upsampled and smoothed; score = the
+    largest patch distance (optionally re-weighted).
+
+    Buffers: ``bank (M, D)``, ``bank_neighbors (M, b)`` (each bank row's ``b`` nearest bank rows,
+    for the re-weighting) and the upsample + blur matrices ``rows (S, h)``, ``cols (S, w)``.
+    """
+
+    max_batch = MAX_BATCH
+
+    def __init__(
+        self,
+        embedding: PatchcoreEmbedding,
+        bank: torch.Tensor,
+        bank_neighbors: torch.Tensor,
+        feature_size: tuple[int, int],
+        config: PatchcoreConfig,
+        info: dict[str, Any],
+        illumination: Illumination,
+    ) -> None:
+        super().__init__()
+        self.illumination = illumination
+        self.embedding = embedding
+        self.register_buffer("bank", bank)
+        self.register_buffer("bank_neighbors", bank_neighbors)
+        h, w = feature_size
+        self.register_buffer("rows", resize_blur_matrix(h, config.image_size, config.sigma).clone())
+        self.register_buffer("cols", resize_blur_matrix(w, config.image_size, config.sigma).clone())
+        self.feature_size = (h, w)
+        self.reweight = config.reweight
+        self.info = info
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S) -> (B, P, D)``."""
+        images = self.illumination(images)
+        return self.run("embedding", images).flatten(2).transpose(1, 2).contiguous()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.patch_features(images)
+        batch, positions, dim = feats.shape
+        h, w = self.feature_size
+        queries = feats.reshape(batch * positions, dim)
+        dist, index = nearest(queries, self.bank)
+        dist = dist.view(batch, positions)
+        maps = resize_blur(dist.view(batch, h, w), self.rows, self.cols)
+        # The maximum of the smoothed map: a defect spanning a few patches outscores one noisy
+        # patch (screw: 0.955 as the largest patch distance, 0.968 smoothed; see the study).
+        scores = maps.flatten(1).amax(dim=1)
+        if self.reweight:
+            worst = dist.argmax(dim=1)
+            peak = dist.gather(1, worst[:, None]).squeeze(1)
+            scores = scores * self._weights(feats, index.view(batch, positions), worst, peak)
+        return scores, maps
+
+    def _weights(self, feats, index, worst, peak) -> torch.Tensor:
+        """The paper's ``1 - exp(s*) / sum_{m in N_b(m*)} exp(|m_test* - m|)``, computed as
+        ``1 - 1 / sum exp(d - s*)`` so that large distances cannot overflow."""
+        rows = torch.arange(feats.shape[0])
+        query = feats[rows, worst]  # (B, D): the most anomalous patch of each image
+        nearest_bank = index[rows, worst]  # (B,)
+        neighbors = self.bank[self.bank_neighbors[nearest_bank]]  # (B, b, D)
+        d = torch.linalg.vector_norm(neighbors - query[:, None], dim=2)
+        return 1.0 - 1.0 / torch.exp((d - peak[:, None]).clamp(max=50.0)).sum(dim=1)
+
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        return {
+            "bank": self.bank,
+            "bank_neighbors": self.bank_neighbors,
+            "illumination_target": self.illumination.target,
+        }
+
+    def fit_info(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
+def bank_neighbors(bank: torch.Tensor, b: int, chunk: int = 2048) -> torch.Tensor:
+    """``(M, b)`` indices of each bank row's ``b`` nearest bank rows (itself first)."""
+    b = min(b, len(bank))
+    out = torch.empty(len(bank), b, dtype=torch.long)
+    for start in range(0, len(bank), chunk):
+        part = bank[start : start + chunk]
+        d2 = part.pow(2).sum(1, keepdim=True) - 2 * part @ bank.T + bank.pow(2).sum(1)
+        d2[torch.arange(len(part)), torch.arange(start, start + len(part))] = -1.0  # self first
+        out[start : start + chunk] = d2.topk(b, dim=1, largest=False).indices
+    return out
+
+
+def _layers(config: PatchcoreConfig) -> tuple[str, ...] | None:
+    if config.layers:
+        return tuple(config.layers)
+    if config.backbone not in DEFAULT_LAYERS:
+        from defectscope.backbones import resolve_spec
+
+        resolve_spec(config.backbone)  # an unknown name or a library model: its own message
+        raise ConfigError(
+            f"patchcore has no default layers for backbone {config.backbone!r}; pass --layers "
+            f"(defaults exist for {', '.join(DEFAULT_LAYERS)})"
+        )
+    return DEFAULT_LAYERS[config.backbone]
+
+
+class PatchcoreFitter(Fitter):
+    """Collects every training patch (float32), then selects the coreset in :meth:`finalize`."""
+
+    merge_holdout = False
+
+    def __init__(self, config: PatchcoreConfig, hooks: Hooks) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.extractor = build_extractor(config, hooks, _layers(config))
+        self.embedding = PatchcoreEmbedding(self.extractor.module, config.neighbourhood).eval()
+        self.illumination = Illumination(config.illumination)
+        self._module = self._new_module(torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long), {})
+        self.patches: list[torch.Tensor] = []
+        self.n_images = 0
+
+    def _new_module(self, bank, neighbors, info) -> PatchcoreModel:
+        module = PatchcoreModel(
+            self.embedding,
+            bank,
+            neighbors,
+            self.extractor.sizes[0],
+            self.config,
+            info,
+            self.illumination,
+        ).eval()
+        key = graph_key(self.config, self.embedding, self.extractor)
+        module.accelerate("embedding", self.hooks, key, self.config.image_size)
+        return module
+
+    def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        self.illumination.calibrate(images)
+        with torch.inference_mode():
+            feats = self._module.patch_features(images)
+        self.patches.append(feats.reshape(-1, feats.shape[-1]).clone())
+        self.n_images += len(images)
+
+    def merge(self, other: PatchcoreFitter) -> None:
+        """Add the patches of ``other`` (same config), e.g. collected on another shard."""
+        self.patches += other.patches
+        self.n_images += other.n_images
+
+    def finalize(self) -> PatchcoreModel:
+        patches = torch.cat(self.patches) if len(self.patches) > 1 else self.patches[0]
+        self.patches = [patches]
+        release_free_memory()
+        config = self.config
+        n = len(patches)
+        k = max(1, round(config.coreset_ratio * n))
+        gen = torch.Generator().manual_seed(config.seed)
+        radius = None
+        self.hooks.stage(f"selecting a {config.coreset_method} coreset of {k} of {n} patches")
+        if config.coreset_method == "none" or k >= n:
+            index = torch.arange(n)
+        elif config.coreset_method == "random":
+            index = torch.randperm(n, generator=gen)[:k]
+        else:
+            pool = torch.arange(n)
+            if config.coreset_method == "approximate":
+                pool = torch.randperm(n, generator=gen)[: max(k, round(config.presample * n))]
+            selected = greedy_coreset(
+                patches[pool], k, projection_dim=config.projection_dim, seed=config.seed
+            )
+            index, radius = pool[selected.indices], selected.radius
+        bank = patches[index].contiguous()
+        neighbors = (
+            bank_neighbors(bank, config.num_neighbors)
+            if config.reweight
+            else torch.zeros(len(bank), 0, dtype=torch.long)
+        )
+        info = {
+            "feature_size": list(self.extractor.sizes[0]),
+            "n_train": self.n_images,
+            "n_patches": n,
+            "bank_size": len(bank),
+            "coreset_radius": radius,
+            "weights_source": self.extractor.weights_source,
+            "weights_sha256": self.extractor.weights_sha256,
+        }
+        self._module = self._new_module(bank, neighbors, info)
+        return self._module
+
+
+def make_fitter(config: PatchcoreConfig, hooks: Hooks) -> PatchcoreFitter:
+    return PatchcoreFitter(config, hooks)
+
+
+def restore(
+    config: PatchcoreConfig, tensors: dict[str, torch.Tensor], info: dict[str, Any], hooks: Hooks
+) -> PatchcoreModel:
+    """Rebuild a fitted module from a model file's tensors; raises ValueError on a mismatch."""
+    check_weights_unchanged(config, info.get("weights_sha256"))
+    extractor = build_extractor(config, hooks, _layers(config))
+    dim = sum(extractor.channels)
+    bank, neighbors = tensors["bank"], tensors["bank_neighbors"]
+    if bank.dtype != torch.float32 or bank.ndim != 2 or bank.shape[1] != dim or not len(bank):
+        raise ValueError(f"bank must be float32 (M, {dim}), got {bank.dtype} {tuple(bank.shape)}")
+    b = min(config.num_neighbors, len(bank)) if config.reweight else 0
+    if neighbors.dtype != torch.int64 or tuple(neighbors.shape) != (len(bank), b):
+        raise ValueError(
+            f"bank_neighbors must be int64 ({len(bank)}, {b}), got {neighbors.dtype} "
+            f"{tuple(neighbors.shape)}"
+        )
+    if b and (int(neighbors.min()) < 0 or int(neighbors.max()) >= len(bank)):
+        raise ValueError(f"bank_neighbors holds indices outside 0..{len(bank) - 1}")
+    embedding = PatchcoreEmbedding(extractor.module, config.neighbourhood).eval()
+    illumination = restore_illumination(config.illumination, tensors)
+    module = PatchcoreModel(
+        embedding, bank, neighbors, extractor.sizes[0], config, info, illumination
+    ).eval()
+    module.accelerate(
+        "embedding", hooks, graph_key(config, embedding, extractor), config.image_size
+    )
+    return module

@@ -1,0 +1,85 @@
+"""PatchCore: coreset exactness and cover, bounded nearest-neighbour search, detection floor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import defectscope
+from defectscope.data import load_category
+from defectscope.engine.evaluation import evaluate
+from defectscope.ops import greedy_coreset, greedy_coreset_reference, nearest
+from defectscope.ops.coreset import covering_radius
+
+from .conftest import SIZE
+
+
+def clustered(n: int, dim: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(20, dim, generator=gen) * 4
+    return centres[torch.randint(20, (n,), generator=gen)] + torch.randn(n, dim, generator=gen)
+
+
+@pytest.mark.parametrize("projection_dim", [8, 0])
+def test_fast_coreset_equals_the_textbook_loop(projection_dim):
+    x = clustered(3000, 24, seed=1)
+    fast = greedy_coreset(x, 60, projection_dim=projection_dim, seed=2)
+    slow = greedy_coreset_reference(x, 60, projection_dim=projection_dim, seed=2)
+    assert fast.indices.tolist() == slow.indices.tolist()
+    assert fast.radius == pytest.approx(slow.radius, rel=1e-4)
+
+
+def test_coreset_is_a_k_center_cover():
+    x = clustered(2000, 16, seed=3)
+    core = greedy_coreset(x, 50, projection_dim=0, seed=0)
+    assert len(set(core.indices.tolist())) == 50  # no point picked twice
+    # every point lies within the reported radius of a selected point ...
+    assert covering_radius(x, core) == pytest.approx(core.radius, rel=1e-4)
+    # ... and greedy k-center is a 2-approximation: the chosen points are pairwise at least
+    # the radius apart (else the last pick would not have been the farthest point).
+    chosen = x[core.indices]
+    pairwise = torch.cdist(chosen, chosen) + torch.eye(50) * 1e9
+    assert float(pairwise.min()) >= core.radius * (1 - 1e-4)
+
+
+def test_nearest_neighbour_search_is_chunked_and_exact():
+    gen = torch.Generator().manual_seed(0)
+    queries, bank = torch.randn(50, 12, generator=gen), torch.randn(300, 12, generator=gen)
+    want = torch.cdist(queries, bank).min(dim=1)
+    # a bank of 300 rows in chunks of 16: the largest temporary is 50 x 16, never 50 x 300
+    got_dist, got_index = nearest(queries, bank, chunk=16)
+    torch.testing.assert_close(got_dist, want.values, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got_index, want.indices)
+
+
+@pytest.fixture(scope="module")
+def patchcore(texture):
+    model = defectscope.PatchCore(
+        image_size=2 * SIZE, coreset_ratio=0.1, batch_size=8, num_workers=1, runtime="torch"
+    )
+    return model.fit(texture)
+
+
+def test_patchcore_detects_synthetic_defects(patchcore, texture):
+    result = evaluate(patchcore, texture)
+    assert result.metrics["image_auroc"] >= 0.9
+    assert result.metrics["pixel_auroc"] >= 0.9
+    info = patchcore.fit_info_
+    assert info["bank_size"] == round(0.1 * info["n_patches"])
+    assert info["coreset_radius"] > 0
+
+
+def test_training_images_score_low(patchcore, texture):
+    train = list(load_category(texture).train_paths)
+    scores = patchcore.score(train).scores
+    assert np.mean(scores <= patchcore.threshold_) >= 0.9
+
+
+def test_reweighting_keeps_scores_finite_and_not_larger(texture):
+    common = {"image_size": SIZE, "coreset_ratio": 0.1, "num_workers": 1, "runtime": "torch"}
+    plain = defectscope.PatchCore(**common).fit(texture)
+    weighted = defectscope.PatchCore(**common, reweight=True).fit(texture)
+    images = [s.path for s in load_category(texture).test_samples]
+    a, b = plain.score(images).scores, weighted.score(images).scores
+    assert np.isfinite(b).all() and (b <= a + 1e-5).all() and (b < a).any()
