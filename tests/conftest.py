@@ -10,6 +10,9 @@ import pytest
 from defectscope.data.synthetic import make_category
 
 SIZE = 64  # image side of the synthetic data and the models' input: small keeps tests fast
+#: command-line options of a small, fast PaDiM
+PADIM_ARGS = ["--model", "padim", "--image-size", str(SIZE), "--n-features", "40"]
+PADIM_ARGS += ["--batch-size", "8", "-q"]
 
 
 @pytest.fixture(scope="session", autouse=True)

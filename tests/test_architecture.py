@@ -28,6 +28,7 @@ LAYERS = {
     "progress": 0,
     "memory": 0,
     "runs": 0,
+    "digest": 0,
 }
 
 

@@ -4,9 +4,10 @@ import pytest
 import defectscope
 from defectscope import Autoencoder, Classifier
 from defectscope.data import load_category
+from defectscope.data.splits import stratified_folds
 from defectscope.data.synthetic import make_category
 from defectscope.engine.evaluation import evaluate
-from defectscope.engine.workflows import cross_validate, stratified_folds
+from defectscope.engine.workflows import cross_validate
 from defectscope.errors import ConfigError, DataError
 
 from .conftest import SIZE

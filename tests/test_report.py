@@ -8,7 +8,7 @@ from PIL import Image
 
 from defectscope.cli import main
 
-from .conftest import SIZE
+from .conftest import PADIM_ARGS
 
 
 class _Collector(HTMLParser):
@@ -32,22 +32,7 @@ class _Collector(HTMLParser):
 @pytest.fixture(scope="module")
 def run(mvtec_root, tmp_path_factory):
     project = tmp_path_factory.mktemp("runs")
-    args = [
-        "benchmark",
-        "--model",
-        "padim",
-        "--data",
-        str(mvtec_root),
-        "--project",
-        str(project),
-        "-q",
-        "--image-size",
-        str(SIZE),
-        "--n-features",
-        "40",
-        "--batch-size",
-        "8",
-    ]
+    args = ["benchmark", "--data", str(mvtec_root), "--project", str(project), *PADIM_ARGS]
     assert main(args) == 0
     return project / "benchmark" / "benchmark"
 
@@ -89,7 +74,7 @@ def test_html_parses_references_exist_and_reflects_table(run):
     assert parser.rows == len(rows) + 1  # header + one per category + mean
     assert "object: no ground-truth masks" in page
     assert "not ranked (n/a): object" in page  # no masks: no pixel F1, so no place in that list
-    assert "benchmark --model padim --data" in page  # the command that produced it
+    assert "defectscope benchmark --data" in page and "--model padim" in page  # the command
 
 
 def test_report_verb_rebuilds(run, tmp_path):

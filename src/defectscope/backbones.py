@@ -14,7 +14,6 @@ provide the weights. Random weights are used only when asked for with ``weights=
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from defectscope.digest import file_sha256
 from defectscope.errors import BackboneError, unknown_name
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,7 @@ def _timm_state(arch: str, model: nn.Module) -> tuple[dict[str, torch.Tensor], s
 
 def weights_digest(path: str | Path) -> str:
     """SHA-256 of a weights file, saved with a model so that a changed file is noticed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def build_backbone(spec: BackboneSpec, weights: str | None) -> tuple[nn.Module, str]:

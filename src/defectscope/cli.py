@@ -248,7 +248,10 @@ def _print_results(results, run: Path, args: argparse.Namespace) -> None:
     from defectscope.report.table import markdown_rankings, markdown_table, rankings, result_rows
 
     for notice in dict.fromkeys(n for r in results for n in r.notices):
-        _say(args, f"notice: {notice}")
+        if notice.startswith(("warning:", "shift:")):
+            print(notice, file=sys.stderr)  # even with -q: they change what a number means
+        else:
+            _say(args, f"notice: {notice}")
     print(markdown_table(result_rows(results)))
     if len(results) > 1:
         print()
@@ -264,7 +267,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     run = next_run_dir(Path(args.project) / "predict", args.name or "predict")
     predictions, notices = predict_to_folder(detector, args.inputs, run, images=not args.no_images)
     for notice in notices:
-        _say(args, f"notice: {notice}")
+        if notice.startswith("shift:"):
+            print(notice, file=sys.stderr)
+        else:
+            _say(args, f"notice: {notice}")
     flagged = sum(p.is_anomalous for p in predictions)
     for p in predictions:
         verdict = "FAIL" if p.is_anomalous else "pass"

@@ -26,6 +26,9 @@ METRIC_LABELS = {
     "pixel_f1_fixed": "pixel F1 (threshold fitted without test labels)",
     "aupro_30": "AUPRO up to FPR 0.3",
     "image_accuracy_fixed": "image accuracy (threshold fitted without test labels)",
+    "shortcut_auroc": "image AUROC of the best trivial score (mean intensity, intensity spread, "
+    "or their distance from training): '!' before its name when it matches or beats the "
+    "detector",
 }
 
 

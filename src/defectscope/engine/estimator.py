@@ -147,6 +147,7 @@ class Detector(Scorer):
         hooks = self._hooks(engine)
         fitter = self.info.load().make_fitter(config, hooks)
         n_holdout = 0
+        self._intensity: list[tuple[np.ndarray, np.ndarray]] = []
         if self.info.supervised:
             y = np.asarray(labels, dtype=bool)
             self._feed(fitter, paths, engine, config.image_size, y)
@@ -161,7 +162,7 @@ class Detector(Scorer):
             if held:
                 held_paths = [paths[i] for i in held]
                 scores = np.concatenate(
-                    [s for _, s, _ in self._run(module, held_paths, engine, config.image_size)]
+                    [s for _, _, s, _ in self._run(module, held_paths, engine, config.image_size)]
                 )
                 threshold = float(np.quantile(scores, engine.threshold_quantile))
                 if fitter.merge_holdout:
@@ -172,7 +173,16 @@ class Detector(Scorer):
             else:
                 threshold = float("inf")
                 log.warning("holdout=0: no threshold was chosen; every image will pass")
-        self._set_fitted(module, threshold, config, engine, {"n_holdout": n_holdout})
+        from defectscope.engine.shortcuts import IntensitySummary, image_formats
+
+        means, stds = (np.concatenate(parts) for parts in zip(*self._intensity))
+        del self._intensity
+        info = {
+            "n_holdout": n_holdout,
+            "intensity": IntensitySummary.of(means, stds).to_dict(),
+            "formats": image_formats(paths),
+        }
+        self._set_fitted(module, threshold, config, engine, info)
         return self
 
     def _check_training_data(self, data, labels) -> list[Path]:
@@ -230,11 +240,14 @@ class Detector(Scorer):
     def _feed(self, fitter, paths, engine, size, labels: np.ndarray | None = None) -> None:
         import torch
 
+        from defectscope.engine.shortcuts import batch_stats
+
         batches = iter_batches(paths, size, engine.batch_size, engine.num_workers)
         with progress_bar(len(paths), "fitting", enabled=engine.progress) as bar:
             for idx, batch in batches:
                 y = None if labels is None else torch.from_numpy(labels[idx.start : idx.stop])
                 fitter.update(to_tensor(batch), y)
+                self._intensity.append(batch_stats(batch))
                 bar.update(len(idx))
 
     @staticmethod
@@ -252,7 +265,7 @@ class Detector(Scorer):
                 scores = torch.cat([p[0] for p in parts]).float().numpy()
                 maps = torch.cat([p[1] for p in parts]).float().numpy()
                 bar.update(len(idx))
-                yield idx, scores, maps
+                yield idx, batch, scores, maps
 
     def _set_fitted(self, module, threshold, config, engine, info: dict[str, Any]) -> None:
         self.module_ = module

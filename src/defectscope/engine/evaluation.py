@@ -14,6 +14,14 @@ from defectscope import metrics
 from defectscope.data.images import load_mask
 from defectscope.data.mvtec import Category, load_category
 from defectscope.engine.scoring import Scorer
+from defectscope.engine.shortcuts import (
+    format_notices,
+    group_by,
+    image_formats,
+    shift_notices,
+    shortcut_aurocs,
+    shortcut_notice,
+)
 from defectscope.errors import DataError
 from defectscope.results import METRICS, CategoryResult, ImageResult
 
@@ -73,8 +81,16 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
         raise DataError(f"{category.root}/test holds no images; nothing to evaluate")
     notices = list(category.notices)
     start = time.perf_counter()
-    scored = detector.score([s.path for s in samples])
+    stats: list[tuple[np.ndarray, np.ndarray]] = []
+    scored = detector.score([s.path for s in samples], stats=stats)
     labels = np.array([s.is_anomalous for s in samples])
+    means, stds = (np.concatenate(parts) for parts in zip(*stats))
+    train = detector.training_intensity
+    shortcuts = shortcut_aurocs(labels, means, stds, train)
+    groups = group_by([s.defect_type for s in samples], means, stds)
+    notices += shift_notices(f"{category.name}/test/", groups, train)
+    formats = image_formats([s.path for s in samples])
+    notices += format_notices(f"{category.name}/test ", formats, detector.fit_info_.get("formats"))
     if not labels.any() or labels.all():
         notices.append(
             f"{category.name}: test split has only {'defective' if labels.all() else 'good'} "
@@ -107,6 +123,11 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
         masks[pixel_rows] if has_pixel else None,
     )
     seconds = time.perf_counter() - start
+    warning = shortcut_notice(
+        category.name, detector.name, computed.values["image_auroc"], shortcuts
+    )
+    if warning:
+        notices.append(warning)
     images = [
         ImageResult(
             str(s.path),
@@ -129,6 +150,7 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
         maps=scored.maps,
         masks=masks,
         curves=computed.curves,
+        extra={"shortcuts": shortcuts},
     )
 
 

@@ -9,7 +9,6 @@ config, and the SHA-256 of the model file it came from.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.data.loader import ImageInput, iter_batches
+from defectscope.digest import file_sha256
 from defectscope.engine.scoring import Scorer
 from defectscope.errors import ConfigError, ModelFileError
 from defectscope.progress import progress_bar
@@ -34,14 +34,6 @@ MAX_ONNX_BYTES = 1_900_000_000
 PARITY_RTOL = 1e-3
 #: images per ONNX Runtime call (small batches keep activations in cache; see runtime.py)
 MICRO_BATCH = 4
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_onnx(detector: Any, path: str | Path) -> Path:
@@ -104,6 +96,8 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
             "input": "images: uint8 (batch, height, width, 3) RGB, resized to image_size",
             "outputs": "scores: float32 (batch,); maps: float32 (batch, image_size, image_size)",
             "colour_scale": detector.fit_info_.get("colour_scale"),
+            "intensity": detector.fit_info_.get("intensity"),
+            "formats": detector.fit_info_.get("formats"),
             "config": detector.config_.to_dict(),
             "model_sha256": (
                 file_sha256(detector.model_file_)
@@ -197,6 +191,7 @@ class ExportedModel(Scorer):
         if np.isnan(self.threshold_):
             raise ModelFileError(f"{self.path} has a NaN threshold; export it again")
         self.metadata = meta
+        self.fit_info_ = {"intensity": meta.get("intensity"), "formats": meta.get("formats")}
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
@@ -211,10 +206,10 @@ class ExportedModel(Scorer):
 
     def _score_batches(
         self, images: list[ImageInput], desc: str
-    ) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
+    ) -> Iterator[tuple[range, np.ndarray, np.ndarray, np.ndarray]]:
         batches = iter_batches(images, self.image_size, self.batch_size, self.num_workers)
         with progress_bar(len(images), desc, enabled=self.progress) as bar:
             for idx, batch in batches:
                 scores, maps = self.run(batch)
                 bar.update(len(idx))
-                yield idx, scores, maps
+                yield idx, batch, scores, maps

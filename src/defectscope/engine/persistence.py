@@ -25,8 +25,6 @@ from defectscope.errors import ConfigError, DefectscopeError, ModelFileError, un
 FORMAT = "defectscope-model"
 FORMAT_VERSION = 2
 SUFFIX = ".safetensors"
-#: options that may be changed when loading a model: they do not change what it computes
-LOAD_OVERRIDES = ("runtime", "batch_size", "num_workers", "progress", "weights")
 
 
 def model_path(path: str | Path) -> Path:
@@ -138,16 +136,33 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def load(path: str | Path, **overrides: Any):
+def load(
+    path: str | Path,
+    *,
+    runtime: str | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool | None = None,
+    weights: str | None = None,
+):
     """Load a model saved with ``save``, or an exported ``.onnx`` file.
 
     Args:
         path: the ``.safetensors`` file, a run folder holding ``model.safetensors``, or an
             ``.onnx`` file written by ``defectscope export``.
-        overrides: options that do not change what the model computes: ``runtime``,
-            ``batch_size``, ``num_workers``, ``progress`` and ``weights`` (where the backbone
-            weights file now lives).
+        runtime, batch_size, num_workers, progress: how to run it (None: as saved).
+        weights: where the backbone weights file now lives, if it moved (checked by SHA-256).
+
+    These are the only options that can change on load: none changes what the model computes.
     """
+    given = {
+        "runtime": runtime,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "progress": progress,
+        "weights": weights,
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
     if Path(path).suffix == ".onnx":
         from defectscope.engine.exported import ExportedModel
 
@@ -159,12 +174,6 @@ def load(path: str | Path, **overrides: Any):
     from defectscope.engine.options import EngineOptions
 
     file = model_path(path)
-    bad = sorted(set(overrides) - set(LOAD_OVERRIDES))
-    if bad:
-        raise ConfigError(
-            f"option {bad[0]} cannot be changed when loading a model (it changes what the model "
-            f"computes; fit again); options that can: {', '.join(LOAD_OVERRIDES)}"
-        )
     header = read_header(file)
     name = header["detector"]
     if name not in ESTIMATORS:
@@ -199,9 +208,10 @@ def load(path: str | Path, **overrides: Any):
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ModelFileError(f"{file}: tensor {key} holds NaN or infinite values; re-fit")
+    fitted = {k: v for k, v in header["fitted"].items() if k != "threshold"}
     try:
         module = cls.info.load().restore(
-            config, tensors, header["fitted"], detector._hooks(detector.options()[1])
+            config, tensors, fitted, detector._hooks(detector.options()[1])
         )
     except DefectscopeError:
         raise
@@ -209,7 +219,6 @@ def load(path: str | Path, **overrides: Any):
         raise ModelFileError(
             f"{file} has tensors that do not fit its config ({exc}); re-run `defectscope fit`"
         ) from exc
-    fitted = {k: v for k, v in header["fitted"].items() if k != "threshold"}
     detector._set_fitted(module, threshold, config, detector.options()[1], fitted)
     detector.model_file_ = file
     return detector

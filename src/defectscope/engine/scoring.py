@@ -44,15 +44,38 @@ class Scorer(ABC):
     @abstractmethod
     def _score_batches(
         self, images: list[ImageInput], desc: str
-    ) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
-        """Yield ``(indices, scores (b,), maps (b, S, S))`` float32, in input order."""
+    ) -> Iterator[tuple[range, np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield ``(indices, images (b, S, S, 3) uint8, scores (b,), maps (b, S, S))``, in
+        input order."""
+
+    @property
+    def training_intensity(self):
+        """The :class:`~defectscope.engine.shortcuts.IntensitySummary` of the training images,
+        or None (models fitted before it was recorded)."""
+        from defectscope.engine.shortcuts import IntensitySummary
+
+        return IntensitySummary.from_dict(self.fit_info_.get("intensity"))
 
     def iter_scores(
-        self, images: ImageInput | Sequence[ImageInput], *, desc: str = "scoring"
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        desc: str = "scoring",
+        stats: list[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
-        """Yield ``(indices, scores, maps)`` batch by batch; a non-finite score is an error."""
+        """Yield ``(indices, scores, maps)`` batch by batch; a non-finite score is an error.
+
+        Args:
+            stats: when given, the grey mean and spread of every image of each batch are
+                appended to it (for the shortcut baselines and the shift check; free: the images
+                are decoded anyway).
+        """
+        from defectscope.engine.shortcuts import batch_stats
+
         items = as_image_list(images)
-        for idx, scores, maps in self._score_batches(items, desc):
+        for idx, batch, scores, maps in self._score_batches(items, desc):
+            if stats is not None:
+                stats.append(batch_stats(batch))
             bad = np.flatnonzero(~np.isfinite(scores))
             if len(bad):
                 item = items[idx.start + int(bad[0])]
@@ -63,20 +86,32 @@ class Scorer(ABC):
                 )
             yield idx, scores, maps
 
-    def score(self, images: ImageInput | Sequence[ImageInput]) -> ScoredImages:
-        """Scores and anomaly maps of many images (paths or uint8 arrays)."""
+    def score(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        stats: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> ScoredImages:
+        """Scores and anomaly maps of many images (paths or uint8 arrays); ``stats`` as for
+        :meth:`iter_scores`."""
         items = as_image_list(images)
         scores = np.empty(len(items), dtype=np.float32)
         maps = np.empty((len(items), self.image_size, self.image_size), dtype=np.float32)
-        for idx, batch_scores, batch_maps in self.iter_scores(items):
+        for idx, batch_scores, batch_maps in self.iter_scores(items, stats=stats):
             scores[idx.start : idx.stop] = batch_scores
             maps[idx.start : idx.stop] = batch_maps
         return ScoredImages(scores, maps)
 
-    def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
-        """One :class:`Prediction` per image, with pass/fail at the model's threshold."""
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        stats: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per image, with pass/fail at the model's threshold;
+        ``stats`` as for :meth:`iter_scores`."""
         items = as_image_list(images)
-        scored = self.score(items)
+        scored = self.score(items, stats=stats)
         return [
             Prediction(
                 score=float(s),

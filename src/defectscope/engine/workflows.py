@@ -16,6 +16,7 @@ import numpy as np
 
 from defectscope.data.images import is_image_file, load_image
 from defectscope.data.mvtec import Category, discover, load_category
+from defectscope.data.splits import stratified_folds
 from defectscope.engine.estimator import Detector, make_detector
 from defectscope.engine.evaluation import compute_metrics, fit_and_evaluate
 from defectscope.engine.scoring import Scorer
@@ -24,17 +25,6 @@ from defectscope.models import detector_info
 from defectscope.results import CategoryResult, ImageResult, Prediction
 
 log = logging.getLogger(__name__)
-
-
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """``k`` disjoint index sets covering every sample, each with the class ratio of the whole."""
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    for value in (False, True):
-        idx = rng.permutation(np.flatnonzero(labels == value))
-        for i, j in enumerate(idx):
-            folds[i % k].append(int(j))
-    return [np.sort(np.array(f, dtype=int)) for f in folds]
 
 
 def cross_validate(make: Callable[[], Detector], category: Category) -> CategoryResult:
@@ -190,11 +180,19 @@ def predict_to_folder(
     detector: Scorer, inputs: Sequence[str | Path], out: Path, *, images: bool = True
 ) -> tuple[list[Prediction], list[str]]:
     """Predict every image under ``inputs``; write CSV, JSON, overlays and a contact sheet."""
+    from defectscope.engine.shortcuts import format_notices, image_formats, shift_notices
     from defectscope.report.plots import contact_sheet
     from defectscope.report.visualize import overlay, save_png
 
     files, notices = expand_inputs(inputs)
-    predictions = detector.predict(files)
+    stats: list[tuple[np.ndarray, np.ndarray]] = []
+    predictions = detector.predict(files, stats=stats)
+    means, stds = (np.concatenate(parts) for parts in zip(*stats))
+    notices += shift_notices(
+        "", {"the predicted images": (means, stds)}, detector.training_intensity
+    )
+    train_formats = detector.fit_info_.get("formats")
+    notices += format_notices("predicted ", image_formats(files), train_formats)
     rows = [
         {
             "path": p.path,

@@ -19,7 +19,7 @@ from defectscope.backbones import (
     weights_digest,
 )
 from defectscope.errors import BackboneError
-from defectscope.models.base import Hooks
+from defectscope.models.base import AnomalyModule, Hooks
 from defectscope.models.common import BackboneOptions
 
 
@@ -139,3 +139,51 @@ def restore_illumination(mode: str, tensors: dict[str, torch.Tensor]) -> Illumin
     if not 0.0 < float(target) <= 1.0:
         raise ValueError(f"illumination_target must be in (0, 1], got {float(target)}")
     return Illumination(mode, target.clone())
+
+
+class PatchMapModule(AnomalyModule):
+    """What the CNN-feature detectors share: lighting correction, the (possibly accelerated)
+    patch embedding, and upsampling + smoothing of patch scores to the input size.
+
+    Buffers: ``rows (S, h)`` and ``cols (S, w)``, bilinear upsampling then Gaussian smoothing
+    as two small matrix products (see :func:`defectscope.ops.resize_blur_matrix`).
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Module,
+        illumination: Illumination,
+        feature_size: tuple[int, int],
+        image_size: int,
+        sigma: float,
+        info: dict,
+    ) -> None:
+        super().__init__()
+        from defectscope.ops import resize_blur_matrix
+
+        self.illumination = illumination
+        self.embedding = embedding
+        h, w = feature_size
+        self.register_buffer("rows", resize_blur_matrix(h, image_size, sigma).clone())
+        self.register_buffer("cols", resize_blur_matrix(w, image_size, sigma).clone())
+        self.feature_size = (h, w)
+        self.info = info
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` images in 0..1 -> ``(B, P, D)`` patch embeddings.
+
+        One copy into (B, P, D) order: the statistics and distances then read each D-vector
+        contiguously, several times faster than on the (B, D, P) layout the network produces.
+        """
+        images = self.illumination(images)
+        return self.run("embedding", images).flatten(2).transpose(1, 2).contiguous()
+
+    def upsample(self, patch_scores: torch.Tensor) -> torch.Tensor:
+        """``(B, P)`` patch scores -> ``(B, S, S)`` smoothed maps at the input size."""
+        from defectscope.ops import resize_blur
+
+        h, w = self.feature_size
+        return resize_blur(patch_scores.view(-1, h, w), self.rows, self.cols)
+
+    def fit_info(self) -> dict:
+        return dict(self.info)

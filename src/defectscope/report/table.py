@@ -12,7 +12,17 @@ import numpy as np
 
 from defectscope.results import METRICS, CategoryResult
 
-COLUMNS = ("category", "detector", "n_train", "n_test", *METRICS, "fit_s", "evaluate_s")
+COLUMNS = (
+    "category",
+    "detector",
+    "n_train",
+    "n_test",
+    *METRICS,
+    "shortcut_auroc",
+    "shortcut",
+    "fit_s",
+    "evaluate_s",
+)
 RANKED_BY = {
     "pixel_f1_best": "pixel F1",
     "image_auroc": "image AUROC",
@@ -29,6 +39,7 @@ def result_rows(results: Sequence[CategoryResult]) -> list[dict[str, Any]]:
             "n_train": r.n_train,
             "n_test": len(r.images),
             **r.metrics,
+            **_shortcut(r),
             "fit_s": r.fit_seconds,
             "evaluate_s": r.evaluate_seconds,
         }
@@ -40,6 +51,8 @@ def result_rows(results: Sequence[CategoryResult]) -> list[dict[str, Any]]:
             continue
         mean: dict[str, Any] = {"category": "mean", "detector": detector}
         for key in COLUMNS[2:]:
+            if key == "shortcut":
+                continue
             values = [r[key] for r in own if r[key] is not None]
             if key in ("n_train", "n_test"):
                 mean[key] = int(sum(values))  # totals: a mean image count means nothing
@@ -47,6 +60,18 @@ def result_rows(results: Sequence[CategoryResult]) -> list[dict[str, Any]]:
                 mean[key] = float(np.mean(values)) if values else None
         rows.append(mean)
     return rows
+
+
+def _shortcut(result: CategoryResult) -> dict[str, Any]:
+    """The best trivial score of a result (see engine/shortcuts.py), flagged ``!`` when it
+    matches or beats the detector's image AUROC."""
+    shortcuts = result.extra.get("shortcuts") or {}
+    if not shortcuts:
+        return {"shortcut_auroc": None, "shortcut": None}
+    name, best = max(shortcuts.items(), key=lambda kv: kv[1])
+    auroc = result.metrics.get("image_auroc")
+    flag = "! " if auroc is not None and best >= auroc else ""
+    return {"shortcut_auroc": best, "shortcut": flag + name}
 
 
 def rankings(results: Sequence[CategoryResult]) -> dict[str, dict[str, list[dict[str, Any]]]]:

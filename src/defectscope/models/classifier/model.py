@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectscope.data.splits import stratified_folds
 from defectscope.models.base import AnomalyModule, Hooks
 from defectscope.models.classifier.config import ClassifierConfig
 from defectscope.models.training import NetFitter, load_net_state
@@ -48,17 +49,6 @@ class SmallCNN(nn.Module):
 
 def _bce(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(net(x), y)
-
-
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """``k`` disjoint index sets covering every sample, each with the class ratio of the whole."""
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    for value in (False, True):
-        idx = rng.permutation(np.flatnonzero(labels == value))
-        for i, j in enumerate(idx):
-            folds[i % k].append(int(j))
-    return [np.sort(np.array(f, dtype=int)) for f in folds]
 
 
 class ClassifierModel(AnomalyModule):

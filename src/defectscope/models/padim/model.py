@@ -18,16 +18,17 @@ from torch import nn
 
 from defectscope.errors import ConfigError
 from defectscope.memory import release_free_memory
-from defectscope.models.base import AnomalyModule, Fitter, Hooks, image_max
+from defectscope.models.base import Fitter, Hooks, image_max
 from defectscope.models.features import (
     Extractor,
     Illumination,
+    PatchMapModule,
     build_extractor,
     check_weights_unchanged,
     restore_illumination,
 )
 from defectscope.models.padim.config import PadimConfig
-from defectscope.ops import GaussianAccumulator, mahalanobis, resize_blur, resize_blur_matrix
+from defectscope.ops import GaussianAccumulator, mahalanobis
 from defectscope.ops.gaussian import pack_lower, precision_cholesky_of, unpack_lower
 
 
@@ -82,7 +83,7 @@ def graph_key(config: PadimConfig, embedding: PadimEmbedding, extractor: Extract
     return digest.hexdigest()[:24]
 
 
-class PadimModel(AnomalyModule):
+class PadimModel(PatchMapModule):
     """Images -> Mahalanobis distance maps, upsampled and smoothed; score = map maximum.
 
     Buffers: ``mean (P, D)``, ``precision_chol (P, D, D)`` (inverse lower Cholesky factors),
@@ -100,32 +101,19 @@ class PadimModel(AnomalyModule):
         info: dict[str, Any],
         illumination: Illumination,
     ) -> None:
-        super().__init__()
-        self.illumination = illumination
-        self.embedding = embedding
+        super().__init__(
+            embedding, illumination, feature_size, config.image_size, config.sigma, info
+        )
         self.register_buffer("feature_index", feature_index)
         self.register_buffer("mean", mean)
         self.register_buffer("precision_chol", precision_chol)
-        h, w = feature_size
-        # Bilinear upsampling then Gaussian smoothing as two small matrix products.
-        self.register_buffer("rows", resize_blur_matrix(h, config.image_size, config.sigma).clone())
-        self.register_buffer("cols", resize_blur_matrix(w, config.image_size, config.sigma).clone())
-        self.feature_size = (h, w)
-        self.info = info
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S) -> (B, P, D)`` patch embeddings.
-
-        One copy into (B, P, D) order: the statistics and the distance then read each D-vector
-        contiguously, several times faster than on the (B, D, P) layout the network produces.
-        """
-        images = self.illumination(images)
-        return self.run("embedding", images).flatten(2).transpose(1, 2).contiguous()
+        """``(B, 3, S, S) -> (B, P, D)`` patch embeddings."""
+        return self.patch_features(images)
 
     def maps_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
-        h, w = self.feature_size
-        dist = mahalanobis(emb, self.mean, self.precision_chol).view(-1, h, w)
-        return resize_blur(dist, self.rows, self.cols)
+        return self.upsample(mahalanobis(emb, self.mean, self.precision_chol))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = self.maps_from_embeddings(self.embed(images))
@@ -139,9 +127,6 @@ class PadimModel(AnomalyModule):
             "feature_index": self.feature_index,
             "illumination_target": self.illumination.target,
         }
-
-    def fit_info(self) -> dict[str, Any]:
-        return dict(self.info)
 
 
 def _n_features(config: PadimConfig, extractor: Extractor) -> int:

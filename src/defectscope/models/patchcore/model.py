@@ -18,16 +18,17 @@ from torch import nn
 
 from defectscope.errors import ConfigError
 from defectscope.memory import release_free_memory
-from defectscope.models.base import AnomalyModule, Fitter, Hooks
+from defectscope.models.base import Fitter, Hooks
 from defectscope.models.features import (
     Extractor,
     Illumination,
+    PatchMapModule,
     build_extractor,
     check_weights_unchanged,
     restore_illumination,
 )
 from defectscope.models.patchcore.config import DEFAULT_LAYERS, PatchcoreConfig
-from defectscope.ops import greedy_coreset, nearest, resize_blur, resize_blur_matrix
+from defectscope.ops import greedy_coreset, nearest
 
 #: images per forward pass of the module: the nearest-neighbour temporaries grow with it
 MAX_BATCH = 4
@@ -66,7 +67,7 @@ def graph_key(config: PatchcoreConfig, embedding: PatchcoreEmbedding, extractor:
     return digest.hexdigest()[:24]
 
 
-class PatchcoreModel(AnomalyModule):
+class PatchcoreModel(PatchMapModule):
     """Images -> nearest-bank-patch distance maps, upsampled and smoothed; score = the
     largest patch distance (optionally re-weighted).
 
@@ -86,31 +87,20 @@ class PatchcoreModel(AnomalyModule):
         info: dict[str, Any],
         illumination: Illumination,
     ) -> None:
-        super().__init__()
-        self.illumination = illumination
-        self.embedding = embedding
+        super().__init__(
+            embedding, illumination, feature_size, config.image_size, config.sigma, info
+        )
         self.register_buffer("bank", bank)
         self.register_buffer("bank_neighbors", bank_neighbors)
-        h, w = feature_size
-        self.register_buffer("rows", resize_blur_matrix(h, config.image_size, config.sigma).clone())
-        self.register_buffer("cols", resize_blur_matrix(w, config.image_size, config.sigma).clone())
-        self.feature_size = (h, w)
         self.reweight = config.reweight
-        self.info = info
-
-    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S) -> (B, P, D)``."""
-        images = self.illumination(images)
-        return self.run("embedding", images).flatten(2).transpose(1, 2).contiguous()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.patch_features(images)
         batch, positions, dim = feats.shape
-        h, w = self.feature_size
         queries = feats.reshape(batch * positions, dim)
         dist, index = nearest(queries, self.bank)
         dist = dist.view(batch, positions)
-        maps = resize_blur(dist.view(batch, h, w), self.rows, self.cols)
+        maps = self.upsample(dist)
         # The maximum of the smoothed map: a defect spanning a few patches outscores one noisy
         # patch (screw: 0.955 as the largest patch distance, 0.968 smoothed; see the study).
         scores = maps.flatten(1).amax(dim=1)
@@ -136,9 +126,6 @@ class PatchcoreModel(AnomalyModule):
             "bank_neighbors": self.bank_neighbors,
             "illumination_target": self.illumination.target,
         }
-
-    def fit_info(self) -> dict[str, Any]:
-        return dict(self.info)
 
 
 def bank_neighbors(bank: torch.Tensor, b: int, chunk: int = 2048) -> torch.Tensor:

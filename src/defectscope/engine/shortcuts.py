@@ -1,0 +1,190 @@
+"""Shortcut baselines and the train/test shift check (torch-free).
+
+A metric that a trivial score explains is not evidence of detection. On MVTec screw, the mean
+grey level of an image alone separates the test split perfectly (the good test parts were lit
+differently). So every evaluation also scores the test images with trivial statistics, computed
+from the images already decoded for the detector, and compares the images it sees with those
+the model was fitted on.
+
+Intensities are grey levels 0..255 (the mean of the three channels) at the model's input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from defectscope import metrics
+
+#: how many training standard deviations (over images) a group's mean may differ before a shift
+#: is reported; the group mean varies far less than one image, so this is already generous
+SHIFT_SIGMAS = 2.0
+
+
+def batch_stats(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, H, W, 3)`` uint8 -> per-image grey mean ``(B,)`` and standard deviation ``(B,)``."""
+    grey = batch.reshape(len(batch), -1, batch.shape[-1]).mean(axis=2, dtype=np.float32)
+    return grey.mean(axis=1), grey.std(axis=1)
+
+
+@dataclass(frozen=True)
+class IntensitySummary:
+    """Mean and spread over images of the per-image grey mean and standard deviation."""
+
+    n: int
+    mean: float
+    mean_sd: float
+    spread: float
+    spread_sd: float
+
+    @classmethod
+    def of(cls, means: np.ndarray, stds: np.ndarray) -> IntensitySummary:
+        return cls(
+            int(len(means)),
+            float(np.mean(means)),
+            float(np.std(means)),
+            float(np.mean(stds)),
+            float(np.std(stds)),
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in ("n", "mean", "mean_sd", "spread", "spread_sd")}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> IntensitySummary | None:
+        try:
+            return cls(**{k: data[k] for k in ("n", "mean", "mean_sd", "spread", "spread_sd")})
+        except (KeyError, TypeError):
+            return None
+
+
+def shortcut_scores(
+    means: np.ndarray, stds: np.ndarray, train: IntensitySummary | None
+) -> dict[str, np.ndarray]:
+    """The trivial scores: the statistics themselves and their distance from training."""
+    out = {"mean intensity": means, "intensity spread": stds}
+    if train is not None:
+        out["|mean - training mean|"] = np.abs(means - train.mean)
+        out["|spread - training spread|"] = np.abs(stds - train.spread)
+    return out
+
+
+def shortcut_aurocs(
+    labels: np.ndarray, means: np.ndarray, stds: np.ndarray, train: IntensitySummary | None
+) -> dict[str, float]:
+    """Image AUROC of each trivial score. The raw statistics count in either direction
+    (darker or brighter may be what separates), so their AUROC is ``max(a, 1 - a)``."""
+    if labels.all() or not labels.any():
+        return {}
+    out = {}
+    for name, score in shortcut_scores(means, stds, train).items():
+        auroc = metrics.roc_summary(labels, score.astype(np.float64)).auroc
+        out[name] = max(auroc, 1.0 - auroc) if not name.startswith("|") else auroc
+    return out
+
+
+def shortcut_notice(
+    category: str, detector: str, auroc: float | None, shortcuts: dict
+) -> str | None:
+    """A warning when a trivial score matches or beats the detector's image AUROC."""
+    if auroc is None or not shortcuts:
+        return None
+    name, best = max(shortcuts.items(), key=lambda kv: kv[1])
+    if best < auroc:
+        return None
+    return (
+        f"warning: {category} ({detector}): image AUROC {auroc:.3f} is matched or beaten by a "
+        f"trivial score: {name} alone gives {best:.3f}; the test split differs from training "
+        "in a way a detector need not understand (lighting?): read this metric with care"
+    )
+
+
+def shift_notices(
+    where: str,
+    groups: dict[str, tuple[np.ndarray, np.ndarray]],
+    train: IntensitySummary | None,
+) -> list[str]:
+    """One line per group of images whose mean intensity or spread lies outside what the
+    training images themselves vary (``SHIFT_SIGMAS`` standard deviations), with the numbers."""
+    if train is None:
+        return []
+    out = []
+    for group, (means, stds) in groups.items():
+        if not len(means):
+            continue
+        m, s = float(np.mean(means)), float(np.mean(stds))
+        if abs(m - train.mean) > SHIFT_SIGMAS * max(train.mean_sd, 1.0):
+            word = "darker" if m < train.mean else "brighter"
+            out.append(
+                f"shift: {where}{group}: {word} than the training images (mean grey "
+                f"{m:.0f} vs {train.mean:.0f} ± {train.mean_sd:.1f}, {len(means)} images)"
+            )
+        if abs(s - train.spread) > SHIFT_SIGMAS * max(train.spread_sd, 1.0):
+            word = "more" if s > train.spread else "less"
+            out.append(
+                f"shift: {where}{group}: {word} contrast than the training images (grey "
+                f"spread {s:.0f} vs {train.spread:.0f} ± {train.spread_sd:.1f}, "
+                f"{len(means)} images)"
+            )
+    return out
+
+
+def group_by(keys: Sequence[str], means: np.ndarray, stds: np.ndarray) -> dict:
+    """``{key: (means, stds)}`` of the images with each key, in first-seen order."""
+    keys = np.asarray(keys)
+    return {k: (means[keys == k], stds[keys == k]) for k in dict.fromkeys(keys.tolist())}
+
+
+MODE_NAMES = {"L": "grayscale", "RGB": "colour", "RGBA": "colour with alpha", "P": "palette"}
+
+
+def image_formats(items: Sequence) -> dict[str, dict[str, int]]:
+    """How many images of each size (``WxH``) and PIL mode, from their headers (no decoding);
+    arrays are counted by shape."""
+    from collections import Counter
+    from pathlib import Path
+
+    from PIL import Image
+
+    sizes: Counter[str] = Counter()
+    modes: Counter[str] = Counter()
+    for item in items:
+        if isinstance(item, (str, Path)):
+            try:
+                with Image.open(item) as image:
+                    sizes[f"{image.size[0]}x{image.size[1]}"] += 1
+                    modes[image.mode] += 1
+            except OSError:
+                continue  # the decoder reports unreadable files with their own message
+        else:
+            sizes[f"{item.shape[1]}x{item.shape[0]}"] += 1
+            modes["L" if item.ndim == 2 else "RGB"] += 1
+    return {"sizes": dict(sizes), "modes": dict(modes)}
+
+
+def format_notices(
+    where: str, seen: dict[str, dict[str, int]], train: dict[str, dict[str, int]] | None
+) -> list[str]:
+    """One line per image mode or size that the training images did not have."""
+    if not train:
+        return []
+    out = []
+    total = sum(seen["modes"].values())
+    for mode, n in seen["modes"].items():
+        if mode not in train["modes"]:
+            known = ", ".join(f"{m} ({MODE_NAMES.get(m, m)})" for m in train["modes"])
+            out.append(
+                f"shift: {n} of {total} {where}images are mode {mode} "
+                f"({MODE_NAMES.get(mode, mode)}); the model was fitted on {known} images"
+            )
+    for size, n in seen["sizes"].items():
+        if size not in train["sizes"]:
+            known = ", ".join(sorted(train["sizes"]))
+            out.append(
+                f"shift: {n} of {total} {where}images are {size}; the training images were "
+                f"{known} (all are resized to the model's input, so parts appear at another "
+                "scale unless the camera set-up changed in proportion)"
+            )
+    return out

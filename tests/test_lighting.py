@@ -1,0 +1,97 @@
+"""Lighting shifts: shortcut baselines warn, the shift check fires, gain correction recovers."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import defectscope
+from defectscope.cli import main
+from defectscope.data.synthetic import make_category
+from defectscope.engine.evaluation import evaluate
+from defectscope.engine.shortcuts import shortcut_aurocs
+
+from .conftest import SIZE
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory):
+    """A category and its copy whose good test images are 25% darker (screw's situation:
+    the good test parts were lit differently from training and from the defective ones)."""
+    root = tmp_path_factory.mktemp("light")
+    plain = make_category(
+        root / "plain",
+        kind="texture",
+        size=SIZE,
+        n_train=30,
+        n_test_good=12,
+        n_test_defect=8,
+        seed=7,
+    )
+    dark = root / "dark"
+    shutil.copytree(plain, dark)
+    for path in (dark / "test" / "good").glob("*.png"):
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        Image.fromarray((pixels * 0.75).astype(np.uint8)).save(path)
+    return plain, dark
+
+
+def small(illumination: str):
+    return defectscope.PaDiM(
+        image_size=SIZE,
+        n_features=40,
+        batch_size=8,
+        num_workers=1,
+        runtime="torch",
+        illumination=illumination,
+    )
+
+
+def test_shortcut_scores_are_computed_both_ways():
+    labels = np.array([False] * 5 + [True] * 5)
+    means = np.array([10.0] * 5 + [20.0] * 5)  # defects brighter: AUROC 1
+    got = shortcut_aurocs(labels, -means, means * 0, None)  # darker counts as well
+    assert got["mean intensity"] == pytest.approx(1.0)
+    assert got["intensity spread"] == pytest.approx(0.5)
+
+
+def test_warnings_fire_and_gain_correction_recovers(shifted, tmp_path, capsys):
+    plain, dark = shifted
+    reference = evaluate(small("none").fit(plain), plain).metrics["image_auroc"]
+    model = small("none").fit(dark)
+    result = evaluate(model, dark)
+    assert result.extra["shortcuts"]["mean intensity"] == pytest.approx(1.0)
+    shift = [n for n in result.notices if "darker" in n or "brighter" in n]
+    assert len(shift) == 1 and "dark/test/good: darker than the training images" in shift[0]
+    assert "less contrast" in " ".join(n for n in result.notices if "test/good" in n)
+    if result.metrics["image_auroc"] <= 1.0:  # a trivial score matches anything up to 1.0
+        assert any(n.startswith("warning: dark (padim)") for n in result.notices)
+    corrected = evaluate(small("gain").fit(dark), dark).metrics["image_auroc"]
+    assert corrected >= reference - 0.05
+    # the terminal shows both, even with -q
+    argv = ["benchmark", "--model", "padim", "--data", str(dark), "--project", str(tmp_path)]
+    code = main([*argv, "--image-size", str(SIZE), "--n-features", "40", "-q"])
+    err = capsys.readouterr().err
+    assert code == 0 and "shift: dark/test/good: darker" in err and "trivial score" in err
+
+
+def test_predict_notices_another_mode_and_size(shifted, tmp_path, capsys):
+    plain, _ = shifted
+    project = tmp_path / "runs"
+    argv = ["fit", "--model", "padim", "--data", str(plain), "--project", str(project)]
+    assert main([*argv, "--image-size", str(SIZE), "--n-features", "40", "-q"]) == 0
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for i, path in enumerate(sorted((plain / "test" / "good").glob("*.png"))[:3]):
+        image = Image.open(path).convert("L")
+        (image if i else image.resize((2 * SIZE, SIZE))).save(grey / path.name)
+    model = project / "fit" / "plain"
+    assert main(["predict", "--model", str(model), str(grey), "--project", str(project), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "shift: 3 of 3 predicted images are mode L (grayscale); the model was fitted on RGB" in err
+    )
+    assert f"shift: 1 of 3 predicted images are {2 * SIZE}x{SIZE}; the training images were" in err
