@@ -46,6 +46,7 @@ def run_defectscope(category_dir: Path, runtime: str) -> dict:
         batch_size=BATCH,
         runtime=runtime,
         num_workers=2,
+        illumination="none",  # anomalib has no lighting correction: compare like with like
     )
     start = time.perf_counter()
     model.fit(category)
