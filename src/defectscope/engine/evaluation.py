@@ -12,7 +12,7 @@ import numpy as np
 
 from defectscope import metrics
 from defectscope.data.images import load_mask
-from defectscope.data.mvtec import Category, load_category
+from defectscope.data.mvtec import GOOD, Category, load_category
 from defectscope.engine.scoring import Scorer
 from defectscope.engine.shortcuts import (
     format_notices,
@@ -88,7 +88,10 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
     train = detector.training_intensity
     shortcuts = shortcut_aurocs(labels, means, stds, train)
     groups = group_by([s.defect_type for s in samples], means, stds)
-    notices += shift_notices(f"{category.name}/test/", groups, train)
+    good = {k: v for k, v in groups.items() if k == GOOD}
+    defective = {k: v for k, v in groups.items() if k != GOOD}
+    notices += shift_notices(f"{category.name}/test/", good, train)
+    notices += shift_notices(f"{category.name}/test/", defective, train, contrast=False)
     formats = image_formats([s.path for s in samples])
     notices += format_notices(f"{category.name}/test ", formats, detector.fit_info_.get("formats"))
     if not labels.any() or labels.all():

@@ -105,9 +105,13 @@ def shift_notices(
     where: str,
     groups: dict[str, tuple[np.ndarray, np.ndarray]],
     train: IntensitySummary | None,
+    *,
+    contrast: bool = True,
 ) -> list[str]:
-    """One line per group of images whose mean intensity or spread lies outside what the
-    training images themselves vary (``SHIFT_SIGMAS`` standard deviations), with the numbers."""
+    """One line per group of images whose mean intensity (or, with ``contrast``, spread) lies
+    outside what the training images themselves vary (``SHIFT_SIGMAS`` standard deviations),
+    with the numbers. Defective images change contrast by being defective: check their
+    brightness only."""
     if train is None:
         return []
     out = []
@@ -121,7 +125,7 @@ def shift_notices(
                 f"shift: {where}{group}: {word} than the training images (mean grey "
                 f"{m:.0f} vs {train.mean:.0f} ± {train.mean_sd:.1f}, {len(means)} images)"
             )
-        if abs(s - train.spread) > SHIFT_SIGMAS * max(train.spread_sd, 1.0):
+        if contrast and abs(s - train.spread) > SHIFT_SIGMAS * max(train.spread_sd, 1.0):
             word = "more" if s > train.spread else "less"
             out.append(
                 f"shift: {where}{group}: {word} contrast than the training images (grey "
