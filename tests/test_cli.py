@@ -5,19 +5,9 @@ import pytest
 
 from defectscope.cli import main
 
-from .conftest import SIZE
+from .conftest import PADIM_ARGS, SIZE
 
-SMALL = [
-    "--model",
-    "padim",
-    "--image-size",
-    str(SIZE),
-    "--n-features",
-    "40",
-    "--batch-size",
-    "8",
-    "-q",
-]
+SMALL = PADIM_ARGS
 
 
 def test_fit_evaluate_predict(texture, tmp_path, capsys):

@@ -12,19 +12,9 @@ import pytest
 from defectscope.cli import main
 from defectscope.data import load_category
 
-from .conftest import SIZE
+from .conftest import PADIM_ARGS, SIZE
 
-SMALL = [
-    "--model",
-    "padim",
-    "--image-size",
-    str(SIZE),
-    "--n-features",
-    "40",
-    "--batch-size",
-    "8",
-    "-q",
-]
+SMALL = PADIM_ARGS
 
 
 @pytest.fixture(scope="module")
