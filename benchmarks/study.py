@@ -34,8 +34,12 @@ SETTINGS = [
     ("patchcore lite2", "patchcore", {"backbone": "efficientnet_lite2"}),
     ("patchcore sigma 8", "patchcore", {"sigma": 8.0}),
     ("patchcore reweight (b=9)", "patchcore", {"reweight": True}),
-    ("padim default (lite0, 256 px, none)", "padim", {}),
-    ("padim illumination gain", "padim", {"illumination": "gain"}),
+    ("padim illumination none", "padim", {"illumination": "none"}),
+    ("padim default (lite0, 256 px, gain)", "padim", {}),
+    ("patchcore illumination local", "patchcore", {"illumination": "local"}),
+    ("padim illumination standardize", "padim", {"illumination": "standardize"}),
+    ("padim illumination local", "padim", {"illumination": "local"}),
+    ("patchcore lite1", "patchcore", {"backbone": "efficientnet_lite1"}),
 ]
 
 CHILD = """

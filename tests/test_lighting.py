@@ -95,3 +95,26 @@ def test_predict_notices_another_mode_and_size(shifted, tmp_path, capsys):
         "shift: 3 of 3 predicted images are mode L (grayscale); the model was fitted on RGB" in err
     )
     assert f"shift: 1 of 3 predicted images are {2 * SIZE}x{SIZE}; the training images were" in err
+
+
+@pytest.mark.parametrize("mode", ["none", "gain", "standardize", "local"])
+def test_illumination_modes(mode):
+    import torch
+
+    from defectscope.models.features import Illumination
+
+    gen = torch.Generator().manual_seed(0)
+    images = 0.2 + 0.5 * torch.rand(2, 3, 48, 48, generator=gen)
+    module = Illumination(mode)
+    module.calibrate(images)
+    out = module(images)
+    assert out.shape == images.shape and bool(torch.isfinite(out).all())
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    brighter = module(images * 1.3)  # the same scene under a 30% brighter lamp
+    change = float((brighter - out).abs().mean())
+    if mode == "none":
+        assert change > 0.1
+    else:  # every correction undoes a global gain
+        assert change < 0.01, change
+    if mode == "gain":
+        assert float(out.mean()) == pytest.approx(float(images.mean()), rel=1e-4)

@@ -9,7 +9,7 @@ from defectscope.errors import ConfigError, unknown_name
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: per-image illumination corrections, applied inside the scoring module (so also in export)
-ILLUMINATION = ("none", "gain", "standardize")
+ILLUMINATION = ("none", "gain", "standardize", "local")
 AUGMENTATIONS = ("hflip", "vflip", "rotate")
 
 
@@ -49,7 +49,8 @@ class BackboneOptions(ImageOptions):
     illumination: str = option(
         "none",
         "per-image lighting correction before the backbone: gain = scale every image to the "
-        "training images' mean intensity; standardize = each channel to a fixed mean and spread",
+        "training images' mean intensity; standardize = each channel to a fixed mean and spread; "
+        "local = local contrast normalisation (15 px window)",
         choices=ILLUMINATION,
     )
 

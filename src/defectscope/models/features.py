@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from defectscope.backbones import (
@@ -99,6 +100,9 @@ class Illumination(nn.Module):
       the first training batch, set by :meth:`calibrate` and saved with the model.
     - ``standardize``: every channel of every image shifted and scaled to ImageNet's per-channel
       mean and standard deviation: undoes brightness and contrast changes, also per colour.
+    - ``local``: local contrast normalisation: every pixel minus the mean of its
+      ``LOCAL_WINDOW`` neighbourhood, divided by the neighbourhood's standard deviation, then
+      mapped to ImageNet's mean and spread: undoes uneven lighting across the image too.
 
     It runs in PyTorch before the (possibly accelerated) feature extractor, so the exported
     feature graph does not depend on the fitted target; the whole-pipeline export includes it.
@@ -106,6 +110,8 @@ class Illumination(nn.Module):
 
     #: keeps a black image from being divided by zero (1/255 of grey)
     EPS = 1.0 / 255.0
+    #: side of the local contrast normalisation window, in pixels at the input size
+    LOCAL_WINDOW = 15
 
     def __init__(self, mode: str, target: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -128,6 +134,14 @@ class Illumination(nn.Module):
             mu = images.mean(dim=(2, 3), keepdim=True)
             sd = images.std(dim=(2, 3), keepdim=True).clamp_min(self.EPS)
             return ((images - mu) / sd * self.std + self.mean).clamp(0.0, 1.0)
+        if self.mode == "local":
+            k = self.LOCAL_WINDOW
+            mu = F.avg_pool2d(images, k, stride=1, padding=k // 2, count_include_pad=False)
+            sq = F.avg_pool2d(images * images, k, stride=1, padding=k // 2, count_include_pad=False)
+            sd = (sq - mu * mu).clamp_min(0.0).sqrt().clamp_min(4 * self.EPS)
+            # One unit of local contrast becomes half of ImageNet's spread: most pixels stay in
+            # range after the clip.
+            return ((images - mu) / sd * (0.5 * self.std) + self.mean).clamp(0.0, 1.0)
         return images
 
 

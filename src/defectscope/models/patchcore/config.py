@@ -31,7 +31,8 @@ class PatchcoreConfig(BackboneOptions):
     illumination: str = option(
         "gain",
         "per-image lighting correction before the backbone: gain = scale every image to the "
-        "training images' mean intensity; standardize = each channel to a fixed mean and spread",
+        "training images' mean intensity; standardize = each channel to a fixed mean and spread; "
+        "local = local contrast normalisation (15 px window)",
         choices=ILLUMINATION,
     )
     neighbourhood: int = option(3, "side of the local averaging window of patch features (odd)")
