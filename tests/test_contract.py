@@ -56,6 +56,11 @@ def test_scores_maps_and_round_trip(fitted_any, texture, tmp_path):
     assert scored.scores.shape == (len(samples),) and scored.scores.dtype == np.float32
     assert scored.maps.shape == (len(samples), SIZE, SIZE)
     assert np.isfinite(scored.scores).all() and np.isfinite(fitted_any.threshold_)
+    # every training image counted once in the statistics of the shift check, the held-out
+    # ones included (scored for the threshold; PaDiM then feeds them again to merge them)
+    category = load_category(texture)
+    seen = len(category.test_samples if fitted_any.info.supervised else category.train_paths)
+    assert fitted_any.fit_info_["intensity"]["n"] == seen
     loaded = defectscope.load(fitted_any.save(tmp_path / "m.safetensors"))
     assert type(loaded) is type(fitted_any)
     assert loaded.threshold_ == fitted_any.threshold_

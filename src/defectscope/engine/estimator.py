@@ -24,6 +24,7 @@ from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.data.mvtec import Category, load_category
 from defectscope.engine.options import ENGINE_NAMES, EngineOptions, split_params
 from defectscope.engine.scoring import Scorer
+from defectscope.engine.shortcuts import IntensitySummary, batch_stats, image_formats
 from defectscope.errors import ConfigError, DataError, NotFittedError
 from defectscope.models import DETECTORS, DetectorInfo
 from defectscope.progress import progress_bar
@@ -161,20 +162,20 @@ class Detector(Scorer):
                 module = fitter.finalize()
             if held:
                 held_paths = [paths[i] for i in held]
-                scores = np.concatenate(
-                    [s for _, _, s, _ in self._run(module, held_paths, engine, config.image_size)]
-                )
+                runs = list(self._run(module, held_paths, engine, config.image_size))
+                scores = np.concatenate([s for _, _, s, _ in runs])
+                self._intensity += [batch_stats(batch) for _, batch, _, _ in runs]
+                del runs
                 threshold = float(np.quantile(scores, engine.threshold_quantile))
                 if fitter.merge_holdout:
-                    # The held-out images join the final model: it uses every image.
-                    self._feed(fitter, held_paths, engine, config.image_size)
+                    # The held-out images join the final model: it uses every image. Their
+                    # intensity statistics were recorded when they were scored above.
+                    self._feed(fitter, held_paths, engine, config.image_size, record=False)
                     module = fitter.finalize()
                 n_holdout = len(held)
             else:
                 threshold = float("inf")
                 log.warning("holdout=0: no threshold was chosen; every image will pass")
-        from defectscope.engine.shortcuts import IntensitySummary, image_formats
-
         means, stds = (np.concatenate(parts) for parts in zip(*self._intensity))
         del self._intensity
         info = {
@@ -237,17 +238,20 @@ class Detector(Scorer):
             finally:
                 self._epoch_bar = None
 
-    def _feed(self, fitter, paths, engine, size, labels: np.ndarray | None = None) -> None:
+    def _feed(
+        self, fitter, paths, engine, size, labels: np.ndarray | None = None, record: bool = True
+    ) -> None:
+        """Feed ``paths`` to ``fitter`` batch by batch; with ``record``, keep their intensity
+        statistics for the shift check."""
         import torch
-
-        from defectscope.engine.shortcuts import batch_stats
 
         batches = iter_batches(paths, size, engine.batch_size, engine.num_workers)
         with progress_bar(len(paths), "fitting", enabled=engine.progress) as bar:
             for idx, batch in batches:
                 y = None if labels is None else torch.from_numpy(labels[idx.start : idx.stop])
                 fitter.update(to_tensor(batch), y)
-                self._intensity.append(batch_stats(batch))
+                if record:
+                    self._intensity.append(batch_stats(batch))
                 bar.update(len(idx))
 
     @staticmethod

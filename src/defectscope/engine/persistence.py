@@ -192,7 +192,7 @@ def load(
         ) from exc
     params = {**config.to_dict(), **engine.to_dict(), **overrides}
     detector = cls(**params)
-    config = detector.options()[0]  # with the overrides (e.g. a moved weights file)
+    config, engine = detector.options()  # with the overrides (e.g. a moved weights file)
     try:
         tensors = load_file(str(file))
     except Exception as exc:  # noqa: BLE001 - every reader failure means a damaged file
@@ -210,15 +210,13 @@ def load(
             raise ModelFileError(f"{file}: tensor {key} holds NaN or infinite values; re-fit")
     fitted = {k: v for k, v in header["fitted"].items() if k != "threshold"}
     try:
-        module = cls.info.load().restore(
-            config, tensors, fitted, detector._hooks(detector.options()[1])
-        )
+        module = cls.info.load().restore(config, tensors, fitted, detector._hooks(engine))
     except DefectscopeError:
         raise
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ModelFileError(
             f"{file} has tensors that do not fit its config ({exc}); re-run `defectscope fit`"
         ) from exc
-    detector._set_fitted(module, threshold, config, detector.options()[1], fitted)
+    detector._set_fitted(module, threshold, config, engine, fitted)
     detector.model_file_ = file
     return detector
