@@ -29,6 +29,7 @@ LAYERS = {
     "memory": 0,
     "runs": 0,
     "digest": 0,
+    "regions": 0,
 }
 
 

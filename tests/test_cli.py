@@ -39,7 +39,8 @@ def test_fit_evaluate_predict(texture, tmp_path, capsys):
     run = tmp_path / "runs" / "predict" / "predict"
     predictions = json.loads((run / "predictions.json").read_text())
     assert len(predictions) == len(list((texture / "test").rglob("*.png")))
-    assert len(list((run / "overlays").glob("*.png"))) == len(predictions)
+    assert len(list((run / "overlays").rglob("*.png"))) == len(predictions)
+    assert (run / "overlays" / "scratch" / "000.png").is_file()  # named by relative path
     assert (run / "most_anomalous.png").is_file()
 
 

@@ -15,6 +15,7 @@ provide the weights. Random weights are used only when asked for with ``weights=
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +119,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False, i.e. running the file's pickled code: never
+        raise BackboneError(
+            f"weights file {path} holds Python objects besides tensors; defectscope reads only "
+            "plain tensors (it never runs code from a weights file). Re-save it as a state dict: "
+            "torch.save(model.state_dict(), path), or as .safetensors"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
-        raise BackboneError(f"cannot read weights file {path}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(
+            f"cannot read weights file {path}: {first}; pass a .pth/.pt state dict or a "
+            ".safetensors file"
+        ) from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from defectscope.errors import ConfigError, DefectscopeError
+from defectscope.errors import ConfigError, DefectscopeError, OutputError
 
 #: the detector of fit, benchmark and demo when none is named: the best mean image AUROC on the
 #: shared categories within the time budget (see benchmarks/README.md)
@@ -29,6 +29,8 @@ EXAMPLES = {
     "  defectscope benchmark --data mvtec --categories bottle screw --runtime torch",
     "demo": "defectscope demo",
     "export": "defectscope export --model runs/fit/tire --format onnx",
+    "calibrate": "defectscope calibrate --model runs/fit/tire --data labelled/tire\n"
+    "  defectscope calibrate --model runs/fit/tire --data labelled/tire --false-reject-rate 0.01",
 }
 
 
@@ -148,8 +150,47 @@ def build_parser() -> argparse.ArgumentParser:
     pr = verb("predict", "score images or folders: pass/fail, heatmaps, CSV/JSON")
     pr.add_argument("--model", required=True, help="model file, run folder or exported .onnx")
     pr.add_argument("inputs", nargs="+", help="image files or folders of images")
-    pr.add_argument("--no-images", action="store_true", help="do not write heatmap overlays")
+    pr.add_argument(
+        "--threshold",
+        type=float,
+        help="pass/fail threshold on the raw score for this call (default: the model's; "
+        "`defectscope calibrate` changes the model's own)",
+    )
+    pr.add_argument(
+        "--save",
+        choices=["all", "fail", "none"],
+        default="all",
+        help="which heatmap overlays to write: all (default), fail (failed parts only), none",
+    )
+    pr.add_argument("--no-images", action="store_true", help="same as --save none")
     _add_runtime_options(pr)
+
+    cal = verb(
+        "calibrate",
+        "set a model's threshold from labelled images (best F1, or a target false-reject or "
+        "escape rate) and save it into the model",
+    )
+    cal.add_argument("--model", required=True, help="model file or run folder (not .onnx)")
+    cal.add_argument(
+        "--data", required=True, help="category folder whose test/ holds labelled images"
+    )
+    target = cal.add_mutually_exclusive_group()
+    target.add_argument(
+        "--false-reject-rate",
+        type=float,
+        metavar="R",
+        help="reject at most this fraction of good parts (lowest such threshold)",
+    )
+    target.add_argument(
+        "--escape-rate",
+        type=float,
+        metavar="R",
+        help="pass at most this fraction of defective parts (highest such threshold)",
+    )
+    cal.add_argument(
+        "--output", help="write the calibrated model here (default: overwrite the model file)"
+    )
+    _add_runtime_options(cal)
 
     bench = verb("benchmark", "fit and evaluate every category under a root; table + rankings")
     bench.add_argument("--data", help="MVTec root or one category folder; or `data` in --config")
@@ -185,7 +226,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     from defectscope.data import load_category
     from defectscope.engine.estimator import make_detector
-    from defectscope.runs import next_run_dir
+    from defectscope.runs import run_folder
 
     model = _from_config(args, "model", DEFAULT_DETECTOR)
     data = _from_config(args, "data")
@@ -197,18 +238,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
     category = load_category(data)
     for notice in category.notices:
         _say(args, f"notice: {notice}")
-    start = time.perf_counter()
-    detector.fit(category)
-    seconds = time.perf_counter() - start
-    run = next_run_dir(Path(args.project) / "fit", args.name or category.name)
-    path = detector.save(run / "model.safetensors")
-    config, engine = detector.options()
-    saved = {"model": model, "data": str(data), **config.to_dict(), **engine.to_dict()}
-    saved.pop("progress")
-    (run / "config.json").write_text(json.dumps(saved, indent=2))
-    (run / "run.json").write_text(
-        json.dumps({"command": args.command, "fitted": detector.fit_info_}, indent=2, default=str)
-    )
+    # the run folder exists and is writable before the fit starts: no fit is lost to a bad path
+    with run_folder(Path(args.project) / "fit", args.name or category.name) as run:
+        start = time.perf_counter()
+        detector.fit(category)
+        seconds = time.perf_counter() - start
+        path = detector.save(run / "model.safetensors")
+    try:
+        config, engine = detector.options()
+        saved = {"model": model, "data": str(data), **config.to_dict(), **engine.to_dict()}
+        saved.pop("progress")
+        (run / "config.json").write_text(json.dumps(saved, indent=2))
+        (run / "run.json").write_text(
+            json.dumps(
+                {"command": args.command, "fitted": detector.fit_info_}, indent=2, default=str
+            )
+        )
+    except (OSError, TypeError, ValueError) as exc:
+        raise OutputError(
+            f"the fitted model is saved in {path}, but writing its run files failed: {exc}"
+        ) from exc
     print(
         f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
         f"in {seconds:.1f} s; threshold {detector.threshold_:.4g}; saved {path}"
@@ -232,14 +281,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from defectscope.data import load_category
     from defectscope.engine.evaluation import evaluate
     from defectscope.engine.workflows import write_run
-    from defectscope.runs import next_run_dir
+    from defectscope.runs import run_folder
 
     detector = _load_model(args)
     category = load_category(args.data, require_test=True)
-    result = evaluate(detector, category)
-    run = next_run_dir(Path(args.project) / "evaluate", args.name or category.name)
-    params = detector.get_params() if hasattr(detector, "get_params") else detector.metadata
-    write_run([result], run, {"command": args.command, "model": str(args.model), "params": params})
+    with run_folder(Path(args.project) / "evaluate", args.name or category.name) as run:
+        result = evaluate(detector, category)
+        params = detector.get_params() if hasattr(detector, "get_params") else detector.metadata
+        meta = {"command": args.command, "model": str(args.model), "params": params}
+        write_run([result], run, meta)
     _print_results([result], run, args)
     return 0
 
@@ -261,23 +311,65 @@ def _print_results(results, run: Path, args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from defectscope.engine.workflows import predict_to_folder
-    from defectscope.runs import next_run_dir
+    from defectscope.runs import run_folder
 
     detector = _load_model(args)
-    run = next_run_dir(Path(args.project) / "predict", args.name or "predict")
-    predictions, notices = predict_to_folder(detector, args.inputs, run, images=not args.no_images)
+    save = "none" if args.no_images else args.save
+    with run_folder(Path(args.project) / "predict", args.name or "predict") as run:
+        predictions, notices = predict_to_folder(
+            detector, args.inputs, run, save=save, threshold=args.threshold, command=args.command
+        )
     for notice in notices:
         if notice.startswith("shift:"):
             print(notice, file=sys.stderr)
         else:
             _say(args, f"notice: {notice}")
     flagged = sum(p.is_anomalous for p in predictions)
+    threshold = predictions[0].threshold
+    print(f"{'verdict':7}  {'score':>10}  {'0-1':>5}  path")
     for p in predictions:
         verdict = "FAIL" if p.is_anomalous else "pass"
-        print(f"{verdict}  {p.score:10.4g}  {p.path}")
+        print(f"{verdict:7}  {p.score:10.4g}  {p.normalized_score:5.2f}  {p.path}")
+    source = "given with --threshold" if args.threshold is not None else "the model's"
     print(
-        f"{flagged} of {len(predictions)} images flagged anomalous "
-        f"(threshold {detector.threshold_:.4g}); results in {run}"
+        f"{flagged} of {len(predictions)} images failed at threshold {threshold:.4g} ({source}; "
+        f"0.50 on the 0-1 scale); results in {run}"
+    )
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from defectscope.engine.calibration import calibrate
+    from defectscope.engine.persistence import model_path
+    from defectscope.runs import check_writable
+
+    if str(args.model).endswith(".onnx"):
+        raise ConfigError(
+            "calibrate changes a fitted model (.safetensors or its run folder); calibrate that, "
+            "then export it again"
+        )
+    detector = _load_model(args)
+    out = Path(args.output) if args.output else model_path(args.model)
+    if not out.parent.is_dir():
+        raise OutputError(f"cannot write {out}: the folder {out.parent} does not exist")
+    check_writable(out.parent)
+    before, after, source = calibrate(
+        detector,
+        args.data,
+        false_reject_rate=args.false_reject_rate,
+        escape_rate=args.escape_rate,
+    )
+    path = detector.save(out)
+    print(f"before: {before.sentence()}")
+    print(f"after:  {after.sentence()}")
+    print(
+        f"threshold set by {source['rule'].split(': ', 1)[1]} on {source['good']} good and "
+        f"{source['defective']} defective images of {args.data}; saved {path}"
+    )
+    _say(
+        args,
+        "notice: these figures are measured on the images the threshold was chosen on; expect "
+        "somewhat worse on new parts (keep some labelled images aside to check)",
     )
     return 0
 
@@ -308,29 +400,32 @@ def _run_benchmark(
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from defectscope.runs import next_run_dir
+    from defectscope.data import discover
+    from defectscope.runs import run_folder
 
     data = _from_config(args, "data")
     if data is None:
         raise ConfigError("benchmark needs --data (an MVTec root), or `data` in the --config file")
     models = _from_config(args, "models") or [_from_config(args, "model", DEFAULT_DETECTOR)]
     model_params(args, models)  # bad options fail before a run folder is made
-    run = next_run_dir(Path(args.project) / "benchmark", args.name or "benchmark")
-    return _run_benchmark(args, data, models, run, _from_config(args, "categories"))
+    categories = _from_config(args, "categories")
+    discover(data, categories)  # so does a wrong data folder
+    with run_folder(Path(args.project) / "benchmark", args.name or "benchmark") as run:
+        return _run_benchmark(args, data, models, run, categories)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from defectscope.data.synthetic import make_dataset
-    from defectscope.runs import next_run_dir
+    from defectscope.runs import run_folder
 
     if args.size < 32:
         raise ConfigError(f"--size must be at least 32 pixels, got {args.size}")
     model_params(args, [DEFAULT_DETECTOR])  # bad options fail before a run folder is made
-    run = next_run_dir(Path(args.project) / "demo", args.name or "demo")
-    data = run / "data"
-    _say(args, f"writing a synthetic MVTec-layout data set to {data}")
-    make_dataset(data, size=args.size)
-    return _run_benchmark(args, data, [DEFAULT_DETECTOR], run)
+    with run_folder(Path(args.project) / "demo", args.name or "demo") as run:
+        data = run / "data"
+        _say(args, f"writing a synthetic MVTec-layout data set to {data}")
+        make_dataset(data, size=args.size)
+        return _run_benchmark(args, data, [DEFAULT_DETECTOR], run)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -344,10 +439,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from defectscope.engine.exported import export_onnx
     from defectscope.engine.persistence import load, model_path
+    from defectscope.runs import check_writable
 
     detector = load(args.model, progress=not args.quiet)
     suffix = ".xml" if args.format == "openvino" else ".onnx"
     out = Path(args.output) if args.output else model_path(args.model).with_suffix(suffix)
+    if not out.parent.is_dir():
+        raise OutputError(f"cannot write {out}: the folder {out.parent} does not exist")
+    check_writable(out.parent)  # before the export's minutes, not after
     if args.format == "openvino":
         try:
             import openvino as ov
@@ -377,6 +476,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "report": cmd_report,
     "export": cmd_export,
+    "calibrate": cmd_calibrate,
 }
 
 

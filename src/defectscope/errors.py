@@ -34,8 +34,19 @@ class ConfigError(DefectscopeError):
     """An invalid parameter value or configuration file."""
 
 
+class OutputError(DefectscopeError):
+    """A run folder or output file cannot be created or written."""
+
+
 class ScoringError(DefectscopeError):
     """Scoring produced a value that must not become a verdict (NaN, infinity)."""
+
+
+def plural(word: str) -> str:
+    """English plural of a one-word noun: category -> categories, backbone -> backbones."""
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> str:
@@ -52,4 +63,4 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> str:
     valid = sorted(valid)
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
     hint = f" did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown {kind} {name!r};{hint} valid {kind}s: {', '.join(valid)}"
+    return f"unknown {kind} {name!r};{hint} valid {plural(kind)}: {', '.join(valid)}"

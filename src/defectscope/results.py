@@ -41,12 +41,16 @@ class Prediction:
         is_anomalous: ``score > threshold`` (the model's pass/fail threshold).
         anomaly_map: ``(H, W)`` float32 per-pixel scores at the model's input size.
         path: the image file, when the input was a path.
+        normalized_score: the score on the model's fixed [0, 1] scale, threshold at 0.5.
+        threshold: the threshold the verdict was taken at.
     """
 
     score: float
     is_anomalous: bool
     anomaly_map: np.ndarray
     path: str | None = None
+    normalized_score: float | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from defectscope.errors import DataError
 
@@ -16,6 +16,41 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 # is far more likely a decompression bomb or a wrong file than a real photograph.
 MAX_IMAGE_PIXELS = 178_956_970
 
+#: images with a side shorter than this are refused: the feature maps have a stride of 8 to 16
+#: pixels, so a smaller image holds less than one feature cell of real content
+MIN_IMAGE_SIDE = 16
+
+#: bit depths a high-bit-depth camera writes into a 16- or 32-bit container
+_BIT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
+_EXIF_ORIENTATION = 0x0112
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` that answers False, not PermissionError, for a folder it cannot see."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _unreadable(path: Path, what: str) -> DataError:
+    """The error for a path that cannot be opened: missing, or not allowed (they differ)."""
+    try:
+        path.stat()
+    except PermissionError:
+        return DataError(
+            f"cannot read {what} {path}: permission denied; check the permissions of the file "
+            "and of its folders"
+        )
+    except OSError:
+        return DataError(f"{what} not found: {path}")
+    if path.is_dir():
+        return DataError(f"{what} {path} is a folder, not a file")
+    return DataError(
+        f"cannot read {what} {path}: permission denied; check the permissions of the file "
+        "and of its folders"
+    )
+
 
 def is_image_file(path: Path) -> bool:
     """Whether ``path`` has a suffix that defectscope reads as an image (case-insensitive)."""
@@ -24,8 +59,12 @@ def is_image_file(path: Path) -> bool:
 
 def _open(path: Path, what: str) -> Image.Image:
     """Open and fully decode an image, turning every PIL failure into a :class:`DataError`."""
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
+    if not _is_file(path):
+        raise _unreadable(path, what)
+    # Pillow has its own process-wide limit that would fire before ours; lift it to ours so that
+    # raising MAX_IMAGE_PIXELS is enough (it only ever goes up, so threads do not race).
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -40,9 +79,12 @@ def _open(path: Path, what: str) -> Image.Image:
             image.load()
     except DataError:
         raise
+    except PermissionError as exc:
+        raise _unreadable(path, what) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(
-            f"{what} {path} looks like a decompression bomb ({exc}); resize the image first"
+            f"{what} {path} looks like a decompression bomb ({exc}); resize the image, or raise "
+            "defectscope.data.images.MAX_IMAGE_PIXELS if it is genuine"
         ) from exc
     except UnidentifiedImageError as exc:
         raise DataError(
@@ -52,25 +94,87 @@ def _open(path: Path, what: str) -> Image.Image:
         raise DataError(
             f"{what} {path} is unreadable or truncated ({exc}); re-export or remove it"
         ) from exc
-    return image
+    try:
+        oriented = ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001 - a broken EXIF block is a broken file
+        raise DataError(
+            f"{what} {path} has an unreadable EXIF block ({exc}); re-export it"
+        ) from exc
+    return image if oriented is None else oriented
+
+
+def _swaps_sides(image: Image.Image) -> bool:
+    """Whether the EXIF orientation of ``image`` turns it by 90 degrees (5, 6, 7, 8)."""
+    try:
+        return image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: _open reports it when decoding
+        return False
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` of an image without decoding its pixels."""
+    """``(width, height)`` of an image as shown (EXIF orientation applied), without decoding."""
+    path = Path(path)
+    if not _is_file(path):
+        raise _unreadable(path, "image")
     try:
         with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError) as exc:
+            width, height = image.size
+            return (height, width) if _swaps_sides(image) else (width, height)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise DataError(f"image {path} is unreadable ({exc}); re-export or remove it") from exc
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any image as 8-bit RGB, scaling high-bit-depth images by the range they really use.
+
+    Pillow's own conversion saturates 16-bit grey at 255, turning a 12-bit camera's image white.
+    Integer images of more than 8 bits (``I;16``, ``I``) are scaled by the smallest of 8, 10, 12,
+    14, 16, 24 or 32 bits that holds their largest value (a 12-bit camera's 0..4095 becomes
+    0..255). Float images (``F``) with values in [0, 1] are scaled by 255; other float images by
+    their own minimum and maximum. Palette, grey, CMYK and alpha images convert as usual.
+    """
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise DataError("image holds NaN or infinite pixel values")
+        if image.mode == "F":
+            low, high = float(values.min()), float(values.max())
+            if low >= 0.0 and high <= 1.0:
+                scaled = values * 255.0
+            else:
+                scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+        else:
+            values = np.clip(values, 0, None)
+            top = float(values.max())
+            bits = next((b for b in _BIT_DEPTHS if top < 2**b), 32)
+            scaled = values * (255.0 / (2**bits - 1))
+        grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return image.convert("RGB")
 
 
 def load_image(path: str | Path, size: int | tuple[int, int] | None) -> np.ndarray:
     """Read an image as RGB ``uint8`` of shape ``(H, W, 3)``, resized bilinearly to ``size``.
 
-    Grayscale, palette and RGBA images become 3-channel RGB. ``size`` is an int for a square
+    Grayscale, palette and RGBA images become 3-channel RGB; 16- and 32-bit images are scaled to
+    8 bits by :func:`to_rgb8`; the EXIF orientation is applied. ``size`` is an int for a square
     output, ``(height, width)``, or None to keep the original size.
+
+    Raises:
+        DataError: the file is missing, not readable, not an image, truncated, over
+            :data:`MAX_IMAGE_PIXELS`, or smaller than :data:`MIN_IMAGE_SIDE` on a side.
     """
-    image = _open(Path(path), "image").convert("RGB")
+    path = Path(path)
+    image = _open(path, "image")
+    if min(image.size) < MIN_IMAGE_SIDE:
+        raise DataError(
+            f"image {path} is {image.size[0]}x{image.size[1]} pixels; defectscope needs at least "
+            f"{MIN_IMAGE_SIDE} pixels per side (its feature maps have a stride of 8 to 16 pixels)"
+        )
+    try:
+        image = to_rgb8(image)
+    except DataError as exc:
+        raise DataError(f"image {path}: {exc}") from exc
     if size is not None:
         height, width = (size, size) if isinstance(size, int) else size
         if image.size != (width, height):

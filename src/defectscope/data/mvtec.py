@@ -88,6 +88,8 @@ def load_category(folder: str | Path, *, require_test: bool = False) -> Category
             a defect type has a ``ground_truth`` folder but an image's mask is missing.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise DataError(f"{folder} is a file; --data takes a category folder (MVTec layout)")
     if not folder.is_dir():
         raise DataError(f"category folder not found: {folder}")
     notices: list[str] = []
@@ -119,11 +121,27 @@ def load_category(folder: str | Path, *, require_test: bool = False) -> Category
                     f"{folder.name}/{defect}: no ground_truth/{defect}/ folder; "
                     "evaluated at image level only (pixel metrics skipped for these images)"
                 )
+            used: set[Path] = set()
             for image in images:
                 mask = None
                 if defect != GOOD and gt_dir.is_dir():
                     mask = _find_mask(gt_dir, image)
+                    used.add(mask)
                 samples.append(TestSample(image, defect, mask))
+            if defect != GOOD and gt_dir.is_dir():
+                orphans = [
+                    p.name
+                    for p in sorted(gt_dir.iterdir())
+                    if p.is_file() and is_image_file(p) and p not in used
+                ]
+                if orphans:
+                    shown = ", ".join(orphans[:3]) + (
+                        f" and {len(orphans) - 3} more" if len(orphans) > 3 else ""
+                    )
+                    notices.append(
+                        f"{folder.name}/{defect}: {len(orphans)} masks in ground_truth/{defect}/ "
+                        f"have no test image and are not used: {shown}"
+                    )
         if require_test and not samples:
             raise DataError(f"{test_dir} holds no test images; add test/good/ and test/<defect>/")
     return Category(folder.name, folder, tuple(train), tuple(samples), tuple(notices))

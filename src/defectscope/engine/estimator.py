@@ -14,6 +14,7 @@ import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,6 +43,34 @@ def training_paths(data: str | Path | Category | Sequence[str | Path]) -> list[P
     if not paths:
         raise DataError("fit got an empty list of images; pass defect-free training images")
     return paths
+
+
+def fixed_scales(scores: np.ndarray, maps: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The scales fixed at fit time from the held-out defect-free images, saved with the model.
+
+    ``score_scale``: the normalised score is a logistic curve through 0.5 at the threshold, 0.1
+    at ``threshold - spread`` and 0.9 at ``threshold + spread``, with ``spread`` the larger of
+    (threshold - median held-out score) and 1.4826 x their median absolute deviation: a typical
+    good part scores about 0.1 at the threshold chosen at fit time. ``colour_scale``: heatmaps
+    run from the median held-out pixel score (blue) to twice the distance to the highest
+    held-out pixel score (red), so the hottest spot of a typical good part is mid-scale; every
+    figure, overlay and page uses the same colours for the same score.
+    """
+    median = float(np.median(scores))
+    mad = 1.4826 * float(np.median(np.abs(scores - median)))
+    spread = max(float(threshold - median), mad)
+    if not np.isfinite(spread) or spread <= 0:
+        spread = max(abs(median) * 0.1, 1e-6)
+    flat = maps.reshape(len(maps), -1)
+    low = float(np.median(flat))
+    high = float(np.quantile(flat.max(axis=1), 0.99))
+    top = low + 2 * max(high - low, 1e-6)
+    on_map = bool(np.allclose(scores, flat.max(axis=1), rtol=1e-4, atol=1e-6))
+    return {
+        "score_scale": {"good_median": median, "spread": spread},
+        "colour_scale": [low, top],
+        "threshold_on_map": on_map,
+    }
 
 
 def to_tensor(batch: np.ndarray):
@@ -148,6 +177,7 @@ class Detector(Scorer):
         hooks = self._hooks(engine)
         fitter = self.info.load().make_fitter(config, hooks)
         n_holdout = 0
+        scales: dict[str, Any] = {}
         self._intensity: list[tuple[np.ndarray, np.ndarray]] = []
         if self.info.supervised:
             y = np.asarray(labels, dtype=bool)
@@ -164,9 +194,12 @@ class Detector(Scorer):
                 held_paths = [paths[i] for i in held]
                 runs = list(self._run(module, held_paths, engine, config.image_size))
                 scores = np.concatenate([s for _, _, s, _ in runs])
+                maps = np.concatenate([m for _, _, _, m in runs])
                 self._intensity += [batch_stats(batch) for _, batch, _, _ in runs]
                 del runs
                 threshold = float(np.quantile(scores, engine.threshold_quantile))
+                scales = fixed_scales(scores, maps, threshold)
+                del maps
                 if fitter.merge_holdout:
                     # The held-out images join the final model: it uses every image. Their
                     # intensity statistics were recorded when they were scored above.
@@ -179,6 +212,14 @@ class Detector(Scorer):
         means, stds = (np.concatenate(parts) for parts in zip(*self._intensity))
         del self._intensity
         info = {
+            **scales,
+            "threshold_source": {
+                "rule": f"quantile {engine.threshold_quantile} of {n_holdout} held-out "
+                "training images"
+                if n_holdout
+                else "none (no held-out images)",
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
             "n_holdout": n_holdout,
             "intensity": IntensitySummary.of(means, stds).to_dict(),
             "formats": image_formats(paths),

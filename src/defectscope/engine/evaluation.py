@@ -90,10 +90,10 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
     groups = group_by([s.defect_type for s in samples], means, stds)
     good = {k: v for k, v in groups.items() if k == GOOD}
     defective = {k: v for k, v in groups.items() if k != GOOD}
-    notices += shift_notices(f"{category.name}/test/", good, train)
-    notices += shift_notices(f"{category.name}/test/", defective, train, contrast=False)
     formats = image_formats([s.path for s in samples])
     notices += format_notices(f"{category.name}/test ", formats, detector.fit_info_.get("formats"))
+    notices += shift_notices(f"{category.name}/test/", good, train)
+    notices += shift_notices(f"{category.name}/test/", defective, train, contrast=False)
     if not labels.any() or labels.all():
         notices.append(
             f"{category.name}: test split has only {'defective' if labels.all() else 'good'} "
@@ -108,6 +108,21 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
         for i in pixel_rows:
             if samples[i].mask_path:
                 masks[i] = load_mask(samples[i].mask_path, size, image_path=samples[i].path)
+        empty = [
+            samples[i].path.name for i in pixel_rows if samples[i].mask_path and not masks[i].any()
+        ]
+        if empty:
+            shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+            notices.append(
+                f"warning: {category.name}: {len(empty)} defective test images have an empty "
+                f"(all-zero) mask ({shown}): they count at image level, but no pixel of theirs is "
+                "a defect pixel in the pixel metrics; check the ground truth"
+            )
+        if not masks.any():
+            notices.append(
+                f"warning: {category.name}: every ground-truth mask is empty; pixel AUROC, pixel "
+                "F1 and AUPRO are n/a"
+            )
         if len(pixel_rows) < len(samples):
             notices.append(
                 f"{category.name}: pixel metrics use {len(pixel_rows)} of {len(samples)} test "

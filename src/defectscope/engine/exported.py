@@ -96,6 +96,9 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
             "input": "images: uint8 (batch, height, width, 3) RGB, resized to image_size",
             "outputs": "scores: float32 (batch,); maps: float32 (batch, image_size, image_size)",
             "colour_scale": detector.fit_info_.get("colour_scale"),
+            "score_scale": detector.fit_info_.get("score_scale"),
+            "threshold_on_map": detector.fit_info_.get("threshold_on_map"),
+            "threshold_source": detector.fit_info_.get("threshold_source"),
             "intensity": detector.fit_info_.get("intensity"),
             "formats": detector.fit_info_.get("formats"),
             "config": detector.config_.to_dict(),
@@ -191,7 +194,8 @@ class ExportedModel(Scorer):
         if np.isnan(self.threshold_):
             raise ModelFileError(f"{self.path} has a NaN threshold; export it again")
         self.metadata = meta
-        self.fit_info_ = {"intensity": meta.get("intensity"), "formats": meta.get("formats")}
+        keys = ("intensity", "formats", "colour_scale", "score_scale", "threshold_on_map")
+        self.fit_info_ = {k: meta.get(k) for k in (*keys, "threshold_source")}
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress

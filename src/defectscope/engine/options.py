@@ -106,7 +106,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     suffix = file.suffix.lower()
     try:
         if suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
 
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):

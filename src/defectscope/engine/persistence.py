@@ -4,7 +4,8 @@ The header holds the detector's name and config, the engine options, what ``fit`
 scalars (threshold, counts, the weights used), the file format version, the defectscope version
 and a SHA-256 of the tensor data. Everything is checked on load: the config by its dataclass,
 the tensors by the detector's ``restore`` (dtype, shape, index range), every value finite, and
-the digest; any failure is a :class:`ModelFileError` naming the file and what is wrong.
+the digests of the tensor data and of the header; any failure is a :class:`ModelFileError`
+naming the file and what is wrong.
 
 Saving writes a temporary file next to the target and renames it, so a crash never leaves a
 half-written model; temporary files left by an interrupted save are removed by the next save.
@@ -70,12 +71,14 @@ def save_detector(detector: Any, path: str | Path) -> Path:
         "engine": {k: v for k, v in engine.to_dict().items() if k != "progress"},
         "fitted": {"threshold": detector.threshold_, **detector.fit_info_},
     }
+    text = json.dumps(header)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "defectscope_version": __version__,
         "tensors_sha256": tensors_digest(tensors),
-        "config": json.dumps(header),
+        "config": text,
+        "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
     _remove_stale_temp_files(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -120,6 +123,15 @@ def read_header(path: str | Path) -> dict[str, Any]:
             f"{metadata.get('defectscope_version')}); this defectscope reads version "
             f"{FORMAT_VERSION}: "
             + ("upgrade defectscope to read it" if newer else "re-fit the model with this version")
+        )
+    expected = metadata.get("config_sha256")  # absent in files of defectscope 0.2.0
+    if (
+        expected is not None
+        and expected != hashlib.sha256(metadata.get("config", "").encode()).hexdigest()
+    ):
+        raise ModelFileError(
+            f"{path}: its header does not match the checksum stored with it (the file was "
+            "edited or damaged after it was saved); re-run `defectscope fit`"
         )
     try:
         header = json.loads(metadata["config"])

@@ -48,6 +48,10 @@ class Scorer(ABC):
         """Yield ``(indices, images (b, S, S, 3) uint8, scores (b,), maps (b, S, S))``, in
         input order."""
 
+    def check_fitted(self) -> None:
+        """Raise when the scorer cannot score yet (fitted estimators override it)."""
+        return None
+
     @property
     def training_intensity(self):
         """The :class:`~defectscope.engine.shortcuts.IntensitySummary` of the training images,
@@ -102,22 +106,53 @@ class Scorer(ABC):
             maps[idx.start : idx.stop] = batch_maps
         return ScoredImages(scores, maps)
 
+    def normalize(self, scores, threshold: float | None = None) -> np.ndarray:
+        """Scores on the model's fixed [0, 1] scale: a logistic curve with the threshold at 0.5,
+        ``threshold - spread`` at 0.1 and ``threshold + spread`` at 0.9, where the spread was fixed
+        at fit time (see :func:`~defectscope.engine.estimator.fixed_scales`).
+
+        Models saved before the scale was recorded use ``|threshold|`` as the spread.
+        """
+        t = float(self.threshold_ if threshold is None else threshold)
+        spread = (self.fit_info_.get("score_scale") or {}).get("spread")
+        if not spread or not np.isfinite(spread) or spread <= 0:
+            spread = abs(t) if np.isfinite(t) and t != 0 else 1.0
+        with np.errstate(invalid="ignore", over="ignore"):
+            z = np.log(9.0) * (np.asarray(scores, dtype=np.float64) - t) / spread
+            unit = 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
+        return np.nan_to_num(unit, nan=0.0)
+
+    @property
+    def colour_scale(self) -> tuple[float, float] | None:
+        """``(low, high)`` of every heatmap of this model, fixed at fit time; None for models
+        saved before it was recorded."""
+        scale = self.fit_info_.get("colour_scale")
+        return (float(scale[0]), float(scale[1])) if scale else None
+
     def predict(
         self,
         images: ImageInput | Sequence[ImageInput],
         *,
+        threshold: float | None = None,
         stats: list[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per image, with pass/fail at the model's threshold;
-        ``stats`` as for :meth:`iter_scores`."""
+        """One :class:`Prediction` per image, with pass/fail at ``threshold`` (default: the
+        model's); ``stats`` as for :meth:`iter_scores`."""
+        self.check_fitted()
+        t = float(self.threshold_ if threshold is None else threshold)
+        if np.isnan(t):
+            raise ScoringError("the threshold is NaN; no verdict can be given")
         items = as_image_list(images)
         scored = self.score(items, stats=stats)
+        normalized = self.normalize(scored.scores, t)
         return [
             Prediction(
                 score=float(s),
-                is_anomalous=bool(s > self.threshold_),
+                is_anomalous=bool(s > t),
                 anomaly_map=m,
                 path=str(item) if isinstance(item, (str, Path)) else None,
+                normalized_score=float(n),
+                threshold=t,
             )
-            for item, s, m in zip(items, scored.scores, scored.maps)
+            for item, s, m, n in zip(items, scored.scores, scored.maps, normalized)
         ]

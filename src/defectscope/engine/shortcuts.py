@@ -141,7 +141,15 @@ def group_by(keys: Sequence[str], means: np.ndarray, stds: np.ndarray) -> dict:
     return {k: (means[keys == k], stds[keys == k]) for k in dict.fromkeys(keys.tolist())}
 
 
-MODE_NAMES = {"L": "grayscale", "RGB": "colour", "RGBA": "colour with alpha", "P": "palette"}
+MODE_NAMES = {
+    "L": "grayscale",
+    "RGB": "colour",
+    "RGBA": "colour with alpha",
+    "P": "palette",
+    "I;16": "16-bit grey",
+    "I": "32-bit grey",
+    "F": "32-bit float grey",
+}
 
 
 def image_formats(items: Sequence) -> dict[str, dict[str, int]]:
@@ -160,8 +168,8 @@ def image_formats(items: Sequence) -> dict[str, dict[str, int]]:
                 with Image.open(item) as image:
                     sizes[f"{image.size[0]}x{image.size[1]}"] += 1
                     modes[image.mode] += 1
-            except OSError:
-                continue  # the decoder reports unreadable files with their own message
+            except Exception:  # noqa: BLE001 - the decoder reports bad files with its own message
+                continue
         else:
             sizes[f"{item.shape[1]}x{item.shape[0]}"] += 1
             modes["L" if item.ndim == 2 else "RGB"] += 1

@@ -83,8 +83,15 @@ def write_run(results: Sequence[CategoryResult], run: Path, meta: dict[str, Any]
     from defectscope.report.table import write_tables
 
     write_tables(results, run)
-    (run / "run.json").write_text(json.dumps(meta, indent=2, default=str))
+    _write_meta(run, meta)
     write_report(results, run, meta)
+
+
+def _write_meta(run: Path, meta: dict[str, Any]) -> None:
+    """Write ``run.json`` atomically (a kill mid-write leaves the previous one)."""
+    tmp = run / ".run.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(run / "run.json")
 
 
 @dataclass(frozen=True)
@@ -123,33 +130,49 @@ def benchmark(
         "models": list(models),
         "params": params,
         "failures": failures,
+        "status": "running",
+        "categories": [f.name for f in folders],
+        "completed": [],
     }
-    for folder in folders:
-        try:
-            category = load_category(folder, require_test=True)
-        except DataError as exc:
-            failures.append(f"{folder.name}: {exc}")
-            continue
-        for name in models:
-            log(
-                f"{name} on {category.name}: {len(category.train_paths)} train, "
-                f"{len(category.test_samples)} test images"
-            )
-            make = lambda n=name: make_detector(n, params.get(n, {}))  # noqa: E731
+    # run.json exists from the start and says how far the run got: an interrupted benchmark
+    # leaves a folder that `defectscope report` can still read
+    _write_meta(run, meta)
+    try:
+        for folder in folders:
             try:
-                if detector_info(name).supervised:
-                    result = cross_validate(make, category)
-                else:
-                    _, result = fit_and_evaluate(make, category, run / "models" / name)
-            except DefectscopeError as exc:
-                failures.append(f"{category.name} ({name}): {exc}")
+                category = load_category(folder, require_test=True)
+            except DataError as exc:
+                failures.append(f"{folder.name}: {exc}")
                 continue
-            results.append(result)
-            from defectscope.report.table import write_tables
+            for name in models:
+                log(
+                    f"{name} on {category.name}: {len(category.train_paths)} train, "
+                    f"{len(category.test_samples)} test images"
+                )
+                make = lambda n=name: make_detector(n, params.get(n, {}))  # noqa: E731
+                try:
+                    if detector_info(name).supervised:
+                        result = cross_validate(make, category)
+                    else:
+                        _, result = fit_and_evaluate(make, category, run / "models" / name)
+                except DefectscopeError as exc:
+                    failures.append(f"{category.name} ({name}): {exc}")
+                    continue
+                results.append(result)
+                from defectscope.report.table import write_tables
 
-            write_tables(results, run)
+                write_tables(results, run)
+                meta["completed"].append(f"{category.name} ({name})")
+                _write_meta(run, meta)
+    except BaseException:
+        meta["status"] = "interrupted"
+        _write_meta(run, meta)
+        raise
     if not results:
+        meta["status"] = "failed"
+        _write_meta(run, meta)
         raise DataError("no category could be evaluated: " + "; ".join(failures))
+    meta["status"] = "complete"
     write_run(results, run, meta)
     return BenchmarkOutcome(results, failures)
 
@@ -173,49 +196,152 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
             raise DataError(f"input not found: {item}")
     if not files:
         raise DataError(f"no image files in {', '.join(map(str, inputs))}")
-    return files, notices
+    unique = list(dict.fromkeys(files))
+    if len(unique) < len(files):
+        notices.append(f"{len(files) - len(unique)} images were given twice; each is scored once")
+    return unique, notices
+
+
+def relative_names(files: Sequence[Path]) -> list[str]:
+    """Unique, readable names for ``files``: their paths relative to the deepest folder they
+    share (``d1/a.png``, ``d2/a.png``), as POSIX paths."""
+    import os
+
+    resolved = [p.resolve() for p in files]
+    if len(resolved) == 1:
+        return [resolved[0].name]
+    common = Path(os.path.commonpath([p.parent for p in resolved]))
+    return [p.relative_to(common).as_posix() for p in resolved]
+
+
+def overlay_name(relative: str) -> str:
+    """The overlay file of an input: its relative path, with ``.png`` in place of ``.png`` and
+    appended to other suffixes (``a.jpg`` -> ``a.jpg.png``), so that names never collide."""
+    return relative if relative.lower().endswith(".png") else relative + ".png"
+
+
+SAVE_CHOICES = ("all", "fail", "none")
+
+
+def model_identity(detector: Scorer) -> dict[str, Any]:
+    """What a result must say about the model that produced it: file, SHA-256, detector,
+    threshold and where the threshold came from."""
+    from defectscope.digest import file_sha256
+
+    file = getattr(detector, "model_file_", None) or getattr(detector, "path", None)
+    return {
+        "model": str(file) if file else None,
+        "model_sha256": file_sha256(file) if file else None,
+        "detector": detector.name,
+        "threshold": detector.threshold_,
+        "threshold_source": detector.fit_info_.get("threshold_source"),
+    }
 
 
 def predict_to_folder(
-    detector: Scorer, inputs: Sequence[str | Path], out: Path, *, images: bool = True
+    detector: Scorer,
+    inputs: Sequence[str | Path],
+    out: Path,
+    *,
+    save: str = "all",
+    threshold: float | None = None,
+    command: Sequence[str] | None = None,
 ) -> tuple[list[Prediction], list[str]]:
-    """Predict every image under ``inputs``; write CSV, JSON, overlays and a contact sheet."""
-    from defectscope.engine.shortcuts import format_notices, image_formats, shift_notices
-    from defectscope.report.plots import contact_sheet
-    from defectscope.report.visualize import overlay, save_png
+    """Predict every image under ``inputs``; write CSV, JSON, ``run.json``, overlays and a
+    contact sheet of the most anomalous images.
 
+    Args:
+        save: which overlays to write: ``all``, ``fail`` (failed parts only) or ``none``.
+        threshold: pass/fail threshold for this call (default: the model's).
+        command: the command line, recorded in ``run.json``.
+    """
+    from datetime import datetime, timezone
+
+    from defectscope import __version__
+    from defectscope.data.images import image_size
+    from defectscope.engine.shortcuts import format_notices, image_formats, shift_notices
+    from defectscope.regions import find_regions
+    from defectscope.report.plots import contact_sheet
+    from defectscope.report.visualize import annotated_overlay, save_png
+
+    if save not in SAVE_CHOICES:
+        raise DataError(f"save must be one of {', '.join(SAVE_CHOICES)}, got {save!r}")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     files, notices = expand_inputs(inputs)
+    names = relative_names(files)
     stats: list[tuple[np.ndarray, np.ndarray]] = []
-    predictions = detector.predict(files, stats=stats)
+    predictions = detector.predict(files, threshold=threshold, stats=stats)
+    t = predictions[0].threshold
     means, stds = (np.concatenate(parts) for parts in zip(*stats))
     notices += shift_notices(
         "", {"the predicted images": (means, stds)}, detector.training_intensity
     )
     train_formats = detector.fit_info_.get("formats")
     notices += format_notices("predicted ", image_formats(files), train_formats)
-    rows = [
-        {
-            "path": p.path,
-            "score": p.score,
-            "is_anomalous": p.is_anomalous,
-            "threshold": detector.threshold_,
-        }
-        for p in predictions
-    ]
+    scale = detector.colour_scale
+    if scale is None:
+        maps = np.stack([p.anomaly_map for p in predictions])
+        scale = (float(maps.min()), float(max(maps.max(), t)))
+        notices.append(
+            "this model was saved before defectscope fixed a colour scale at fit time: the "
+            "overlays of this call share a scale from this call's own maps (re-fit to fix it)"
+        )
+    on_map = bool(detector.fit_info_.get("threshold_on_map", True))
+    rows = []
+    for p, rel in zip(predictions, names):
+        width, height = image_size(p.path)
+        regions = find_regions(p.anomaly_map, t, (width, height)) if on_map else []
+        overlay_file = ""
+        if save == "all" or (save == "fail" and p.is_anomalous):
+            overlay_file = f"overlays/{overlay_name(rel)}"
+            picture = annotated_overlay(
+                load_image(p.path, None),
+                p.anomaly_map,
+                scale,
+                score=p.score,
+                normalized=p.normalized_score,
+                threshold=t,
+                threshold_on_map=on_map,
+                regions=regions,
+                label=rel,
+            )
+            save_png(picture, out / overlay_file)
+        rows.append(
+            {
+                "path": p.path,
+                "name": rel,
+                "score": p.score,
+                "normalized_score": round(float(p.normalized_score), 4),
+                "verdict": "fail" if p.is_anomalous else "pass",
+                "is_anomalous": p.is_anomalous,
+                "threshold": t,
+                "n_regions": len(regions),
+                "regions": [r.to_dict() for r in regions],
+                "overlay": overlay_file,
+            }
+        )
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        for row in rows:
+            writer.writerow({**row, "regions": json.dumps(row["regions"])})
     (out / "predictions.json").write_text(json.dumps(rows, indent=2))
-    if images:
-        maps = np.stack([p.anomaly_map for p in predictions])
-        vmin, vmax = float(maps.min()), float(max(maps.max(), detector.threshold_))
-        used: set[str] = set()
-        for p in predictions:
-            stem = Path(p.path).stem
-            name = stem if stem not in used else f"{stem}_{len(used)}"
-            used.add(name)
-            image = load_image(p.path, None)
-            save_png(overlay(image, p.anomaly_map, vmin, vmax), out / "overlays" / f"{name}.png")
-        contact_sheet(predictions, detector.threshold_, (vmin, vmax), out / "most_anomalous.png")
+    if save != "none":
+        contact_sheet(
+            predictions, t, scale, out / "most_anomalous.png", labels=dict(zip(files, names))
+        )
+    meta = {
+        "command": list(command or []),
+        "defectscope_version": __version__,
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **model_identity(detector),
+        "threshold_used": t,
+        "threshold_given": threshold,
+        "colour_scale": list(scale),
+        "images": len(predictions),
+        "failed": sum(p.is_anomalous for p in predictions),
+        "notices": notices,
+    }
+    _write_meta(out, meta)
     return predictions, notices

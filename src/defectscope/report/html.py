@@ -73,6 +73,12 @@ def render(
     )
     for notice in dict.fromkeys(payload.get("notices", [])):
         parts.append(f'<div class="notice">{html.escape(notice)}</div>')
+    if meta.get("status") in ("interrupted", "running"):
+        done, planned = len(meta.get("completed", [])), len(meta.get("categories", []))
+        parts.append(
+            f'<div class="notice">this run was interrupted: it has the results of {done} '
+            f"category/detector pairs of the {planned} categories planned</div>"
+        )
     for failure in meta.get("failures", []):
         parts.append(f'<div class="notice">failed: {html.escape(failure)}</div>')
 
@@ -130,6 +136,13 @@ def rebuild_report(run: Path, meta: dict[str, Any] | None = None) -> Path:
 
     needed = [run / "results.json"] + ([run / "run.json"] if meta is None else [])
     missing = [p for p in needed if not p.is_file()]
+    if missing == [run / "results.json"] and (run / "run.json").is_file():
+        status = json.loads((run / "run.json").read_text()).get("status")
+        if status in ("interrupted", "running", "failed"):
+            raise DataError(
+                f"{run} holds no results: its run was {status} before any category finished "
+                "(see its run.json); run the benchmark again"
+            )
     if missing:
         raise DataError(
             f"{missing[0]} not found: {run} is not a run folder written by evaluate or benchmark"

@@ -242,9 +242,16 @@ def benchmark_figures(results: Sequence[CategoryResult], out: Path) -> dict[str,
 
 
 def contact_sheet(
-    predictions, threshold: float, scale: tuple[float, float], path: Path, count: int = 12
+    predictions,
+    threshold: float,
+    scale: tuple[float, float],
+    path: Path,
+    count: int = 12,
+    labels: dict | None = None,
 ) -> Path:
-    """The ``count`` most anomalous predictions as heatmap overlays, highest score first."""
+    """The ``count`` most anomalous predictions as heatmap overlays on the model's colour
+    scale, highest score first, each titled with its verdict, score and ``labels[path]`` (the
+    relative path; default the file name)."""
     top = sorted(predictions, key=lambda p: -p.score)[:count]
     cols = min(4, len(top))
     rows = -(-len(top) // cols)
@@ -257,6 +264,7 @@ def contact_sheet(
         image = load_image(p.path, size)
         ax.imshow(overlay(image, p.anomaly_map, *scale))
         verdict = "FAIL" if p.is_anomalous else "pass"
-        ax.set_title(f"{verdict} {p.score:.3g}\n{Path(p.path).name}", fontsize=9)
+        label = (labels or {}).get(Path(p.path), Path(p.path).name)
+        ax.set_title(f"{verdict} {p.score:.3g}\n{label}", fontsize=9)
     fig.suptitle(f"most anomalous images (threshold {threshold:.3g})")
     return _save(fig, path)

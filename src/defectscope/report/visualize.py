@@ -40,3 +40,96 @@ def save_png(array: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
     return path
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def annotated_overlay(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    scale: tuple[float, float],
+    *,
+    score: float,
+    normalized: float | None,
+    threshold: float,
+    threshold_on_map: bool = True,
+    regions: list | tuple = (),
+    label: str | None = None,
+) -> np.ndarray:
+    """An overlay an operator can read alone: the heatmap on the model's fixed colour scale,
+    the regions boxed, a banner with verdict, score and threshold, and a colour bar with the
+    threshold marked.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 at its original size.
+        anomaly_map: ``(h, w)`` scores (resized to the image).
+        scale: ``(low, high)`` of the colour scale (the model's, fixed at fit time).
+        regions: :class:`~defectscope.regions.Region` boxes in the image's coordinates.
+        threshold_on_map: whether the threshold is on the map's scale (image score = map maximum)
+            and can be marked on the colour bar.
+        label: a line under the banner (e.g. the image's relative path).
+    """
+    from PIL import ImageDraw
+
+    height, width = image.shape[:2]
+    body = Image.fromarray(overlay(image, anomaly_map, *scale))
+    draw = ImageDraw.Draw(body)
+    line = max(2, round(min(width, height) / 200))
+    for r in regions:
+        box = (r.x0, r.y0, max(r.x0, r.x1 - 1), max(r.y0, r.y1 - 1))
+        draw.rectangle(box, outline=(0, 0, 0), width=line + 2)
+        draw.rectangle(box, outline=(255, 255, 255), width=line)
+
+    text_size = max(12, min(28, width // 28))
+    font = _font(text_size)
+    banner = round(text_size * 1.8) * (2 if label else 1)
+    bar_width = max(70, text_size * 5)
+    canvas = Image.new("RGB", (width + bar_width, height + banner), (255, 255, 255))
+    canvas.paste(body, (0, banner))
+    draw = ImageDraw.Draw(canvas)
+    failed = score > threshold
+    draw.rectangle(
+        (0, 0, width + bar_width, banner - 1), fill=(200, 30, 30) if failed else (30, 130, 60)
+    )
+    text = f"{'FAIL' if failed else 'pass'}   score {score:.4g}"
+    if normalized is not None:
+        text += f" ({normalized:.2f})"
+    text += f"   threshold {threshold:.4g}"
+    pad = round(text_size * 0.4)
+    draw.text((pad, pad), text, fill=(255, 255, 255), font=font)
+    if label:
+        draw.text(
+            (pad, banner // 2 + pad), label, fill=(255, 255, 255), font=_font(text_size * 4 // 5)
+        )
+
+    # colour bar: high at the top
+    low, high = scale
+    top, bottom = banner + text_size, banner + height - text_size
+    left = width + pad
+    bar_w = max(12, bar_width // 5)
+    span = max(bottom - top, 1)
+    ramp = np.linspace(1.0, 0.0, span)[:, None].repeat(bar_w, axis=1)
+    canvas.paste(Image.fromarray(colorize(ramp, 0.0, 1.0)), (left, top))
+    small = _font(max(10, text_size * 3 // 4))
+    ticks = [(high, top), ((low + high) / 2, top + span // 2), (low, bottom)]
+    if threshold_on_map and np.isfinite(threshold):
+        frac = float(np.clip((threshold - low) / max(high - low, 1e-12), 0.0, 1.0))
+        y = round(bottom - frac * span)
+        draw.line((left - 4, y, left + bar_w + 4, y), fill=(0, 0, 0), width=3)
+        draw.line((left - 4, y, left + bar_w + 4, y), fill=(255, 255, 255), width=1)
+        arrow = "" if low <= threshold <= high else ("^" if threshold > high else "v")
+        draw.text(
+            (left + bar_w + 3, y),
+            f"T{arrow} {threshold:.3g}",
+            fill=(200, 0, 0),
+            font=small,
+            anchor="lm",
+        )
+        ticks = [(v, ty) for v, ty in ticks if abs(ty - y) > text_size]
+    for value, ty in ticks:
+        draw.text((left + bar_w + 3, ty), f"{value:.3g}", fill=(0, 0, 0), font=small, anchor="lm")
+    return np.asarray(canvas)

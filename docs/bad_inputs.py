@@ -1,0 +1,423 @@
+"""Run every bad or unusual input of docs/bad_inputs.md and write the table from what happened.
+
+    .venv/bin/python docs/bad_inputs.py          # rewrites docs/bad_inputs.md
+
+Each case builds its files in a temporary folder, runs the command (in-process, as the
+``defectscope`` command would) or the Python call, and records the exit code and the first line
+defectscope printed (error, warning, shift or notice). Nothing in the table is written by hand
+except the case descriptions, so it stays true as the code changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import struct
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZE = 64
+SMALL = ["--model", "padim", "--image-size", str(SIZE), "--n-features", "40"]
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    from defectscope.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def call(fn: Callable[[], object]) -> tuple[int, str, str]:
+    from defectscope.errors import DefectscopeError
+
+    try:
+        result = fn()
+    except DefectscopeError as exc:
+        return 2, "", f"{type(exc).__name__}: {exc}"
+    return 0, str(result), ""
+
+
+class Cases:
+    def __init__(self, work: Path) -> None:
+        from defectscope.data.synthetic import make_category
+
+        self.work = work
+        self.cat = work / "cat"
+        make_category(self.cat, kind="texture", size=SIZE, n_train=16, n_test_good=4,
+                      n_test_defect=3, seed=1)
+        code, _, err = run(["fit", "--data", str(self.cat), "--project", str(work / "runs"),
+                            *SMALL])
+        assert code == 0, err
+        self.model = work / "runs" / "fit" / "cat" / "model.safetensors"
+        self.image = sorted((self.cat / "test" / "scratch").glob("*.png"))[0]
+        self.n = 0
+        self.rows: list[tuple[str, str, int, str]] = []
+
+    def fresh(self) -> Path:
+        self.n += 1
+        folder = self.work / f"case{self.n}"
+        folder.mkdir()
+        return folder
+
+    def copy_cat(self) -> Path:
+        return Path(shutil.copytree(self.cat, self.fresh() / "cat"))
+
+    def record(self, group: str, case: str, result: tuple[int, str, str]) -> None:
+        code, out, err = result
+        lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+        said = [ln for ln in lines if " error: " in ln or "Error: " in ln]
+        said += [ln for ln in lines if ln.startswith(("warning:", "shift:", "notice:"))]
+        if not said:
+            last = [ln for ln in out.splitlines() if ln.strip()]
+            said = ["(accepted) " + (last[-1] if last else "")]
+        text = "<br>".join(said[:3]) + (f"<br>(+{len(said) - 3} more)" if len(said) > 3 else "")
+        text = text.replace(str(self.work), "<tmp>").replace(str(ROOT), ".")
+        self.rows.append((group, case, code, text))
+
+    # -- helpers that write files
+    def model_with(self, edit: Callable[[dict, bytes], tuple[dict, bytes]], recompute=True):
+        from tests.fuzz.mutate import join_safetensors, split_safetensors
+
+        header, body = split_safetensors(self.model.read_bytes())
+        header, body = edit(header, body)
+        meta = header["__metadata__"]
+        if recompute:
+            import hashlib
+
+            meta["config_sha256"] = hashlib.sha256(meta["config"].encode()).hexdigest()
+        path = self.fresh() / "model.safetensors"
+        path.write_bytes(join_safetensors(header, body))
+        return path
+
+
+def edit_config(change: Callable[[dict], None]):
+    def edit(header, body):
+        config = json.loads(header["__metadata__"]["config"])
+        change(config)
+        header["__metadata__"]["config"] = json.dumps(config)
+        return header, body
+
+    return edit
+
+
+def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
+    P = str
+    predict = ["predict", "--model", P(c.model), "--project"]
+
+    # ---- training data
+    g = "training data (fit)"
+    fit = lambda data, *more: run(["fit", "--data", P(data), "--project",  # noqa: E731
+                                   P(c.fresh() / "runs"), *SMALL, *more])
+    c.record(g, "--data folder does not exist", fit(c.work / "nowhere"))
+    f = c.fresh() / "file.txt"
+    f.write_text("x")
+    c.record(g, "--data is a file", fit(f))
+    d = c.fresh()
+    (d / "test").mkdir()
+    c.record(g, "no train/good folder", fit(d))
+    d = c.fresh()
+    (d / "train" / "good").mkdir(parents=True)
+    c.record(g, "train/good is empty", fit(d))
+    d = c.copy_cat()
+    (d / "train" / "good" / "notes.txt").write_text("x")
+    c.record(g, "non-image files in train/good", fit(d))
+    d = c.copy_cat()
+    for p in sorted((d / "train" / "good").glob("*.png"))[2:]:
+        p.unlink()
+    c.record(g, "fewer than 3 training images", fit(d))
+    d = c.copy_cat()
+    p = sorted((d / "train" / "good").glob("*.png"))[0]
+    p.write_bytes(p.read_bytes()[:200])
+    c.record(g, "a truncated PNG", fit(d))
+    d = c.copy_cat()
+    (d / "train" / "good" / "zz.png").write_text("this is text")
+    c.record(g, "a text file named .png", fit(d))
+    d = c.copy_cat()
+    (d / "train" / "good" / "zz.png").write_bytes(b"")
+    c.record(g, "a zero-byte image file", fit(d))
+    d = c.copy_cat()
+    Image.new("RGB", (1, 1)).save(d / "train" / "good" / "zz.png")
+    c.record(g, "a 1x1 image", fit(d))
+    d = c.copy_cat()
+    for p in (d / "train" / "good").glob("*.png"):
+        grey = np.asarray(Image.open(p).convert("L")).astype(np.uint16) * 16  # 12-bit values
+        Image.fromarray(grey).save(p)
+    c.record(g, "16-bit PNGs holding 12-bit values (scaled by their bit depth)", fit(d))
+    d = c.copy_cat()
+    p = sorted((d / "train" / "good").glob("*.png"))[0]
+    im = Image.open(p)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(p, exif=exif)
+    c.record(g, "an image with an EXIF orientation (applied)", fit(d))
+    d = c.copy_cat()
+    import defectscope.data.images as images
+
+    limit = images.MAX_IMAGE_PIXELS
+    images.MAX_IMAGE_PIXELS = 1000
+    try:
+        c.record(g, "an image over the pixel limit (limit lowered to 1,000 for the case)", fit(d))
+    finally:
+        images.MAX_IMAGE_PIXELS = limit
+
+    # ---- test data
+    g = "test data (evaluate, benchmark)"
+    ev = lambda data: run(["evaluate", "--model", P(c.model), "--data", P(data),  # noqa: E731
+                           "--project", P(c.fresh() / "runs")])
+    d = c.copy_cat()
+    shutil.rmtree(d / "test")
+    c.record(g, "no test folder", ev(d))
+    d = c.copy_cat()
+    for p in (d / "test").rglob("*.png"):
+        p.unlink()
+    c.record(g, "test folders without images", ev(d))
+    d = c.copy_cat()
+    shutil.rmtree(d / "ground_truth")
+    c.record(g, "no ground_truth folder (image level only)", ev(d))
+    d = c.copy_cat()
+    sorted((d / "ground_truth" / "scratch").glob("*.png"))[0].unlink()
+    c.record(g, "a mask missing", ev(d))
+    d = c.copy_cat()
+    m = sorted((d / "ground_truth" / "scratch").glob("*.png"))[0]
+    Image.new("L", (SIZE * 2, SIZE)).save(m)
+    c.record(g, "a mask of another size than its image", ev(d))
+    d = c.copy_cat()
+    m = sorted((d / "ground_truth" / "scratch").glob("*.png"))[0]
+    Image.fromarray(np.arange(SIZE * SIZE, dtype=np.uint8).reshape(SIZE, SIZE)).save(m)
+    c.record(g, "a mask that is not binary", ev(d))
+    d = c.copy_cat()
+    m = sorted((d / "ground_truth" / "scratch").glob("*.png"))[0]
+    Image.new("L", (SIZE, SIZE)).save(m)
+    c.record(g, "an all-zero mask", ev(d))
+    d = c.copy_cat()
+    for m in (d / "ground_truth").rglob("*.png"):
+        Image.new("L", (SIZE, SIZE)).save(m)
+    c.record(g, "every mask all-zero", ev(d))
+    d = c.copy_cat()
+    Image.new("L", (SIZE, SIZE)).save(d / "ground_truth" / "scratch" / "999_mask.png")
+    c.record(g, "a mask with no test image", ev(d))
+    d = c.copy_cat()
+    for folder in (d / "test").iterdir():
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    shutil.rmtree(d / "ground_truth")
+    c.record(g, "only good test images", ev(d))
+    d = c.copy_cat()
+    for p in (d / "test").rglob("*.png"):
+        Image.open(p).convert("L").save(p)
+    c.record(g, "grayscale test images, model fitted on colour", ev(d))
+    d = c.copy_cat()
+    for p in (d / "test").rglob("*.png"):
+        Image.open(p).resize((SIZE * 2, SIZE * 2)).save(p)
+    for p in (d / "ground_truth").rglob("*.png"):
+        Image.open(p).resize((SIZE * 2, SIZE * 2), Image.Resampling.NEAREST).save(p)
+    c.record(g, "test images of another size than the training images", ev(d))
+    d = c.copy_cat()
+    for p in (d / "test" / "good").glob("*.png"):
+        Image.fromarray((np.asarray(Image.open(p)) * 0.6).astype(np.uint8)).save(p)
+    c.record(g, "good test images much darker than training", ev(d))
+    c.record(g, "benchmark --categories with an unknown name",
+             run(["benchmark", "--data", P(c.cat.parent), "--categories", "catt",
+                  "--project", P(c.fresh()), *SMALL]))
+    c.record(g, "benchmark on a folder with no category",
+             run(["benchmark", "--data", P(c.fresh()), "--project", P(c.fresh()), *SMALL]))
+
+    # ---- options and config files
+    g = "options and config files"
+    opt = lambda *more: run(["fit", "--data", P(c.cat), "--project",  # noqa: E731
+                             P(c.fresh() / "runs"), *SMALL, *more])
+    c.record(g, "unknown detector", run(["fit", "--data", P(c.cat), "--model", "padin"]))
+    c.record(g, "unknown backbone", opt("--backbone", "resnet81"))
+    c.record(g, "unknown layer", opt("--layers", "layer9"))
+    c.record(g, "--image-size 100000", opt("--image-size", "100000"))
+    c.record(g, "--image-size 8", opt("--image-size", "8"))
+    c.record(g, "--n-features abc", opt("--n-features", "abc"))
+    c.record(g, "--threshold-quantile 0.2", opt("--threshold-quantile", "0.2"))
+    c.record(g, "--runtime tensorrt", opt("--runtime", "tensorrt"))
+    c.record(g, "demo --size 0", run(["demo", "--size", "0", "--project", P(c.fresh())]))
+    c.record(g, "config file missing", opt("--config", P(c.work / "none.json")))
+    d = c.fresh()
+    (d / "c.json").write_text("[1, 2]")
+    c.record(g, "config top level is not an object", opt("--config", P(d / "c.json")))
+    (d / "b.json").write_bytes(b'{"n_features": 4\xff}')
+    c.record(g, "config file not UTF-8", opt("--config", P(d / "b.json")))
+    (d / "t.json").write_text('{"regularization": "abc"}')
+    c.record(g, 'config value of a wrong type ("regularization": "abc")',
+             opt("--config", P(d / "t.json")))
+    (d / "l.json").write_text('{"layers": "blocks.2"}')
+    c.record(g, 'config "layers" as one string', opt("--config", P(d / "l.json")))
+    (d / "u.json").write_text('{"n_featurs": 10}')
+    c.record(g, "config with an unknown key", opt("--config", P(d / "u.json")))
+    (d / "y.yaml").write_text("n_features: 30\nimage_size: 64\n")
+    c.record(g, "a YAML config (read as YAML)", opt("--config", P(d / "y.yaml")))
+    (d / "bad.toml").write_text("n_features = ")
+    c.record(g, "a TOML config with a syntax error", opt("--config", P(d / "bad.toml")))
+    c.record(g, "--weights file does not exist", opt("--weights", P(c.work / "w.pth")))
+    import argparse
+
+    import torch
+
+    torch.save({"args": argparse.Namespace(lr=1)}, d / "pickle.pth")
+    c.record(g, "--weights file holding pickled objects", opt("--weights", P(d / "pickle.pth")))
+    torch.save({"x": torch.zeros(3)}, d / "other.pth")
+    c.record(g, "--weights of another architecture", opt("--weights", P(d / "other.pth")))
+
+    # ---- model files
+    g = "model files (evaluate, predict, export)"
+    use = lambda model: run([*predict[:2], P(model), P(c.image), "--project",  # noqa: E731
+                             P(c.fresh())])
+    c.record(g, "model file missing", use(c.work / "none.safetensors"))
+    d = c.fresh()
+    (d / "t.safetensors").write_bytes(c.model.read_bytes()[:1000])
+    c.record(g, "truncated model file", use(d / "t.safetensors"))
+    (d / "r.safetensors").write_bytes(np.random.default_rng(0).bytes(5000))
+    c.record(g, "random bytes", use(d / "r.safetensors"))
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(d / "o.safetensors"), metadata={"x": "y"})
+    c.record(g, "a safetensors file that is not a defectscope model", use(d / "o.safetensors"))
+
+    def newer(header, body):
+        header["__metadata__"]["format_version"] = "3"
+        return header, body
+
+    c.record(g, "written by a newer format version", use(c.model_with(newer)))
+    c.record(g, "header edited, checksum not updated (threshold doubled)", use(c.model_with(
+        edit_config(lambda cfg: cfg["fitted"].update(threshold=cfg["fitted"]["threshold"] * 2)),
+        recompute=False)))
+    c.record(g, "NaN threshold (checksum updated)", use(c.model_with(
+        edit_config(lambda cfg: cfg["fitted"].update(threshold=float("nan"))))))
+    c.record(g, "an extra config parameter, as a newer version writes (checksum updated)",
+             use(c.model_with(edit_config(lambda cfg: cfg["config"].update(new_option=1)))))
+    c.record(g, "a config value of the wrong type (checksum updated)", use(c.model_with(
+        edit_config(lambda cfg: cfg["config"].update(n_features="abc")))))
+    c.record(g, "unknown detector name (checksum updated)", use(c.model_with(
+        edit_config(lambda cfg: cfg.update(detector="padim2")))))
+
+    data = bytearray(c.model.read_bytes())
+    data[-100] ^= 0x10
+    d = c.fresh()
+    (d / "flip.safetensors").write_bytes(bytes(data))
+    c.record(g, "one bit flipped in the tensor data", use(d / "flip.safetensors"))
+
+    def dtype(header, body):
+        name = next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32")
+        header[name]["dtype"] = "I32"
+        return header, body
+
+    c.record(g, "a tensor's dtype changed in the header", use(c.model_with(dtype)))
+    c.record(g, "predict --runtime torch with an exported .onnx",
+             run([*predict[:2], P(d / "m.onnx"), P(c.image), "--runtime", "torch"]))
+    (d / "bad.onnx").write_bytes(b"not onnx")
+    c.record(g, "a damaged .onnx file", use(d / "bad.onnx"))
+    c.record(g, "calibrate an exported .onnx",
+             run(["calibrate", "--model", P(d / "bad.onnx"), "--data", P(c.cat)]))
+    c.record(g, "predict --threshold nan", run([*predict[:2], P(c.model), P(c.image),
+                                                "--threshold", "nan", "--project",
+                                                P(c.fresh())]))
+
+    # ---- predict inputs
+    g = "images to predict"
+    pr = lambda *inputs: run([*predict, P(c.fresh()), *map(P, inputs)])  # noqa: E731
+    c.record(g, "input does not exist", pr(c.work / "none.png"))
+    d = c.fresh()
+    (d / "a.txt").write_text("x")
+    c.record(g, "input is not an image file", pr(d / "a.txt"))
+    c.record(g, "folder with no images", pr(c.fresh()))
+    c.record(g, "the same image twice", pr(c.image, c.image))
+    d = c.fresh()
+    (d / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    c.record(g, "a corrupt image among the inputs", pr(c.image, d / "bad.png"))
+    d = c.fresh()
+    for sub in ("d1", "d2"):
+        (d / sub).mkdir()
+        shutil.copy(c.image, d / sub / "a.png")
+    result = pr(d / "d1" / "a.png", d / "d2" / "a.png")
+    c.record(g, "two inputs with the same file name (overlays d1/a.png, d2/a.png)", result)
+    d = c.fresh()
+    grey = (np.asarray(Image.open(c.image).convert("L")).astype(np.uint16) * 257)
+    Image.fromarray(grey).save(d / "g16.png")
+    c.record(g, "a 16-bit grey image", pr(d / "g16.png"))
+
+    # ---- outputs
+    g = "output folders"
+    f = c.fresh() / "file"
+    f.write_text("x")
+    c.record(g, "--project inside a file (cannot be created)",
+             run(["fit", "--data", P(c.cat), "--project", P(f / "runs"), *SMALL]))
+    c.record(g, "export --output into a missing folder",
+             run(["export", "--model", P(c.model), "--output", P(c.work / "no" / "m.onnx")]))
+    c.record(g, "report on a folder that is not a run", run(["report", P(c.fresh())]))
+    d = c.fresh()
+    (d / "run.json").write_text(json.dumps({"status": "interrupted"}))
+    c.record(g, "report on a benchmark interrupted before its first result", run(["report", P(d)]))
+
+    # ---- Python API
+    g = "Python API"
+    import defectscope
+
+    model = defectscope.load(c.model)
+    frame = np.asarray(Image.open(c.image).convert("RGB"))
+    c.record(g, "model.predict(one H x W x 3 array)",
+             call(lambda: f"{len(model.predict(frame))} prediction"))
+    c.record(g, 'model.predict("part.png") (one path string)',
+             call(lambda: f"{len(model.predict(str(c.image)))} prediction"))
+    c.record(g, "predict with an array of shape (5, 7)",
+             call(lambda: model.predict(np.zeros((5, 7, 2)))))
+    c.record(g, "score before fit", call(lambda: defectscope.PaDiM().score(frame)))
+    c.record(g, "fit(labels=...) on an unsupervised detector",
+             call(lambda: defectscope.PaDiM().fit(c.cat, labels=[True])))
+    c.record(g, "struct-packed 3 bytes as a model", call(lambda: defectscope.load(
+        _write(c.fresh() / "x.safetensors", struct.pack("<Q", 3) + b"{}x"))))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        cases = Cases(Path(folder))
+        build(cases)
+        rows = cases.rows
+    lines = [
+        "# Bad and unusual inputs, and what defectscope answers",
+        "",
+        "Generated by `python docs/bad_inputs.py` (it runs every case; nothing here is written by",
+        "hand but the case names). Exit code 2 is a defectscope error (one line on stderr, no",
+        "traceback), 0 an accepted input; `notice:`/`warning:`/`shift:` lines are printed with the",
+        "results. `<tmp>` is the case's temporary folder.",
+        "",
+        f"{len(rows)} cases.",
+    ]
+    group = None
+    for g, case, code, text in rows:
+        if g != group:
+            lines += ["", f"## {g}", "", "| case | exit | first line printed |", "|---|---|---|"]
+            group = g
+        text = text.replace("|", "\\|")
+        lines.append(f"| {case} | {code} | {text} |")
+    out = ROOT / "docs" / "bad_inputs.md"
+    out.write_text("\n".join(lines) + "\n")
+    bad = [r for r in rows if "Traceback" in r[3]]
+    print(f"{len(rows)} cases written to {out}; {len(bad)} tracebacks")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Setting a model's threshold from labelled images: best F1, or a target false-reject rate
+(good parts rejected) or escape rate (defective parts passed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectscope.data.mvtec import Category, load_category
+from defectscope.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a threshold does on labelled scores (a verdict is ``score > threshold``)."""
+
+    threshold: float
+    caught: int  # defective parts failed
+    defective: int
+    rejected: int  # good parts failed
+    good: int
+
+    @property
+    def escape_rate(self) -> float:
+        return 1 - self.caught / self.defective if self.defective else 0.0
+
+    @property
+    def false_reject_rate(self) -> float:
+        return self.rejected / self.good if self.good else 0.0
+
+    @property
+    def f1(self) -> float:
+        flagged = self.caught + self.rejected
+        return 2 * self.caught / (flagged + self.defective) if flagged + self.defective else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "caught": self.caught,
+            "defective": self.defective,
+            "rejected": self.rejected,
+            "good": self.good,
+            "f1": round(self.f1, 4),
+            "escape_rate": round(self.escape_rate, 4),
+            "false_reject_rate": round(self.false_reject_rate, 4),
+        }
+
+    def sentence(self) -> str:
+        return (
+            f"at threshold {self.threshold:.4g}: caught {self.caught} of {self.defective} "
+            f"defective parts, rejected {self.rejected} of {self.good} good parts "
+            f"(F1 {self.f1:.3f})"
+        )
+
+
+def outcome(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Outcome:
+    labels = np.asarray(labels, dtype=bool)
+    flagged = np.asarray(scores) > threshold
+    return Outcome(
+        float(threshold),
+        int((flagged & labels).sum()),
+        int(labels.sum()),
+        int((flagged & ~labels).sum()),
+        int((~labels).sum()),
+    )
+
+
+def _midpoints(values: np.ndarray) -> np.ndarray:
+    """Thresholds between consecutive distinct values, and one below the lowest."""
+    unique = np.unique(values)
+    below = unique[0] - max(abs(unique[0]) * 1e-6, 1e-6)
+    return np.concatenate([[below], (unique[:-1] + unique[1:]) / 2, [unique[-1]]])
+
+
+def choose_threshold(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    false_reject_rate: float | None = None,
+    escape_rate: float | None = None,
+) -> tuple[float, str]:
+    """The threshold for a rule, and the rule in words.
+
+    With neither rate: the threshold of best F1 (ties: the highest such threshold, fewest
+    rejects). ``false_reject_rate=r``: the lowest threshold that rejects at most a fraction ``r``
+    of the good parts. ``escape_rate=r``: the highest threshold that passes at most a fraction
+    ``r`` of the defective parts.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if false_reject_rate is not None and escape_rate is not None:
+        raise ConfigError("give a target false-reject rate or a target escape rate, not both")
+    good, bad = np.sort(scores[~labels]), np.sort(scores[labels])
+    if false_reject_rate is not None:
+        if not 0 <= false_reject_rate < 1:
+            raise ConfigError(f"false-reject rate must be in [0, 1), got {false_reject_rate}")
+        if not len(good):
+            raise DataError("a target false-reject rate needs good (test/good) images")
+        allowed = int(np.floor(false_reject_rate * len(good) + 1e-9))
+        return float(good[len(good) - allowed - 1]), (
+            f"false-reject rate <= {false_reject_rate:g} ({allowed} of {len(good)} good parts)"
+        )
+    if escape_rate is not None:
+        if not 0 <= escape_rate < 1:
+            raise ConfigError(f"escape rate must be in [0, 1), got {escape_rate}")
+        if not len(bad):
+            raise DataError("a target escape rate needs defective images")
+        allowed = int(np.floor(escape_rate * len(bad) + 1e-9))
+        target = bad[allowed]  # every defective score >= this one must fail
+        lower = scores[scores < target]
+        threshold = (
+            (target + lower.max()) / 2 if len(lower) else target - max(abs(target), 1) * 1e-6
+        )
+        return float(threshold), (
+            f"escape rate <= {escape_rate:g} ({allowed} of {len(bad)} defective parts)"
+        )
+    if not len(good) or not len(bad):
+        raise DataError("best F1 needs both good and defective images")
+    candidates = _midpoints(scores)
+    f1 = np.array([outcome(labels, scores, t).f1 for t in candidates])
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)[-1]
+    return float(candidates[best]), "best F1"
+
+
+def calibrate(
+    detector: Any,
+    data: str | Path | Category,
+    *,
+    false_reject_rate: float | None = None,
+    escape_rate: float | None = None,
+) -> tuple[Outcome, Outcome, dict[str, Any]]:
+    """Score a category's labelled test split and set ``detector``'s threshold by the rule.
+
+    Returns the outcome at the old and at the new threshold, and the ``threshold_source``
+    record stored in the model (rule, data, counts, date, previous threshold). The caller saves.
+    """
+    category = data if isinstance(data, Category) else load_category(data, require_test=True)
+    labels = np.array([s.is_anomalous for s in category.test_samples])
+    scores = detector.score([s.path for s in category.test_samples]).scores
+    before = outcome(labels, scores, detector.threshold_)
+    threshold, rule = choose_threshold(
+        labels, scores, false_reject_rate=false_reject_rate, escape_rate=escape_rate
+    )
+    after = outcome(labels, scores, threshold)
+    source = {
+        "rule": f"calibrated on labelled images: {rule}",
+        "data": str(category.root),
+        "good": after.good,
+        "defective": after.defective,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "previous_threshold": detector.threshold_,
+        "previous_source": detector.fit_info_.get("threshold_source"),
+        "achieved": after.to_dict(),
+    }
+    detector.threshold_ = threshold
+    detector.fit_info_ = {**detector.fit_info_, "threshold_source": source}
+    return before, after, source

@@ -1,0 +1,141 @@
+"""Production outputs: thresholds under control, fixed colour scales, regions, predict files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import defectscope
+from defectscope.cli import main
+from defectscope.engine.calibration import choose_threshold, outcome
+from defectscope.regions import find_regions
+
+from .conftest import PADIM_ARGS
+
+
+@pytest.fixture(scope="module")
+def model_file(texture, tmp_path_factory):
+    project = tmp_path_factory.mktemp("runs")
+    assert main(["fit", "--data", str(texture), "--project", str(project), *PADIM_ARGS]) == 0
+    return project / "fit" / "texture" / "model.safetensors"
+
+
+def test_find_regions_boxes_areas_peaks_and_scaling():
+    m = np.zeros((20, 20), dtype=np.float32)
+    m[2:5, 3:7] = 2.0  # 3 x 4 = 12 px, peak 2
+    m[10:12, 10:11] = 5.0  # 2 x 1 = 2 px, peak 5
+    m[15, 15] = 0.5  # below the threshold
+    regions = find_regions(m, 1.0)
+    assert [(r.x0, r.y0, r.x1, r.y1, r.area, r.peak) for r in regions] == [
+        (10, 10, 11, 12, 2, 5.0),
+        (3, 2, 7, 5, 12, 2.0),
+    ]
+    scaled = find_regions(m, 1.0, (40, 60))  # original image 40 wide, 60 high
+    assert (scaled[1].x0, scaled[1].y0, scaled[1].x1, scaled[1].y1) == (6, 6, 14, 15)
+    assert scaled[1].area == 12 * 2 * 3
+    assert find_regions(m, 10.0) == []
+
+
+def test_choose_threshold_rules():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    scores = np.array([1.0, 2.0, 3.0, 6.0, 4.0, 5.0, 7.0, 8.0])
+    t, rule = choose_threshold(labels, scores)
+    assert rule == "best F1" and outcome(labels, scores, t).f1 == pytest.approx(8 / 9)
+    t, _ = choose_threshold(labels, scores, false_reject_rate=0.0)
+    assert t == 6.0 and outcome(labels, scores, t).rejected == 0
+    t, _ = choose_threshold(labels, scores, false_reject_rate=0.25)
+    assert t == 3.0 and outcome(labels, scores, t).rejected == 1
+    t, _ = choose_threshold(labels, scores, escape_rate=0.0)
+    assert outcome(labels, scores, t).caught == 4 and t == pytest.approx(3.5)
+    t, _ = choose_threshold(labels, scores, escape_rate=0.25)
+    assert outcome(labels, scores, t).caught == 3 and t == pytest.approx(4.5)
+
+
+def test_calibrate_sets_and_saves_the_threshold_with_its_source(model_file, texture, tmp_path):
+    before = defectscope.load(model_file)
+    out = tmp_path / "calibrated.safetensors"
+    args = ["calibrate", "--model", str(model_file), "--data", str(texture), "--output", str(out)]
+    assert main([*args, "--false-reject-rate", "0", "-q"]) == 0
+    after = defectscope.load(out)
+    source = after.fit_info_["threshold_source"]
+    assert "false-reject rate <= 0" in source["rule"]
+    assert source["previous_threshold"] == pytest.approx(before.threshold_)
+    samples = defectscope.data.load_category(texture).test_samples
+    good = [s.path for s in samples if not s.is_anomalous]
+    assert not any(p.is_anomalous for p in after.predict(good))  # no good part rejected
+    assert after.threshold_ == pytest.approx(after.score(good).scores.max())
+
+
+def test_calibrate_refuses_an_exported_file(tmp_path, capsys):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    assert main(["calibrate", "--model", str(onnx), "--data", str(tmp_path)]) == 2
+    assert "then export it again" in capsys.readouterr().err
+
+
+def test_predict_threshold_and_normalised_score(model_file, texture):
+    model = defectscope.load(model_file)
+    images = sorted((texture / "test").rglob("*.png"))
+    default = model.predict(images)
+    assert all(p.threshold == model.threshold_ for p in default)
+    middle = float(np.median([p.score for p in default]))
+    chosen = model.predict(images, threshold=middle)
+    assert [p.is_anomalous for p in chosen] == [p.score > middle for p in default]
+    assert model.normalize([middle], middle)[0] == pytest.approx(0.5)
+    normalized = [p.normalized_score for p in chosen]
+    assert all(0 <= n <= 1 for n in normalized)
+    order = np.argsort([p.score for p in chosen])
+    assert np.all(np.diff(np.asarray(normalized)[order]) >= 0)  # monotone in the score
+
+
+def test_same_image_same_overlay_whatever_it_is_predicted_with(model_file, texture, tmp_path):
+    target = sorted((texture / "test" / "scratch").glob("*.png"))[0]
+    others = sorted((texture / "test").rglob("*.png"))
+    project = str(tmp_path / "runs")
+    common = ["predict", "--model", str(model_file), "--project", project, "-q"]
+    assert main([*common, "--name", "alone", str(target)]) == 0
+    assert main([*common, "--name", "many", *map(str, others)]) == 0
+    alone = np.asarray(Image.open(tmp_path / "runs/predict/alone/overlays/000.png"))
+    many = np.asarray(Image.open(tmp_path / "runs/predict/many/overlays/scratch/000.png"))
+    # the banner's label line differs (file name vs relative path): compare the heatmap below
+    assert alone.shape == many.shape
+    banner = alone.shape[0] - 64  # the image is SIZE high, under the banner
+    assert np.array_equal(alone[banner:, :64], many[banner:, :64])
+
+
+def test_predict_files_say_what_and_who(model_file, texture, tmp_path, capsys):
+    project = tmp_path / "runs"
+    folder = texture / "test"
+    args = ["predict", "--model", str(model_file), str(folder), "--project", str(project)]
+    assert main([*args, "--save", "fail", "--threshold", "1e9", "-q"]) == 0
+    run = project / "predict" / "predict"
+    rows = list(csv.DictReader(open(run / "predictions.csv")))
+    assert {"name", "normalized_score", "verdict", "n_regions", "regions", "overlay"} <= set(
+        rows[0]
+    )
+    assert all(r["verdict"] == "pass" and r["overlay"] == "" for r in rows)  # nothing failed
+    assert not (run / "overlays").exists()
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["model_sha256"] == defectscope.digest.file_sha256(model_file)
+    assert meta["defectscope_version"] == defectscope.__version__
+    assert meta["threshold_used"] == 1e9 and meta["started"].endswith("+00:00")
+    assert "failed at threshold 1e+09 (given with --threshold" in capsys.readouterr().out
+
+    assert main([*args, "--save", "fail", "--threshold=-1e9", "-q", "--name", "all"]) == 0
+    rows = list(csv.DictReader(open(project / "predict" / "all" / "predictions.csv")))
+    assert all(r["verdict"] == "fail" for r in rows)
+    assert all((project / "predict" / "all" / r["overlay"]).is_file() for r in rows)
+    assert rows[0]["overlay"].startswith("overlays/") and "/" in rows[0]["name"]
+
+
+def test_model_file_copy_keeps_fixed_scales(model_file, tmp_path):
+    copy = shutil.copy(model_file, tmp_path / "m.safetensors")
+    model = defectscope.load(copy)
+    low, high = model.colour_scale
+    assert low < high
+    assert model.fit_info_["score_scale"]["spread"] > 0

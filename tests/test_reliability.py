@@ -1,0 +1,224 @@
+"""Unusual and bad inputs: each gets one clear message or a documented, tested behaviour."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from defectscope.cli import main
+from defectscope.data import images as image_io
+from defectscope.data import load_category
+from defectscope.data.images import image_size, load_image, to_rgb8
+from defectscope.errors import BackboneError, DataError
+
+from .conftest import PADIM_ARGS, SIZE
+
+
+def _grey16(path: Path, values: np.ndarray) -> Path:
+    Image.fromarray(values.astype(np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    return path
+
+
+def test_12_bit_image_in_16_bit_png_is_scaled_by_its_bit_depth(tmp_path):
+    ramp = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (32, 1))
+    image = load_image(_grey16(tmp_path / "a.png", ramp), None)
+    assert image.dtype == np.uint8 and image.shape == (32, 64, 3)
+    # 0..4095 (12 bits) -> 0..255, not saturated to white as Pillow's convert("RGB") does
+    assert image.min() == 0 and image.max() == 255
+    assert abs(float(image[0, 32, 0]) - float(ramp[0, 32]) * 255 / 4095) <= 1
+
+
+def test_16_bit_image_using_the_full_range(tmp_path):
+    values = np.full((20, 20), 32768, dtype=np.uint16)
+    values[0, 0] = 65535
+    image = load_image(_grey16(tmp_path / "a.png", values), None)
+    assert image[5, 5, 0] == 128 and image[0, 0, 0] == 255
+
+
+def test_float_images_in_unit_range_and_beyond():
+    unit = Image.fromarray(np.full((20, 20), 0.5, dtype=np.float32))
+    assert np.asarray(to_rgb8(unit))[0, 0, 0] == 128
+    wide = np.zeros((20, 20), dtype=np.float32)
+    wide[0, 0] = 1000.0
+    out = np.asarray(to_rgb8(Image.fromarray(wide)))
+    assert out[0, 0, 0] == 255 and out[1, 1, 0] == 0
+    bad = np.zeros((20, 20), dtype=np.float32)
+    bad[3, 3] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        to_rgb8(Image.fromarray(bad))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    array = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high
+    array[:, :20] = 255  # left half white
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "rotated.png"
+    image.save(path, exif=exif)
+    loaded = load_image(path, None)
+    assert loaded.shape == (40, 20, 3)  # shown upright: 20 wide, 40 high
+    assert image_size(path) == (20, 40)
+    assert loaded[:20].mean() > 200 and loaded[20:].mean() < 50  # white half now on top
+
+
+def test_tiny_image_is_refused_with_the_minimum(tmp_path):
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1)).save(path)
+    with pytest.raises(DataError, match=r"is 1x1 pixels; defectscope needs at least 16"):
+        load_image(path, SIZE)
+
+
+def test_pixel_limit_is_ours_and_raising_it_works(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (40, 40)).save(path)
+    monkeypatch.setattr(image_io, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match="over the limit of 100: .*raise .*MAX_IMAGE_PIXELS"):
+        load_image(path, None)
+    # Pillow's own (process-wide) limit no longer fires first: ours decides
+    monkeypatch.setattr(image_io, "MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    assert load_image(path, None).shape == (40, 40, 3)
+
+
+def test_permission_denied_is_not_reported_as_missing(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (20, 20)).save(path)
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with pytest.raises(DataError, match="permission denied; check the permissions"):
+        load_image(path, None)
+    with pytest.raises(DataError, match="not found"):
+        load_image(tmp_path / "missing.png", None)
+
+
+def test_unknown_category_message_is_plural_english(mvtec_root):
+    from defectscope.data import discover
+
+    with pytest.raises(DataError, match="valid categories: object, texture"):
+        discover(mvtec_root, ["textur"])
+
+
+def test_pickled_weights_get_our_advice_not_torchs(tmp_path):
+    import torch
+
+    from defectscope.backbones import _read_state_dict
+
+    path = tmp_path / "w.pth"
+    torch.save({"args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(BackboneError) as info:
+        _read_state_dict(path)
+    assert "never runs code" in str(info.value)
+    assert "weights_only" not in str(info.value)
+
+
+def test_orphan_masks_and_empty_masks_get_notices(texture, tmp_path):
+    from defectscope.engine.evaluation import evaluate
+
+    from .conftest import small_padim
+
+    copy = shutil.copytree(texture, tmp_path / "texture")
+    gt = copy / "ground_truth" / "scratch"
+    Image.new("L", (SIZE, SIZE)).save(gt / "999_mask.png")  # a mask with no test image
+    first = sorted(gt.glob("000_mask.png"))[0]
+    Image.new("L", (SIZE, SIZE)).save(first)  # an all-zero mask
+    category = load_category(copy)
+    assert any("1 masks in ground_truth/scratch/ have no test image" in n for n in category.notices)
+    result = evaluate(small_padim().fit(copy), category)
+    assert any("1 defective test images have an empty (all-zero) mask" in n for n in result.notices)
+
+
+def test_unwritable_project_fails_before_fitting(texture, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["fit", "--data", str(texture), "--project", str(blocker / "runs"), *PADIM_ARGS])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot create the run folder" in err and "pass --project" in err
+    assert "Traceback" not in err
+
+
+def test_failure_after_fit_keeps_the_model_and_says_where(texture, tmp_path, capsys, monkeypatch):
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name == "config.json":
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    code = main(["fit", "--data", str(texture), "--project", str(tmp_path / "runs"), *PADIM_ARGS])
+    err = capsys.readouterr().err
+    model = tmp_path / "runs" / "fit" / "texture" / "model.safetensors"
+    assert code == 2 and model.is_file()
+    assert f"the fitted model is saved in {model}" in err
+
+
+def test_failed_run_leaves_no_empty_folder(fitted, tmp_path, capsys):
+    model = fitted.save(tmp_path / "m" / "model.safetensors")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    project = tmp_path / "runs"
+    assert main(["predict", "--model", str(model), str(bad), "--project", str(project)]) == 2
+    assert "unreadable or truncated" in capsys.readouterr().err
+    assert not project.exists()
+
+
+def test_interrupted_benchmark_keeps_a_readable_run(mvtec_root, tmp_path, monkeypatch, capsys):
+    from defectscope.engine import workflows
+
+    real = workflows.fit_and_evaluate
+    calls = []
+
+    def fit_and_evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workflows, "fit_and_evaluate", fit_and_evaluate)
+    project = tmp_path / "runs"
+    args = ["benchmark", "--data", str(mvtec_root), "--project", str(project), *PADIM_ARGS]
+    assert main(args) == 130
+    run = project / "benchmark" / "benchmark"
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "interrupted" and meta["completed"] == ["object (padim)"]
+    assert main(["report", str(run)]) == 0
+    assert "this run was interrupted" in (run / "report.html").read_text()
+
+    calls.clear()
+    calls.append(1)  # the next call (the first category) is interrupted
+    assert main([*args, "--name", "early"]) == 130
+    capsys.readouterr()
+    assert main(["report", str(project / "benchmark" / "early")]) == 2
+    assert "its run was interrupted before any category finished" in capsys.readouterr().err
+
+
+def test_overlays_named_by_relative_path(fitted, texture, tmp_path):
+    from defectscope.engine.workflows import predict_to_folder
+
+    source = sorted((texture / "test" / "scratch").glob("*.png"))
+    for folder, name, src in (("d1", "a", 0), ("d1", "a_2", 1), ("d2", "a", 2)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        shutil.copy(source[src], tmp_path / folder / f"{name}.png")
+    inputs = [tmp_path / "d1" / "a.png", tmp_path / "d1" / "a_2.png", tmp_path / "d2" / "a.png"]
+    out = tmp_path / "out"
+    out.mkdir()
+    predictions, _ = predict_to_folder(fitted, inputs, out)
+    assert len(predictions) == 3
+    folder = out / "overlays"
+    overlays = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    assert overlays == ["d1/a.png", "d1/a_2.png", "d2/a.png"]
