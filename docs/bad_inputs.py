@@ -58,10 +58,12 @@ class Cases:
 
         self.work = work
         self.cat = work / "cat"
-        make_category(self.cat, kind="texture", size=SIZE, n_train=16, n_test_good=4,
-                      n_test_defect=3, seed=1)
-        code, _, err = run(["fit", "--data", str(self.cat), "--project", str(work / "runs"),
-                            *SMALL])
+        make_category(
+            self.cat, kind="texture", size=SIZE, n_train=16, n_test_good=4, n_test_defect=3, seed=1
+        )
+        code, _, err = run(
+            ["fit", "--data", str(self.cat), "--project", str(work / "runs"), *SMALL]
+        )
         assert code == 0, err
         self.model = work / "runs" / "fit" / "cat" / "model.safetensors"
         self.image = sorted((self.cat / "test" / "scratch").glob("*.png"))[0]
@@ -121,8 +123,17 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
 
     # ---- training data
     g = "training data (fit)"
-    fit = lambda data, *more: run(["fit", "--data", P(data), "--project",  # noqa: E731
-                                   P(c.fresh() / "runs"), *SMALL, *more])
+    fit = lambda data, *more: run(
+        [
+            "fit",
+            "--data",
+            P(data),
+            "--project",  # noqa: E731
+            P(c.fresh() / "runs"),
+            *SMALL,
+            *more,
+        ]
+    )
     c.record(g, "--data folder does not exist", fit(c.work / "nowhere"))
     f = c.fresh() / "file.txt"
     f.write_text("x")
@@ -177,8 +188,17 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
 
     # ---- test data
     g = "test data (evaluate, benchmark)"
-    ev = lambda data: run(["evaluate", "--model", P(c.model), "--data", P(data),  # noqa: E731
-                           "--project", P(c.fresh() / "runs")])
+    ev = lambda data: run(
+        [
+            "evaluate",
+            "--model",
+            P(c.model),
+            "--data",
+            P(data),  # noqa: E731
+            "--project",
+            P(c.fresh() / "runs"),
+        ]
+    )
     d = c.copy_cat()
     shutil.rmtree(d / "test")
     c.record(g, "no test folder", ev(d))
@@ -231,16 +251,41 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
     for p in (d / "test" / "good").glob("*.png"):
         Image.fromarray((np.asarray(Image.open(p)) * 0.6).astype(np.uint8)).save(p)
     c.record(g, "good test images much darker than training", ev(d))
-    c.record(g, "benchmark --categories with an unknown name",
-             run(["benchmark", "--data", P(c.cat.parent), "--categories", "catt",
-                  "--project", P(c.fresh()), *SMALL]))
-    c.record(g, "benchmark on a folder with no category",
-             run(["benchmark", "--data", P(c.fresh()), "--project", P(c.fresh()), *SMALL]))
+    c.record(
+        g,
+        "benchmark --categories with an unknown name",
+        run(
+            [
+                "benchmark",
+                "--data",
+                P(c.cat.parent),
+                "--categories",
+                "catt",
+                "--project",
+                P(c.fresh()),
+                *SMALL,
+            ]
+        ),
+    )
+    c.record(
+        g,
+        "benchmark on a folder with no category",
+        run(["benchmark", "--data", P(c.fresh()), "--project", P(c.fresh()), *SMALL]),
+    )
 
     # ---- options and config files
     g = "options and config files"
-    opt = lambda *more: run(["fit", "--data", P(c.cat), "--project",  # noqa: E731
-                             P(c.fresh() / "runs"), *SMALL, *more])
+    opt = lambda *more: run(
+        [
+            "fit",
+            "--data",
+            P(c.cat),
+            "--project",  # noqa: E731
+            P(c.fresh() / "runs"),
+            *SMALL,
+            *more,
+        ]
+    )
     c.record(g, "unknown detector", run(["fit", "--data", P(c.cat), "--model", "padin"]))
     c.record(g, "unknown backbone", opt("--backbone", "resnet81"))
     c.record(g, "unknown layer", opt("--layers", "layer9"))
@@ -257,8 +302,11 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
     (d / "b.json").write_bytes(b'{"n_features": 4\xff}')
     c.record(g, "config file not UTF-8", opt("--config", P(d / "b.json")))
     (d / "t.json").write_text('{"regularization": "abc"}')
-    c.record(g, 'config value of a wrong type ("regularization": "abc")',
-             opt("--config", P(d / "t.json")))
+    c.record(
+        g,
+        'config value of a wrong type ("regularization": "abc")',
+        opt("--config", P(d / "t.json")),
+    )
     (d / "l.json").write_text('{"layers": "blocks.2"}')
     c.record(g, 'config "layers" as one string', opt("--config", P(d / "l.json")))
     (d / "u.json").write_text('{"n_featurs": 10}')
@@ -279,8 +327,15 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
 
     # ---- model files
     g = "model files (evaluate, predict, export)"
-    use = lambda model: run([*predict[:2], P(model), P(c.image), "--project",  # noqa: E731
-                             P(c.fresh())])
+    use = lambda model: run(
+        [
+            *predict[:2],
+            P(model),
+            P(c.image),
+            "--project",  # noqa: E731
+            P(c.fresh()),
+        ]
+    )
     c.record(g, "model file missing", use(c.work / "none.safetensors"))
     d = c.fresh()
     (d / "t.safetensors").write_bytes(c.model.read_bytes()[:1000])
@@ -297,17 +352,38 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
         return header, body
 
     c.record(g, "written by a newer format version", use(c.model_with(newer)))
-    c.record(g, "header edited, checksum not updated (threshold doubled)", use(c.model_with(
-        edit_config(lambda cfg: cfg["fitted"].update(threshold=cfg["fitted"]["threshold"] * 2)),
-        recompute=False)))
-    c.record(g, "NaN threshold (checksum updated)", use(c.model_with(
-        edit_config(lambda cfg: cfg["fitted"].update(threshold=float("nan"))))))
-    c.record(g, "an extra config parameter, as a newer version writes (checksum updated)",
-             use(c.model_with(edit_config(lambda cfg: cfg["config"].update(new_option=1)))))
-    c.record(g, "a config value of the wrong type (checksum updated)", use(c.model_with(
-        edit_config(lambda cfg: cfg["config"].update(n_features="abc")))))
-    c.record(g, "unknown detector name (checksum updated)", use(c.model_with(
-        edit_config(lambda cfg: cfg.update(detector="padim2")))))
+    c.record(
+        g,
+        "header edited, checksum not updated (threshold doubled)",
+        use(
+            c.model_with(
+                edit_config(
+                    lambda cfg: cfg["fitted"].update(threshold=cfg["fitted"]["threshold"] * 2)
+                ),
+                recompute=False,
+            )
+        ),
+    )
+    c.record(
+        g,
+        "NaN threshold (checksum updated)",
+        use(c.model_with(edit_config(lambda cfg: cfg["fitted"].update(threshold=float("nan"))))),
+    )
+    c.record(
+        g,
+        "an extra config parameter, as a newer version writes (checksum updated)",
+        use(c.model_with(edit_config(lambda cfg: cfg["config"].update(new_option=1)))),
+    )
+    c.record(
+        g,
+        "a config value of the wrong type (checksum updated)",
+        use(c.model_with(edit_config(lambda cfg: cfg["config"].update(n_features="abc")))),
+    )
+    c.record(
+        g,
+        "unknown detector name (checksum updated)",
+        use(c.model_with(edit_config(lambda cfg: cfg.update(detector="padim2")))),
+    )
 
     data = bytearray(c.model.read_bytes())
     data[-100] ^= 0x10
@@ -321,15 +397,25 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
         return header, body
 
     c.record(g, "a tensor's dtype changed in the header", use(c.model_with(dtype)))
-    c.record(g, "predict --runtime torch with an exported .onnx",
-             run([*predict[:2], P(d / "m.onnx"), P(c.image), "--runtime", "torch"]))
+    c.record(
+        g,
+        "predict --runtime torch with an exported .onnx",
+        run([*predict[:2], P(d / "m.onnx"), P(c.image), "--runtime", "torch"]),
+    )
     (d / "bad.onnx").write_bytes(b"not onnx")
     c.record(g, "a damaged .onnx file", use(d / "bad.onnx"))
-    c.record(g, "calibrate an exported .onnx",
-             run(["calibrate", "--model", P(d / "bad.onnx"), "--data", P(c.cat)]))
-    c.record(g, "predict --threshold nan", run([*predict[:2], P(c.model), P(c.image),
-                                                "--threshold", "nan", "--project",
-                                                P(c.fresh())]))
+    c.record(
+        g,
+        "calibrate an exported .onnx",
+        run(["calibrate", "--model", P(d / "bad.onnx"), "--data", P(c.cat)]),
+    )
+    c.record(
+        g,
+        "predict --threshold nan",
+        run(
+            [*predict[:2], P(c.model), P(c.image), "--threshold", "nan", "--project", P(c.fresh())]
+        ),
+    )
 
     # ---- predict inputs
     g = "images to predict"
@@ -350,7 +436,7 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
     result = pr(d / "d1" / "a.png", d / "d2" / "a.png")
     c.record(g, "two inputs with the same file name (overlays d1/a.png, d2/a.png)", result)
     d = c.fresh()
-    grey = (np.asarray(Image.open(c.image).convert("L")).astype(np.uint16) * 257)
+    grey = np.asarray(Image.open(c.image).convert("L")).astype(np.uint16) * 257
     Image.fromarray(grey).save(d / "g16.png")
     c.record(g, "a 16-bit grey image", pr(d / "g16.png"))
 
@@ -358,10 +444,16 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
     g = "output folders"
     f = c.fresh() / "file"
     f.write_text("x")
-    c.record(g, "--project inside a file (cannot be created)",
-             run(["fit", "--data", P(c.cat), "--project", P(f / "runs"), *SMALL]))
-    c.record(g, "export --output into a missing folder",
-             run(["export", "--model", P(c.model), "--output", P(c.work / "no" / "m.onnx")]))
+    c.record(
+        g,
+        "--project inside a file (cannot be created)",
+        run(["fit", "--data", P(c.cat), "--project", P(f / "runs"), *SMALL]),
+    )
+    c.record(
+        g,
+        "export --output into a missing folder",
+        run(["export", "--model", P(c.model), "--output", P(c.work / "no" / "m.onnx")]),
+    )
     c.record(g, "report on a folder that is not a run", run(["report", P(c.fresh())]))
     d = c.fresh()
     (d / "run.json").write_text(json.dumps({"status": "interrupted"}))
@@ -373,17 +465,34 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
 
     model = defectscope.load(c.model)
     frame = np.asarray(Image.open(c.image).convert("RGB"))
-    c.record(g, "model.predict(one H x W x 3 array)",
-             call(lambda: f"{len(model.predict(frame))} prediction"))
-    c.record(g, 'model.predict("part.png") (one path string)',
-             call(lambda: f"{len(model.predict(str(c.image)))} prediction"))
-    c.record(g, "predict with an array of shape (5, 7)",
-             call(lambda: model.predict(np.zeros((5, 7, 2)))))
+    c.record(
+        g,
+        "model.predict(one H x W x 3 array)",
+        call(lambda: f"{len(model.predict(frame))} prediction"),
+    )
+    c.record(
+        g,
+        'model.predict("part.png") (one path string)',
+        call(lambda: f"{len(model.predict(str(c.image)))} prediction"),
+    )
+    c.record(
+        g, "predict with an array of shape (5, 7)", call(lambda: model.predict(np.zeros((5, 7, 2))))
+    )
     c.record(g, "score before fit", call(lambda: defectscope.PaDiM().score(frame)))
-    c.record(g, "fit(labels=...) on an unsupervised detector",
-             call(lambda: defectscope.PaDiM().fit(c.cat, labels=[True])))
-    c.record(g, "struct-packed 3 bytes as a model", call(lambda: defectscope.load(
-        _write(c.fresh() / "x.safetensors", struct.pack("<Q", 3) + b"{}x"))))
+    c.record(
+        g,
+        "fit(labels=...) on an unsupervised detector",
+        call(lambda: defectscope.PaDiM().fit(c.cat, labels=[True])),
+    )
+    c.record(
+        g,
+        "struct-packed 3 bytes as a model",
+        call(
+            lambda: defectscope.load(
+                _write(c.fresh() / "x.safetensors", struct.pack("<Q", 3) + b"{}x")
+            )
+        ),
+    )
 
 
 def _write(path: Path, data: bytes) -> Path:

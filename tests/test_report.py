@@ -1,6 +1,5 @@
 import json
 import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import pytest
@@ -63,18 +62,55 @@ def test_example_grid_columns_follow_masks(run):
     assert with_gt[0] > without[0]  # one more column (ground truth) where masks exist
 
 
-def test_html_parses_references_exist_and_reflects_table(run):
+def test_html_stands_alone_and_reflects_the_results(run):
+    import base64
+    import io
+
     page = (run / "report.html").read_text()
     parser = _Collector()
     parser.feed(page)
     assert not parser.stack
-    assert parser.images and all((run / src).is_file() for src in parser.images)
-    assert "http://" not in page and "https://" not in page  # opens offline
+    assert parser.images  # every figure embedded: the page can be mailed alone
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).load()
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    results_table = page.split('<table class="results">')[1].split("</table>")[0]
     rows = json.loads((run / "results.json").read_text())["rows"]
-    assert parser.rows == len(rows) + 1  # header + one per category + mean
+    assert results_table.count("<tr") == len(rows) + 1  # header + one per category + mean
     assert "object: no ground-truth masks" in page
     assert "not ranked (n/a): object" in page  # no masks: no pixel F1, so no place in that list
     assert "defectscope benchmark --data" in page and "--model padim" in page  # the command
+    payload = json.loads((run / "results.json").read_text())
+    for result in payload["results"]:
+        s = result["summary"]
+        defective = s["caught"] + s["missed"]
+        assert f"caught <b>{s['caught']} of {defective}</b> defective parts" in page
+        assert sum(d["images"] for d in s["defect_types"]) == defective
+        assert result["model"]["model_sha256"] in page
+    assert "confusion matrix" in page and "per defect type" in page
+    assert "ROC curves: how well the scores separate" in page  # captions in words
+    from defectscope import __version__
+
+    assert f"defectscope {__version__}" in page
+
+
+def test_chance_warnings():
+    from defectscope.report.html import chance_warnings
+
+    row = {"category": "tire", "detector": "padim", "image_auroc": 0.55, "pixel_auroc": 0.45}
+    warnings = chance_warnings(row)
+    assert "image AUROC 0.550 is near chance" in warnings[0]
+    assert "pixel AUROC 0.450 is below chance" in warnings[1]
+    assert chance_warnings({**row, "image_auroc": 0.9, "pixel_auroc": None}) == []
+
+
+def test_single_category_report_has_no_rankings(texture, tmp_path):
+    project = tmp_path / "runs"
+    args = ["benchmark", "--data", str(texture), "--project", str(project), *PADIM_ARGS]
+    assert main(args) == 0
+    page = (project / "benchmark" / "benchmark" / "report.html").read_text()
+    assert "<h2>Rankings</h2>" not in page and "<h2>Summary</h2>" in page
 
 
 def test_report_verb_rebuilds(run, tmp_path):
@@ -85,32 +121,37 @@ def test_report_verb_rebuilds(run, tmp_path):
 
 
 def test_html_renders_in_headless_chromium(run, tmp_path):
+    """The page alone (copied away from its run folder) in Chromium at 1400 px: the results
+    table is visible and fits, the figures load, the screenshot decodes."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip(
             "headless Chromium not installed (Debian package 'chromium'; .ci/run installs it)"
         )
+    from playwright.sync_api import sync_playwright
+
+    alone = tmp_path / "mailed.html"
+    shutil.copy(run / "report.html", alone)
     shot = tmp_path / "report.png"
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1200,2000",
-            (run / "report.html").as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(alone.as_uri())
+            table = page.locator("table.results")
+            assert table.is_visible()
+            box = table.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 1400  # no overflow at 1400 px
+            loaded = page.evaluate(
+                "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+            )
+            assert loaded
+            page.screenshot(path=str(shot), full_page=False)
+        finally:
+            browser.close()
     with Image.open(shot) as image:
+        assert image.size == (1400, 900)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 50  # a rendered page, not a blank one

@@ -29,6 +29,7 @@ EXAMPLES = {
     "  defectscope benchmark --data mvtec --categories bottle screw --runtime torch",
     "demo": "defectscope demo",
     "export": "defectscope export --model runs/fit/tire --format onnx",
+    "serve": "defectscope serve --model runs/fit/tire/model.onnx --port 8000",
     "calibrate": "defectscope calibrate --model runs/fit/tire --data labelled/tire\n"
     "  defectscope calibrate --model runs/fit/tire --data labelled/tire --false-reject-rate 0.01",
 }
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = verb("predict", "score images or folders: pass/fail, heatmaps, CSV/JSON")
     pr.add_argument("--model", required=True, help="model file, run folder or exported .onnx")
-    pr.add_argument("inputs", nargs="+", help="image files or folders of images")
+    pr.add_argument("inputs", nargs="+", help="image or video files, or folders of them")
     pr.add_argument(
         "--threshold",
         type=float,
@@ -163,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="which heatmap overlays to write: all (default), fail (failed parts only), none",
     )
     pr.add_argument("--no-images", action="store_true", help="same as --save none")
+    pr.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="of a video input (.mp4, .avi, .mov, ...), score every N-th frame (default 1)",
+    )
     _add_runtime_options(pr)
 
     cal = verb(
@@ -211,6 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", required=True, help="model file or run folder")
     ex.add_argument("--format", default="onnx", choices=["onnx", "openvino"], help="default onnx")
     ex.add_argument("--output", help="file to write (default: next to the model, model.onnx)")
+
+    srv = verb("serve", "serve a model over HTTP: POST /predict, GET /model, an operator page")
+    srv.add_argument("--model", required=True, help="exported .onnx (no torch), model or run")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    srv.add_argument(
+        "--api-key",
+        help="require this key (header X-API-Key) on every route but /health; default: "
+        "$DEFECTSCOPE_API_KEY if set, else none",
+    )
+    srv.add_argument("--max-upload-mb", type=float, default=20, help="per request (default 20)")
+    srv.add_argument("--max-images", type=int, default=16, help="per request (default 16)")
+    srv.add_argument("--max-queue", type=int, default=64, help="images waiting (default 64)")
+    srv.add_argument("--max-batch", type=int, default=8, help="images per model call (default 8)")
+    srv.add_argument(
+        "--max-wait-ms", type=float, default=10, help="wait for more images per batch (default 10)"
+    )
 
     rep = verbs.add_parser("report", help="rebuild report.html of a saved run folder")
     rep.add_argument("run_dir", help="a run folder written by evaluate or benchmark")
@@ -317,7 +342,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     save = "none" if args.no_images else args.save
     with run_folder(Path(args.project) / "predict", args.name or "predict") as run:
         predictions, notices = predict_to_folder(
-            detector, args.inputs, run, save=save, threshold=args.threshold, command=args.command
+            detector,
+            args.inputs,
+            run,
+            save=save,
+            threshold=args.threshold,
+            command=args.command,
+            every=args.every,
         )
     for notice in notices:
         if notice.startswith("shift:"):
@@ -458,13 +489,54 @@ def cmd_export(args: argparse.Namespace) -> int:
         ov.save_model(ov.convert_model(str(onnx_file)), str(out))
         print(f"exported {detector.name} to {out} (OpenVINO IR, from {onnx_file})")
         return 0
-    path = export_onnx(detector, out)
+    from defectscope.progress import Stages
+
+    stages = Stages(not args.quiet)
+    stages.start(f"exporting {detector.name} to ONNX and checking it against PyTorch")
+    try:
+        path = export_onnx(detector, out)
+    finally:
+        stages.finish()
     size = detector.config_.image_size
     print(
         f"exported {detector.name} to {path} ({path.stat().st_size / 1e6:.1f} MB): uint8 images "
         f"(batch, {size}, {size}, 3) in, scores and maps out; threshold "
         f"{detector.threshold_:.4g} in its metadata"
     )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from defectscope.serve.app import Limits, serve
+    except ImportError as exc:
+        raise ConfigError(
+            f"serve needs the optional packages fastapi, uvicorn and python-multipart ({exc}); "
+            "pip install 'defectscope[serve]'"
+        ) from exc
+    for name in ("max_upload_mb", "max_images", "max_queue", "max_batch"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if args.max_wait_ms < 0:
+        raise ConfigError("--max-wait-ms must be >= 0")
+    limits = Limits(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_images=args.max_images,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        max_wait=args.max_wait_ms / 1000,
+    )
+    key = args.api_key or os.environ.get("DEFECTSCOPE_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and key is None:
+        print(
+            f"warning: serving on {args.host} without an API key: anyone who can reach it can "
+            "use it (set --api-key or DEFECTSCOPE_API_KEY)",
+            file=sys.stderr,
+        )
+    _say(args, f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    serve(args.model, host=args.host, port=args.port, api_key=key, limits=limits, quiet=args.quiet)
     return 0
 
 
@@ -477,6 +549,7 @@ COMMANDS = {
     "report": cmd_report,
     "export": cmd_export,
     "calibrate": cmd_calibrate,
+    "serve": cmd_serve,
 }
 
 
@@ -489,8 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s: %(message)s",
     )
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return COMMANDS[args.verb](args)
+        with logging_redirect_tqdm():  # a log line never breaks a progress bar
+            return COMMANDS[args.verb](args)
     except DefectscopeError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the parser said
         print(f"defectscope {args.verb}: error: {message}", file=sys.stderr)

@@ -96,10 +96,50 @@ class CategoryResult:
     masks: np.ndarray | None = field(default=None, repr=False)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+    colour_scale: tuple[float, float] | None = None
+    model: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         skip = ("maps", "masks", "curves", "images")
         out = {k: v for k, v in asdict(self).items() if k not in skip}
         out["n_test"] = len(self.images)
         out["images"] = [asdict(r) for r in self.images]
+        out["summary"] = outcome_summary(out["images"])
         return out
+
+
+def outcome_summary(images: list[dict[str, Any]]) -> dict[str, Any]:
+    """At the threshold used: the confusion counts, and per defect type how many were caught,
+    their mean score and the image AUROC of that type against the good images.
+
+    ``images`` are :class:`ImageResult` dicts (as in ``results.json``).
+    """
+    from defectscope.metrics import auroc
+
+    good = [r for r in images if not r["is_anomalous"]]
+    bad = [r for r in images if r["is_anomalous"]]
+    out: dict[str, Any] = {
+        "caught": sum(r["predicted_anomalous"] for r in bad),
+        "missed": sum(not r["predicted_anomalous"] for r in bad),
+        "rejected": sum(r["predicted_anomalous"] for r in good),
+        "passed": sum(not r["predicted_anomalous"] for r in good),
+        "defect_types": [],
+    }
+    good_scores = [r["score"] for r in good]
+    for kind in dict.fromkeys(r["defect_type"] for r in bad):
+        own = [r for r in bad if r["defect_type"] == kind]
+        scores = [r["score"] for r in own]
+        value = None
+        if good_scores:
+            labels = np.r_[np.zeros(len(good_scores), bool), np.ones(len(scores), bool)]
+            value = float(auroc(labels, np.r_[good_scores, scores]))
+        out["defect_types"].append(
+            {
+                "defect_type": kind,
+                "images": len(own),
+                "caught": sum(r["predicted_anomalous"] for r in own),
+                "mean_score": float(np.mean(scores)),
+                "image_auroc": value,
+            }
+        )
+    return out

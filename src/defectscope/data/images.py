@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -57,10 +58,12 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _open(path: Path, what: str) -> Image.Image:
-    """Open and fully decode an image, turning every PIL failure into a :class:`DataError`."""
-    if not _is_file(path):
+def _open(path: Path | io.BytesIO, what: str, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image (a file, or bytes in memory named ``name``), turning every
+    PIL failure into a :class:`DataError`."""
+    if isinstance(path, Path) and not _is_file(path):
         raise _unreadable(path, what)
+    source, path = path, (path if isinstance(path, Path) else name or "upload")
     # Pillow has its own process-wide limit that would fire before ours; lift it to ours so that
     # raising MAX_IMAGE_PIXELS is enough (it only ever goes up, so threads do not race).
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_IMAGE_PIXELS:
@@ -68,7 +71,7 @@ def _open(path: Path, what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise DataError(
@@ -165,7 +168,10 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None) -> np.ndarr
             :data:`MAX_IMAGE_PIXELS`, or smaller than :data:`MIN_IMAGE_SIDE` on a side.
     """
     path = Path(path)
-    image = _open(path, "image")
+    return _to_array(_open(path, "image"), path, size)
+
+
+def _to_array(image: Image.Image, path, size) -> np.ndarray:
     if min(image.size) < MIN_IMAGE_SIDE:
         raise DataError(
             f"image {path} is {image.size[0]}x{image.size[1]} pixels; defectscope needs at least "
@@ -180,6 +186,14 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None) -> np.ndarr
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
+
+
+def decode_image(data: bytes, size: int | tuple[int, int] | None, name: str = "upload"):
+    """:func:`load_image` for encoded bytes in memory (an upload): the same checks and
+    conversions; ``name`` appears in the messages."""
+    if not data:
+        raise DataError(f"image {name} is empty (0 bytes)")
+    return _to_array(_open(io.BytesIO(data), "image", name), name, size)
 
 
 def load_mask(

@@ -192,6 +192,7 @@ class Detector(Scorer):
                 module = fitter.finalize()
             if held:
                 held_paths = [paths[i] for i in held]
+                self._end_stage()
                 runs = list(self._run(module, held_paths, engine, config.image_size))
                 scores = np.concatenate([s for _, _, s, _ in runs])
                 maps = np.concatenate([m for _, _, _, m in runs])
@@ -224,6 +225,7 @@ class Detector(Scorer):
             "intensity": IntensitySummary.of(means, stds).to_dict(),
             "formats": image_formats(paths),
         }
+        self._end_stage()
         self._set_fitted(module, threshold, config, engine, info)
         return self
 
@@ -260,11 +262,17 @@ class Detector(Scorer):
                 self._epoch_bar.set_postfix(train=f"{train:.4f}", val=f"{val:.4f}")
                 self._epoch_bar.update(1)
 
-        def on_stage(text: str) -> None:
-            if engine.progress:
-                log.info(text)
+        from defectscope.progress import Stages
 
-        return Hooks(accelerator(engine.runtime), on_epoch, on_stage)
+        if getattr(self, "_stages", None) is None:
+            self._stages = Stages(engine.progress)
+        on_stage = self._stages.start
+        return Hooks(accelerator(engine.runtime, on_stage), on_epoch, on_stage)
+
+    def _end_stage(self) -> None:
+        stages = getattr(self, "_stages", None)
+        if stages is not None:
+            stages.finish()
 
     @contextmanager
     def _epochs(self, engine: EngineOptions) -> Iterator[None]:
@@ -272,6 +280,7 @@ class Detector(Scorer):
         if epochs is None:
             yield
             return
+        self._end_stage()
         with progress_bar(epochs, "training", enabled=engine.progress, unit="epoch") as bar:
             self._epoch_bar = bar
             try:
@@ -287,6 +296,7 @@ class Detector(Scorer):
         import torch
 
         batches = iter_batches(paths, size, engine.batch_size, engine.num_workers)
+        self._end_stage()
         with progress_bar(len(paths), "fitting", enabled=engine.progress) as bar:
             for idx, batch in batches:
                 y = None if labels is None else torch.from_numpy(labels[idx.start : idx.stop])
@@ -329,6 +339,7 @@ class Detector(Scorer):
 
     def _score_batches(self, images: list[ImageInput], desc: str):
         self.check_fitted()
+        self._end_stage()
         _, engine = self.options()
         return self._run(self.module_, images, engine, self.config_.image_size, desc)
 
@@ -337,7 +348,8 @@ class Detector(Scorer):
         """Write the model to one ``.safetensors`` file (atomically); returns its path."""
         from defectscope.engine.persistence import save_detector
 
-        return save_detector(self, path)
+        self.model_file_ = save_detector(self, path)
+        return self.model_file_
 
 
 ESTIMATORS: dict[str, type[Detector]] = {

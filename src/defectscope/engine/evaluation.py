@@ -169,6 +169,8 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
         masks=masks,
         curves=computed.curves,
         extra={"shortcuts": shortcuts},
+        colour_scale=detector.colour_scale,
+        model=detector.identity(),
     )
 
 

@@ -35,7 +35,7 @@ class EngineOptions(Options):
         0.1, "fraction of the training images held out to choose the threshold (at most 32)"
     )
     threshold_quantile: float = option(
-        0.99, "quantile of the held-out good images' scores used as pass/fail threshold"
+        0.95, "quantile of the held-out good images' scores used as pass/fail threshold"
     )
     runtime: str = option("auto", "where the feature extractor runs", choices=RUNTIMES)
     batch_size: int = option(32, "images per scoring batch")

@@ -229,6 +229,7 @@ def load(
         raise ModelFileError(
             f"{file} has tensors that do not fit its config ({exc}); re-run `defectscope fit`"
         ) from exc
+    detector._end_stage()
     detector._set_fitted(module, threshold, config, engine, fitted)
     detector.model_file_ = file
     return detector

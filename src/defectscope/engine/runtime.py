@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,22 @@ def resolve_runtime(name: str) -> str:
 class OnnxModule:
     """Run an ``nn.Module`` of one image-batch input and one output through ONNX Runtime."""
 
-    def __init__(self, module: nn.Module, image_size: int, key: str) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        image_size: int,
+        key: str,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         path = cache_dir() / "onnx" / f"{key}.onnx"
         if not path.is_file():
+            if on_stage is not None:
+                on_stage("exporting the feature extractor to ONNX (once; cached)")
             _export(module, image_size, path)
+        if on_stage is not None:
+            on_stage("loading the ONNX feature extractor")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
@@ -124,12 +135,13 @@ def _export(module: nn.Module, image_size: int, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    log.info("exported feature extractor to %s", path)
+    log.debug("exported feature extractor to %s", path)
 
 
-def accelerator(runtime: str):
+def accelerator(runtime: str, on_stage: Callable[[str], None] | None = None):
     """The ``accelerate`` hook of :class:`~defectscope.models.base.Hooks` for ``runtime``:
-    None for eager PyTorch, else a function that runs a module in ONNX Runtime."""
+    None for eager PyTorch, else a function that runs a module in ONNX Runtime (``on_stage``
+    hears of the export and the loading)."""
     if resolve_runtime(runtime) == "onnxruntime":
-        return lambda module, key, image_size: OnnxModule(module, image_size, key)
+        return lambda module, key, image_size: OnnxModule(module, image_size, key, on_stage)
     return None

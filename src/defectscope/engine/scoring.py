@@ -122,6 +122,20 @@ class Scorer(ABC):
             unit = 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
         return np.nan_to_num(unit, nan=0.0)
 
+    def identity(self) -> dict:
+        """What a result must say about the model that produced it: file, SHA-256, detector,
+        threshold and where the threshold came from."""
+        from defectscope.digest import file_sha256
+
+        file = getattr(self, "model_file_", None) or getattr(self, "path", None)
+        return {
+            "model": str(file) if file else None,
+            "model_sha256": file_sha256(file) if file else None,
+            "detector": self.name,
+            "threshold": self.threshold_,
+            "threshold_source": self.fit_info_.get("threshold_source"),
+        }
+
     @property
     def colour_scale(self) -> tuple[float, float] | None:
         """``(low, high)`` of every heatmap of this model, fixed at fit time; None for models

@@ -177,24 +177,41 @@ def benchmark(
     return BenchmarkOutcome(results, failures)
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Image files from files and folders (recursively, sorted); returns them and notices."""
+def expand_inputs(
+    inputs: Sequence[str | Path], videos: list[Path] | None = None
+) -> tuple[list[Path], list[str]]:
+    """Image files from files and folders (recursively, sorted); returns them and notices.
+
+    With ``videos`` (a list), video files are appended to it instead of being refused.
+    """
+    from defectscope.data.video import is_video_file
+
     files: list[Path] = []
     notices: list[str] = []
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
             images = [p for p in found if is_image_file(p)]
-            if len(images) < len(found):
-                notices.append(f"skipped {len(found) - len(images)} non-image files in {item}")
+            clips = [p for p in found if videos is not None and is_video_file(p)]
+            if len(images) + len(clips) < len(found):
+                skipped = len(found) - len(images) - len(clips)
+                notices.append(f"skipped {skipped} non-image files in {item}")
             files += images
+            if videos is not None:
+                videos.extend(clips)
         elif item.is_file():
+            if videos is not None and is_video_file(item):
+                videos.append(item)
+                continue
             if not is_image_file(item):
-                raise DataError(f"{item} is not an image file (.png, .jpg, .bmp, .tif, .webp)")
+                raise DataError(
+                    f"{item} is not an image file (.png, .jpg, .bmp, .tif, .webp)"
+                    + (" or a video (.mp4, .avi, .mov, .mkv, ...)" if videos is not None else "")
+                )
             files.append(item)
         else:
             raise DataError(f"input not found: {item}")
-    if not files:
+    if not files and not videos:
         raise DataError(f"no image files in {', '.join(map(str, inputs))}")
     unique = list(dict.fromkeys(files))
     if len(unique) < len(files):
@@ -223,21 +240,6 @@ def overlay_name(relative: str) -> str:
 SAVE_CHOICES = ("all", "fail", "none")
 
 
-def model_identity(detector: Scorer) -> dict[str, Any]:
-    """What a result must say about the model that produced it: file, SHA-256, detector,
-    threshold and where the threshold came from."""
-    from defectscope.digest import file_sha256
-
-    file = getattr(detector, "model_file_", None) or getattr(detector, "path", None)
-    return {
-        "model": str(file) if file else None,
-        "model_sha256": file_sha256(file) if file else None,
-        "detector": detector.name,
-        "threshold": detector.threshold_,
-        "threshold_source": detector.fit_info_.get("threshold_source"),
-    }
-
-
 def predict_to_folder(
     detector: Scorer,
     inputs: Sequence[str | Path],
@@ -246,6 +248,7 @@ def predict_to_folder(
     save: str = "all",
     threshold: float | None = None,
     command: Sequence[str] | None = None,
+    every: int = 1,
 ) -> tuple[list[Prediction], list[str]]:
     """Predict every image under ``inputs``; write CSV, JSON, ``run.json``, overlays and a
     contact sheet of the most anomalous images.
@@ -254,6 +257,7 @@ def predict_to_folder(
         save: which overlays to write: ``all``, ``fail`` (failed parts only) or ``none``.
         threshold: pass/fail threshold for this call (default: the model's).
         command: the command line, recorded in ``run.json``.
+        every: of a video, score every ``every``-th frame (written to ``frames/`` as PNG).
     """
     from datetime import datetime, timezone
 
@@ -267,8 +271,24 @@ def predict_to_folder(
     if save not in SAVE_CHOICES:
         raise DataError(f"save must be one of {', '.join(SAVE_CHOICES)}, got {save!r}")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    files, notices = expand_inputs(inputs)
-    names = relative_names(files)
+    videos: list[Path] = []
+    files, notices = expand_inputs(inputs, videos)
+    given = relative_names([*files, *videos])
+    names, video_names = given[: len(files)], given[len(files) :]
+    frames: dict[Path, Any] = {}
+    if videos:
+        from defectscope.data.video import extract_frames
+
+        for video, video_name in zip(videos, video_names):
+            taken = extract_frames(video, out / "frames" / video_name, every)
+            notices.append(
+                f"{video_name}: {len(taken)} frames (every {every}) written to "
+                f"frames/{video_name}/ and scored as images"
+            )
+            for frame in taken:
+                frames[frame.path] = frame
+                files.append(frame.path)
+                names.append(f"{video_name}/{frame.path.name}")
     stats: list[tuple[np.ndarray, np.ndarray]] = []
     predictions = detector.predict(files, threshold=threshold, stats=stats)
     t = predictions[0].threshold
@@ -306,10 +326,13 @@ def predict_to_folder(
                 label=rel,
             )
             save_png(picture, out / overlay_file)
+        frame = frames.get(Path(p.path))
         rows.append(
             {
-                "path": p.path,
+                "path": str(frame.video) if frame else p.path,
                 "name": rel,
+                "frame": frame.index if frame else "",
+                "time_s": round(frame.seconds, 3) if frame and frame.seconds is not None else "",
                 "score": p.score,
                 "normalized_score": round(float(p.normalized_score), 4),
                 "verdict": "fail" if p.is_anomalous else "pass",
@@ -335,7 +358,7 @@ def predict_to_folder(
         "defectscope_version": __version__,
         "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **model_identity(detector),
+        **detector.identity(),
         "threshold_used": t,
         "threshold_given": threshold,
         "colour_scale": list(scale),

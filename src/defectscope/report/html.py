@@ -1,33 +1,81 @@
-"""A self-contained ``report.html`` per run: table, rankings, figures, config and command.
+"""One self-contained ``report.html`` per run: summary, table, confusion matrices, per-defect
+metrics, rankings, figures, configuration and provenance.
 
-The page uses no script and no network: figures are PNG files in ``figures/`` next to it,
-referenced by relative paths, so the run folder can be copied or zipped and opened from disk.
+The page uses no script and no network, and its figures are embedded as ``data:`` URIs: the file
+can be mailed or archived alone. The figures are also kept as PNG files in ``figures/``.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from defectscope.report.table import COLUMNS, RANKED_BY
-from defectscope.results import METRIC_LABELS, CategoryResult
+from defectscope.results import METRIC_LABELS, CategoryResult, outcome_summary
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1360px; color: #222;
+       padding: 0 1em; }
 .wide { overflow-x: auto; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th { background: #f0f0f0; } td:first-child, td:nth-child(2) { text-align: left; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.82em; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+th { background: #f0f0f0; white-space: normal; vertical-align: bottom; max-width: 7em; }
+td:first-child, td:nth-child(2) { text-align: left; }
+table.results th:first-child, table.results td:first-child { position: sticky; left: 0;
+       background: #fff; }
 tr.mean td { font-weight: bold; background: #fafafa; }
-figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; max-width: 46%; }
+figure.wide-fig { max-width: 96%; }
+figcaption { font-size: 0.85em; color: #444; }
 img { max-width: 100%; border: 1px solid #ddd; }
 .notice { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.4em 0.8em;
           margin: 0.3em 0; }
+.alarm { background: #fdecea; border-left: 4px solid #d93025; padding: 0.4em 0.8em;
+         margin: 0.3em 0; }
+.summary { font-size: 1.05em; }
+.meta { color: #555; font-size: 0.9em; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 """
+
+#: captions in words, by figure kind (the figure's key, or its suffix for ranking bars)
+CAPTIONS = {
+    "roc": "ROC curves: how well the scores separate defective from good images (image) and "
+    "defect pixels from good pixels (pixel). The dotted diagonal is chance.",
+    "pro": "Per-region overlap against the false-positive rate on good pixels: how much of each "
+    "defect region is found, region by region, for each rate of false alarms (AUPRO is the area "
+    "up to 0.3).",
+    "histogram": "Image scores of the good and the defective test images, with the pass/fail "
+    "threshold (dashed): parts to the right of it fail.",
+    "examples": "Examples: the most confident detections, the missed defects and the false "
+    "alarms, each with its ground truth, heatmap (the model's fixed colour scale) and the "
+    "pixels above the threshold.",
+    "loss": "Training and validation loss per epoch.",
+    "fit_time": "Seconds to fit each category.",
+    "evaluate_time": "Seconds to score each category's test split and compute its metrics.",
+}
+
+#: headers of the results table, in words that wrap
+HEADERS = {
+    "n_train": "train images",
+    "n_test": "test images",
+    "image_auroc": "image AUROC",
+    "image_f1_best": "image F1 (best)",
+    "image_f1_fixed": "image F1 (model threshold)",
+    "pixel_auroc": "pixel AUROC",
+    "pixel_f1_best": "pixel F1 (best)",
+    "pixel_f1_fixed": "pixel F1 (model threshold)",
+    "aupro_30": "AUPRO (FPR 0.3)",
+    "image_accuracy_fixed": "accuracy (model threshold)",
+    "shortcut_auroc": "trivial-score AUROC",
+    "shortcut": "trivial score",
+    "fit_s": "fit s",
+    "evaluate_s": "evaluate s",
+}
 
 
 def _fmt(value: Any) -> str:
@@ -38,28 +86,131 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _figure(path: str, caption: str) -> str:
+def _caption(name: str) -> str:
+    if name in CAPTIONS:
+        return CAPTIONS[name]
+    for key, label in RANKED_BY.items():
+        if name.endswith(f"_rank_{key}"):
+            return f"{name.split('_rank_')[0]}: categories ranked by {label}, best first."
+    return name.replace("_", " ")
+
+
+def _embed(run: Path | None, path: str) -> str:
+    """A figure as a ``data:`` URI (the page stands alone); its path if it cannot be read."""
+    if run is not None:
+        try:
+            data = (run / path).read_bytes()
+            return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        except OSError:
+            pass
+    return path
+
+
+def _figure(src: str, name: str) -> str:
+    cls = ' class="wide-fig"' if name == "examples" else ""
+    caption = _caption(name)
     return (
-        f'<figure><img src="{html.escape(path)}" alt="{html.escape(caption)}">'
+        f'<figure{cls}><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
     )
 
 
+def chance_warnings(row: dict[str, Any]) -> list[str]:
+    """A sentence per AUROC that is below or near chance (0.5): such a number is not a result
+    to rely on, and below 0.5 the detector ranks good parts above defective ones."""
+    out = []
+    for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC")):
+        value = row.get(key)
+        if value is None:
+            continue
+        where = f"{row['category']} ({row['detector']})"
+        if value < 0.5:
+            out.append(
+                f"{where}: {label} {value:.3f} is below chance: the scores rank good "
+                f"{'parts' if key == 'image_auroc' else 'pixels'} above defective ones"
+            )
+        elif value < 0.6:
+            out.append(f"{where}: {label} {value:.3f} is near chance (0.5): not a usable result")
+    return out
+
+
+def _summary(result: dict[str, Any]) -> list[str]:
+    s = result.get("summary") or outcome_summary(result["images"])
+    defective, good = s["caught"] + s["missed"], s["rejected"] + s["passed"]
+    name = f"{result['category']} ({result['detector']})"
+    threshold = result["threshold"]
+    model = result.get("model") or {}
+    source = (model.get("threshold_source") or {}).get("rule")
+    parts = [
+        f'<p class="summary"><b>{html.escape(name)}</b>: at the model\'s threshold '
+        f"{threshold:.4g}, caught <b>{s['caught']} of {defective}</b> defective parts and "
+        f"rejected <b>{s['rejected']} of {good}</b> good parts."
+        + (f" Threshold from: {html.escape(source)}." if source else "")
+        + "</p>",
+        "<table><caption>confusion matrix (test images)</caption>"
+        "<tr><th></th><th>failed</th><th>passed</th></tr>"
+        f"<tr><td>defective</td><td>{s['caught']} caught</td><td>{s['missed']} missed</td></tr>"
+        f"<tr><td>good</td><td>{s['rejected']} rejected</td><td>{s['passed']} passed</td></tr>"
+        "</table>",
+    ]
+    if s["defect_types"]:
+        parts.append(
+            "<table><caption>per defect type (image AUROC: that type against the good images)"
+            "</caption><tr><th>defect type</th><th>images</th><th>caught</th>"
+            "<th>mean score</th><th>image AUROC</th></tr>"
+        )
+        for d in s["defect_types"]:
+            parts.append(
+                f"<tr><td>{html.escape(d['defect_type'])}</td><td>{d['images']}</td>"
+                f"<td>{d['caught']}</td><td>{d['mean_score']:.4g}</td>"
+                f"<td>{_fmt(d['image_auroc'])}</td></tr>"
+            )
+        parts.append("</table>")
+    return parts
+
+
 def render(
-    payload: dict[str, Any], figures: dict[str, dict[str, str]], meta: dict[str, Any]
+    payload: dict[str, Any],
+    figures: dict[str, dict[str, str]],
+    meta: dict[str, Any],
+    run: Path | None = None,
 ) -> str:
-    """The report page from the ``results.json`` payload, figure paths and run metadata."""
+    """The report page from the ``results.json`` payload, figure paths (relative to ``run``,
+    embedded from there) and run metadata."""
+    from defectscope import __version__
+
     rows = payload["rows"]
+    results = payload.get("results", [])
+    command = " ".join(meta.get("command") or []) or "(Python API)"
+    written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>defectscope report</title>',
         f"<style>{STYLE}</style></head><body>",
         "<h1>defectscope report</h1>",
-        "<h2>Results</h2>",
-        '<div class="wide"><table><thead><tr>'
-        + "".join(f"<th>{c}</th>" for c in COLUMNS)
-        + "</tr></thead><tbody>",
+        f'<p class="meta">defectscope {html.escape(__version__)} &middot; written {written}'
+        f" &middot; command <code>{html.escape(command)}</code></p>",
     ]
+    if meta.get("status") in ("interrupted", "running"):
+        done, planned = len(meta.get("completed", [])), len(meta.get("categories", []))
+        parts.append(
+            f'<div class="alarm">this run was interrupted: it has the results of {done} '
+            f"category/detector pairs of the {planned} categories planned</div>"
+        )
+    for row in rows:
+        if row["category"] != "mean":
+            parts += [f'<div class="alarm">{html.escape(w)}</div>' for w in chance_warnings(row)]
+
+    parts.append("<h2>Summary</h2>")
+    for result in results:
+        parts += _summary(result)
+
+    parts.append("<h2>Results</h2>")
+    parts.append(
+        '<div class="wide"><table class="results"><thead><tr>'
+        + "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in COLUMNS)
+        + "</tr></thead><tbody>"
+    )
     for row in rows:
         cls = ' class="mean"' if row["category"] == "mean" else ""
         parts.append(
@@ -67,43 +218,52 @@ def render(
         )
     parts.append("</tbody></table></div>")
     parts.append(
-        "<p>"
+        '<p class="meta">'
         + "<br>".join(f"<b>{k}</b>: {html.escape(v)}" for k, v in METRIC_LABELS.items())
         + "</p>"
     )
     for notice in dict.fromkeys(payload.get("notices", [])):
-        parts.append(f'<div class="notice">{html.escape(notice)}</div>')
-    if meta.get("status") in ("interrupted", "running"):
-        done, planned = len(meta.get("completed", [])), len(meta.get("categories", []))
-        parts.append(
-            f'<div class="notice">this run was interrupted: it has the results of {done} '
-            f"category/detector pairs of the {planned} categories planned</div>"
-        )
+        cls = "alarm" if notice.startswith(("warning:", "shift:")) else "notice"
+        parts.append(f'<div class="{cls}">{html.escape(notice)}</div>')
     for failure in meta.get("failures", []):
-        parts.append(f'<div class="notice">failed: {html.escape(failure)}</div>')
+        parts.append(f'<div class="alarm">failed: {html.escape(failure)}</div>')
 
-    parts.append("<h2>Rankings</h2>")
-    for detector, per_metric in payload["rankings"].items():
-        for key, entries in per_metric.items():
-            parts.append(f"<h3>{html.escape(detector)}: by {RANKED_BY[key]}</h3><ol>")
-            ranked = [e for e in entries if e["rank"] is not None]
-            parts += [f"<li>{html.escape(e['category'])}: {_fmt(e['value'])}</li>" for e in ranked]
-            parts.append("</ol>")
-            unranked = [html.escape(e["category"]) for e in entries if e["rank"] is None]
-            if unranked:
-                parts.append(f"<p>not ranked (n/a): {', '.join(unranked)}</p>")
+    categories = {r["category"] for r in rows if r["category"] != "mean"}
+    if len(categories) > 1:
+        parts.append("<h2>Rankings</h2>")
+        for detector, per_metric in payload["rankings"].items():
+            for key, entries in per_metric.items():
+                parts.append(f"<h3>{html.escape(detector)}: by {RANKED_BY[key]}</h3><ol>")
+                ranked = [e for e in entries if e["rank"] is not None]
+                parts += [
+                    f"<li>{html.escape(e['category'])}: {_fmt(e['value'])}</li>" for e in ranked
+                ]
+                parts.append("</ol>")
+                unranked = [html.escape(e["category"]) for e in entries if e["rank"] is None]
+                if unranked:
+                    parts.append(f"<p>not ranked (n/a): {', '.join(unranked)}</p>")
     overview = figures.get("", {})
     if overview:
         parts.append("<h2>Overview</h2>")
-        parts += [_figure(p, name.replace("_", " ")) for name, p in overview.items()]
+        parts += [_figure(_embed(run, p), name) for name, p in overview.items()]
     for section, figs in figures.items():
         if not section:
             continue
         parts.append(f"<h2>{html.escape(section)}</h2>")
-        parts += [_figure(p, name) for name, p in figs.items()]
+        parts += [_figure(_embed(run, p), name) for name, p in figs.items()]
 
+    parts.append("<h2>Models</h2><ul>")
+    for result in results:
+        model = result.get("model") or {}
+        sha = model.get("model_sha256")
+        parts.append(
+            f"<li>{html.escape(result['category'])} ({html.escape(result['detector'])}): "
+            f"{html.escape(str(model.get('model') or 'not saved'))}"
+            + (f", SHA-256 <code>{sha}</code>" if sha else "")
+            + "</li>"
+        )
+    parts.append("</ul>")
     parts.append("<h2>Configuration</h2>")
-    command = " ".join(meta.get("command") or []) or "(Python API)"
     parts.append(f"<p>Command: <code>{html.escape(command)}</code></p>")
     parts.append(
         f"<pre>{html.escape(json.dumps(meta.get('params', {}), indent=2, default=str))}</pre>"
@@ -153,5 +313,5 @@ def rebuild_report(run: Path, meta: dict[str, Any] | None = None) -> Path:
     figures_file = run / "figures.json"
     figures = json.loads(figures_file.read_text()) if figures_file.is_file() else {}
     path = run / "report.html"
-    path.write_text(render(payload, figures, meta))
+    path.write_text(render(payload, figures, meta, run))
     return path

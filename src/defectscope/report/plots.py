@@ -28,7 +28,10 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def color_scale(result: CategoryResult) -> tuple[float, float]:
-    """One ``(vmin, vmax)`` for every heatmap of a category: 1st percentile to maximum."""
+    """The model's colour scale, fixed at fit time (the same in every figure, overlay and page);
+    for models saved before it was recorded, the category's 1st percentile to its maximum."""
+    if result.colour_scale is not None:
+        return result.colour_scale
     maps = result.maps
     return float(np.percentile(maps[:, ::4, ::4], 1)), float(max(maps.max(), result.threshold))
 
@@ -159,7 +162,7 @@ def example_grid(result: CategoryResult, path: Path, per_group: int = 3) -> Path
         ax=axes.ravel().tolist(),
         fraction=0.03,
         pad=0.02,
-        label="anomaly score (one scale per category)",
+        label="anomaly score (the model's fixed colour scale)",
     )
     fig.suptitle(f"{result.category} ({result.detector}): threshold {result.threshold:.3g}")
     return _save(fig, path)

@@ -1,0 +1,1 @@
+"""``defectscope serve``: a FastAPI service and an operator page (optional extra ``serve``)."""

@@ -1,0 +1,264 @@
+"""The HTTP service: one model loaded once, micro-batched predictions, an operator page.
+
+Routes: ``GET /health`` (never needs a key), ``GET /model``, ``POST /predict`` and ``GET /``
+(the page). Every bad request gets a 4xx with ``{"error": "..."}``, never a 500; a full queue gets
+503 with ``Retry-After``. With an API key set, every route but ``/health`` needs it (header
+``X-API-Key``, ``Authorization: Bearer KEY``, or ``?api_key=`` for the page). No route serves
+files: the page is a string in :mod:`defectscope.serve.page`.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route signatures at run time.
+import asyncio
+import base64
+import io
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from defectscope.errors import DataError, DefectscopeError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send, and how the batcher shares the model."""
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_images: int = 16
+    max_queue: int = 64
+    max_batch: int = 8
+    max_wait: float = 0.01
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _status_of(error: DataError) -> int:
+    text = str(error)
+    if "not an image" in text:
+        return 415
+    if "over the limit" in text or "decompression bomb" in text:
+        return 413
+    return 422
+
+
+def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits = Limits()):
+    """A FastAPI application serving ``model`` (a run folder, ``.safetensors`` or exported
+    ``.onnx``: the ``.onnx`` file needs no torch)."""
+    from contextlib import asynccontextmanager
+
+    from defectscope import __version__
+    from defectscope.data.images import decode_image
+    from defectscope.engine.persistence import load
+    from defectscope.serve.batcher import MicroBatcher, QueueFull
+    from defectscope.serve.page import PAGE
+
+    scorer = load(model, progress=False)
+    size = scorer.image_size
+    # the first call builds sessions and caches; pay it now, not in the first request
+    scorer.score([np.zeros((size, size, 3), dtype=np.uint8)])
+    batcher = MicroBatcher(
+        scorer, max_batch=limits.max_batch, max_wait=limits.max_wait, max_queue=limits.max_queue
+    )
+    identity = scorer.identity()
+    on_map = bool(scorer.fit_info_.get("threshold_on_map", True))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="defectscope", version=__version__, lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.scorer = scorer
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        where = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return JSONResponse({"error": f"invalid request: {where}"}, status_code=422)
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key") or request.query_params.get("api_key")
+        auth = request.headers.get("authorization", "")
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not given or not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise ApiError(401, "missing or wrong API key (header X-API-Key)")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/model")
+    async def model_info(request: Request):
+        check_key(request)
+        config = getattr(scorer, "config_", None)
+        return {
+            **identity,
+            "defectscope_version": __version__,
+            "image_size": size,
+            "colour_scale": scorer.colour_scale,
+            "score_scale": scorer.fit_info_.get("score_scale"),
+            "threshold_on_map": on_map,
+            "config": config.to_dict() if config is not None else scorer.metadata.get("config"),
+            "limits": limits.__dict__,
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page(request: Request):
+        check_key(request)
+        return PAGE
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_upload_bytes:
+            raise ApiError(
+                413,
+                f"request of {int(declared):,} bytes is over the limit of "
+                f"{limits.max_upload_bytes:,}",
+            )
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limits.max_upload_bytes:
+                raise ApiError(
+                    413, f"request is over the limit of {limits.max_upload_bytes:,} bytes"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def uploads(request: Request) -> list[tuple[str, bytes]]:
+        body = await read_body(request)
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            request._body = body  # parse what was read (and limited) above
+            try:
+                form = await request.form(max_files=limits.max_images + 1, max_fields=100)
+            except Exception as exc:  # noqa: BLE001 - a malformed form is the client's error
+                raise ApiError(400, f"malformed multipart body: {exc}") from exc
+            files = [
+                (v.filename or k, await v.read())
+                for k, v in form.multi_items()
+                if hasattr(v, "read")
+            ]
+        elif body:
+            files = [(request.query_params.get("name") or "upload", body)]
+        else:
+            files = []
+        if not files:
+            raise ApiError(
+                400, "no image in the request: send multipart files, or an image as the raw body"
+            )
+        if len(files) > limits.max_images:
+            raise ApiError(
+                413, f"{len(files)} images in one request; the limit is {limits.max_images}"
+            )
+        return files
+
+    def decode(name: str, data: bytes) -> np.ndarray:
+        try:
+            return decode_image(data, None, name)
+        except DataError as exc:
+            raise ApiError(_status_of(exc), str(exc)) from exc
+
+    def describe(name, image, score, amap, threshold, want_overlay) -> dict[str, Any]:
+        from defectscope.regions import find_regions
+
+        height, width = image.shape[:2]
+        regions = find_regions(amap, threshold, (width, height)) if on_map else []
+        normalized = float(scorer.normalize([score], threshold)[0])
+        out = {
+            "name": name,
+            "score": float(score),
+            "normalized_score": round(normalized, 4),
+            "verdict": "fail" if score > threshold else "pass",
+            "is_anomalous": bool(score > threshold),
+            "threshold": threshold,
+            "width": width,
+            "height": height,
+            "regions": [r.to_dict() for r in regions],
+        }
+        if want_overlay:
+            from PIL import Image
+
+            from defectscope.report.visualize import annotated_overlay
+
+            scale = scorer.colour_scale or (float(amap.min()), float(max(amap.max(), threshold)))
+            picture = annotated_overlay(
+                image,
+                amap,
+                scale,
+                score=float(score),
+                normalized=normalized,
+                threshold=threshold,
+                threshold_on_map=on_map,
+                regions=regions,
+                label=name,
+            )
+            buffer = io.BytesIO()
+            Image.fromarray(picture).save(buffer, format="PNG")
+            out["overlay_png_base64"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return out
+
+    @app.post("/predict")
+    async def predict(request: Request, overlay: bool = False, threshold: float | None = None):
+        check_key(request)
+        if threshold is not None and not np.isfinite(threshold):
+            raise ApiError(422, "threshold must be a finite number")
+        t = float(scorer.threshold_ if threshold is None else threshold)
+        files = await uploads(request)
+        images = [await run_in_threadpool(decode, name, data) for name, data in files]
+        try:
+            future = batcher.submit(images)
+        except QueueFull as exc:
+            raise ApiError(503, f"busy: {exc}; retry shortly", {"Retry-After": "1"}) from exc
+        try:
+            scores, maps = await asyncio.wrap_future(future)
+        except DefectscopeError as exc:
+            raise ApiError(422, str(exc)) from exc
+        results = [
+            await run_in_threadpool(describe, name, image, s, m, t, overlay)
+            for (name, _), image, s, m in zip(files, images, scores, maps)
+        ]
+        return {
+            "results": results,
+            "model_sha256": identity["model_sha256"],
+            "detector": identity["detector"],
+        }
+
+    return app
+
+
+def serve(
+    model: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    limits: Limits = Limits(),
+    quiet: bool = False,
+) -> None:
+    """Load ``model`` and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(model, api_key=api_key, limits=limits)
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet
+    )

@@ -1,0 +1,116 @@
+"""The operator page served at ``/``: plain HTML, CSS and JavaScript, no CDN, no network
+beyond this server."""
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>defectscope inspection</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 1em 2em; color: #222; }
+#drop { border: 2px dashed #888; padding: 1.2em; text-align: center; margin: 0.8em 0;
+        border-radius: 6px; }
+#drop.over { background: #eef6ff; }
+#controls { display: flex; gap: 1.5em; align-items: center; flex-wrap: wrap; }
+#results { display: flex; flex-wrap: wrap; gap: 1em; }
+.card { border: 1px solid #ccc; border-radius: 6px; padding: 0.5em; width: 320px; }
+.card img { width: 100%; }
+.verdict { font-weight: bold; padding: 0.1em 0.5em; border-radius: 4px; color: #fff; }
+.fail { background: #c8261e; } .pass { background: #1e8a3c; }
+#history { font-size: 0.9em; } #error { color: #c8261e; }
+</style></head><body>
+<h1>defectscope inspection</h1>
+<div id="model">loading model...</div>
+<div id="drop">Drop images here, or <input type="file" id="files" multiple accept="image/*"></div>
+<div id="controls">
+  <label>threshold <input type="range" id="threshold" min="0" max="1" step="any">
+  <output id="threshold-value"></output></label>
+  <button id="reset">model threshold</button>
+  <span id="counts"></span>
+</div>
+<div id="error" role="alert"></div>
+<div id="results"></div>
+<h2>Last results</h2><ol id="history"></ol>
+<script>
+const params = new URLSearchParams(location.search);
+const key = params.get("api_key");
+const headers = key ? {"X-API-Key": key} : {};
+let model = null;
+let shown = [];
+const slider = document.getElementById("threshold");
+const sliderValue = document.getElementById("threshold-value");
+
+function threshold() { return parseFloat(slider.value); }
+
+function render() {
+  const t = threshold();
+  sliderValue.textContent = t.toPrecision(4);
+  let failed = 0;
+  for (const item of shown) {
+    const fail = item.score > t;
+    failed += fail;
+    item.badge.textContent = fail ? "FAIL" : "pass";
+    item.badge.className = "verdict " + (fail ? "fail" : "pass");
+  }
+  document.getElementById("counts").textContent =
+      shown.length ? failed + " of " + shown.length + " shown failed at " + t.toPrecision(4) : "";
+}
+
+async function loadModel() {
+  const response = await fetch("/model", {headers});
+  model = await response.json();
+  if (!response.ok) { document.getElementById("model").textContent = model.error; return; }
+  const t = model.threshold;
+  const spread = (model.score_scale && model.score_scale.spread) || Math.abs(t) || 1;
+  slider.min = t - 4 * spread; slider.max = t + 4 * spread; slider.value = t;
+  document.getElementById("model").textContent = model.detector + " model, threshold " +
+      t.toPrecision(4) + ", SHA-256 " + (model.model_sha256 || "n/a").slice(0, 12);
+  render();
+}
+
+async function send(files) {
+  document.getElementById("error").textContent = "";
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  const response = await fetch("/predict?overlay=true", {method: "POST", body: form, headers});
+  const body = await response.json();
+  if (!response.ok) { document.getElementById("error").textContent = body.error; return; }
+  for (const r of body.results) {
+    const card = document.createElement("div");
+    card.className = "card";
+    const img = document.createElement("img");
+    img.src = "data:image/png;base64," + r.overlay_png_base64;
+    img.alt = "heatmap of " + r.name;
+    const line = document.createElement("div");
+    const badge = document.createElement("span");
+    line.append(badge, " " + r.name + "  score " + r.score.toPrecision(4) +
+                " (" + r.normalized_score.toFixed(2) + "), " + r.regions.length + " regions");
+    card.append(img, line);
+    document.getElementById("results").prepend(card);
+    shown.push({score: r.score, badge: badge});
+    // the slider covers every shown score, so any verdict can be flipped
+    const margin = 0.5 * ((model.score_scale && model.score_scale.spread) || 1);
+    slider.max = Math.max(parseFloat(slider.max), r.score + margin);
+    slider.min = Math.min(parseFloat(slider.min), r.score - margin);
+    const entry = document.createElement("li");
+    entry.textContent = new Date().toLocaleTimeString() + " " + r.name + ": " + r.verdict +
+        " " + r.score.toPrecision(4);
+    const history = document.getElementById("history");
+    history.prepend(entry);
+    while (history.children.length > 50) history.lastChild.remove();
+  }
+  render();
+}
+
+slider.addEventListener("input", render);
+document.getElementById("reset").addEventListener("click", () => {
+  slider.value = model.threshold; render();
+});
+document.getElementById("files").addEventListener("change", e => send(e.target.files));
+const drop = document.getElementById("drop");
+drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", e => {
+  e.preventDefault(); drop.classList.remove("over"); send(e.dataTransfer.files);
+});
+loadModel();
+</script>
+</body></html>
+"""

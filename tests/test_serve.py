@@ -1,0 +1,256 @@
+"""The HTTP service: every route and every error with FastAPI's test client, the operator page
+in headless Chromium (Playwright), and a server on an exported model that imports no torch."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the serve extra: pip install 'defectscope[serve]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from defectscope.cli import main  # noqa: E402
+from defectscope.serve.app import Limits, create_app  # noqa: E402
+
+from .conftest import PADIM_ARGS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def onnx_model(texture, tmp_path_factory):
+    project = tmp_path_factory.mktemp("serve")
+    assert main(["fit", "--data", str(texture), "--project", str(project), *PADIM_ARGS]) == 0
+    run = project / "fit" / "texture"
+    assert main(["export", "--model", str(run), "-q"]) == 0
+    return run / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def client(onnx_model):
+    with TestClient(create_app(onnx_model)) as c:
+        yield c
+
+
+def png(path) -> bytes:
+    return path.read_bytes()
+
+
+def test_health_and_model(client, onnx_model):
+    from defectscope.digest import file_sha256
+
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/model").json()
+    assert info["detector"] == "padim" and info["image_size"] == 64
+    assert info["model_sha256"] == file_sha256(onnx_model)
+    assert info["threshold"] > 0 and info["colour_scale"][0] < info["colour_scale"][1]
+
+
+def test_predict_matches_the_library(client, onnx_model, texture):
+    import defectscope
+
+    files = (
+        sorted((texture / "test" / "scratch").glob("*.png"))[:2]
+        + sorted((texture / "test" / "good").glob("*.png"))[:1]
+    )
+    response = client.post(
+        "/predict", files=[("files", (p.name, png(p), "image/png")) for p in files]
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    expected = defectscope.load(onnx_model).predict(files)
+    assert [r["score"] for r in results] == pytest.approx([p.score for p in expected], rel=1e-6)
+    assert [r["verdict"] == "fail" for r in results] == [p.is_anomalous for p in expected]
+    assert all(set(r) >= {"normalized_score", "threshold", "regions"} for r in results)
+
+    raw = client.post(
+        "/predict?overlay=true", content=png(files[0]), headers={"content-type": "image/png"}
+    )
+    [one] = raw.json()["results"]
+    assert one["score"] == pytest.approx(results[0]["score"], rel=1e-6)
+    overlay = Image.open(io.BytesIO(base64.b64decode(one["overlay_png_base64"])))
+    assert overlay.size[0] > 64 and overlay.size[1] > 64  # the image plus banner and colour bar
+
+    flipped = client.post(f"/predict?threshold={one['score'] + 1}", content=png(files[0]))
+    assert flipped.json()["results"][0]["verdict"] == "pass"
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, message",
+    [
+        ({"content": b""}, 400, "no image in the request"),
+        ({"content": b"not an image at all"}, 415, "not an image PIL can read"),
+        ({"files": [("files", ("a.txt", b"hello", "text/plain"))]}, 415, "not an image"),
+        ({"content": b"\x89PNG\r\n\x1a\n" + b"\0" * 40}, 415, "not an image"),
+        ({"params": {"threshold": "abc"}, "content": b"x"}, 422, "invalid request"),
+        ({"params": {"threshold": "nan"}, "content": b"x"}, 422, "finite"),
+    ],
+)
+def test_bad_requests_get_4xx_json(client, kwargs, status, message):
+    response = client.post("/predict", **kwargs)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_tiny_image_and_limits(onnx_model, texture):
+    image = sorted((texture / "test" / "good").glob("*.png"))[0]
+    tiny = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(tiny, format="PNG")
+    limits = Limits(max_upload_bytes=30_000, max_images=2, max_queue=2)
+    with TestClient(create_app(onnx_model, limits=limits)) as c:
+        r = c.post("/predict", content=tiny.getvalue())
+        assert r.status_code == 422 and "at least 16 pixels" in r.json()["error"]
+        many = [("files", (f"{i}.png", png(image), "image/png")) for i in range(3)]
+        r = c.post("/predict", files=many)
+        assert r.status_code == 413 and "the limit is 2" in r.json()["error"]
+        big = c.post("/predict", content=b"\0" * 40_000)
+        assert big.status_code == 413 and "over the limit" in big.json()["error"]
+
+
+def test_queue_full_is_503_with_retry_after(onnx_model, texture):
+    from defectscope.serve.batcher import QueueFull
+
+    image = sorted((texture / "test" / "good").glob("*.png"))[0]
+    with TestClient(create_app(onnx_model)) as c:
+        batcher = c.app.state.batcher
+
+        def full(images):
+            raise QueueFull("64 images are waiting (limit 64)")
+
+        batcher.submit = full
+        r = c.post("/predict", content=png(image))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "busy" in r.json()["error"]
+
+
+def test_api_key(onnx_model, texture):
+    image = sorted((texture / "test" / "good").glob("*.png"))[0]
+    with TestClient(create_app(onnx_model, api_key="s3cret")) as c:
+        assert c.get("/health").status_code == 200
+        for route in ("/model", "/"):
+            assert c.get(route).status_code == 401
+        assert c.post("/predict", content=png(image)).status_code == 401
+        wrong = c.get("/model", headers={"X-API-Key": "nope"})
+        assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
+        assert c.get("/model", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        ok = c.post("/predict", content=png(image), headers={"X-API-Key": "s3cret"})
+        assert ok.status_code == 200
+        assert c.get("/?api_key=s3cret").status_code == 200
+
+
+def test_concurrent_requests_are_batched(onnx_model, texture):
+    images = sorted((texture / "test").rglob("*.png"))
+    with TestClient(create_app(onnx_model, limits=Limits(max_wait=0.05))) as c:
+        alone = {
+            p.name + p.parent.name: c.post("/predict", content=png(p)).json()["results"][0]
+            for p in images
+        }
+        batcher = c.app.state.batcher
+        before = batcher.batches
+        out = {}
+
+        def post(p):
+            out[p.name + p.parent.name] = c.post("/predict", content=png(p)).json()["results"][0]
+
+        threads = [threading.Thread(target=post, args=(p,)) for p in images]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert batcher.batches - before < len(images)  # some requests shared a model call
+        for k, r in out.items():  # batching does not change a score
+            assert r["score"] == pytest.approx(alone[k]["score"], rel=1e-5)
+
+
+def test_server_on_exported_model_imports_no_torch(onnx_model, texture):
+    image = sorted((texture / "test" / "good").glob("*.png"))[0]
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from fastapi.testclient import TestClient
+        from defectscope.serve.app import create_app
+        with TestClient(create_app({str(onnx_model)!r})) as c:
+            r = c.post("/predict?overlay=true", content=open({str(image)!r}, "rb").read())
+            assert r.status_code == 200, r.text
+        print("torch" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(onnx_model):
+    import uvicorn
+
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(onnx_model), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the server did not start within 30 s"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_operator_page_in_headless_chromium(live_server, texture, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip(
+            "headless Chromium not installed (Debian package 'chromium'; .ci/run installs it)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    # a synthetic part with a bright scratch the model has never seen
+    part = np.asarray(
+        Image.open(sorted((texture / "test" / "good").glob("*.png"))[0]).convert("RGB")
+    ).copy()
+    part[20:26, 8:56] = 255
+    upload = tmp_path / "scratched.png"
+    Image.fromarray(part).save(upload)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(live_server + "/", timeout=30_000)
+            page.wait_for_selector("#model:has-text('padim model')", timeout=30_000)
+            page.set_input_files("#files", str(upload))
+            badge = page.locator(".card .verdict").first
+            badge.wait_for(timeout=30_000)
+            assert badge.inner_text() == "FAIL"
+            assert page.evaluate(
+                "() => { const i = document.querySelector('.card img');"
+                " return i.complete && i.naturalWidth > 64; }"
+            )
+            page.locator("#threshold").fill(page.get_attribute("#threshold", "max"))
+            assert badge.inner_text() == "pass"  # the slider re-classifies without a request
+            page.click("#reset")
+            assert badge.inner_text() == "FAIL"
+            assert page.locator("#history li").count() == 1
+        finally:
+            browser.close()
