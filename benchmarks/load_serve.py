@@ -152,10 +152,10 @@ def main() -> None:
         for body in bodies[:8]:  # warm-up
             httpx.post(base + "/predict", content=body, timeout=60)
         rss_start = rss_mib(server.pid)
-        rows = [
-            run_level(base + "/predict", bodies, c, args.requests, args.seconds)
-            for c in args.levels
-        ]
+        rows = []
+        for c in args.levels:
+            rows.append(run_level(base + "/predict", bodies, c, args.requests, args.seconds))
+            rows[-1]["rss_mib"] = rss_mib(server.pid)
         rss_end = rss_mib(server.pid)
     finally:
         server.terminate()
@@ -167,13 +167,16 @@ def main() -> None:
         f"{predict_wall:.1f} s, {predict_rate:.2f} img/s"
     )
     print(f"server RSS after warm-up {rss_start:.0f} MiB, after all levels {rss_end:.0f} MiB\n")
-    print("| clients | requests | seconds | img/s | vs predict | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| clients | requests | seconds | img/s | vs predict | p50 ms | p99 ms | errors "
+        "| server RSS after, MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['clients']} | {r['requests']} | {r['seconds']:.1f} | {r['throughput']:.2f} "
             f"| {r['throughput'] / predict_rate:.0%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
-            f"| {r['errors']} |"
+            f"| {r['errors']} | {r['rss_mib']:.0f} |"
         )
 
 

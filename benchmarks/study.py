@@ -40,6 +40,22 @@ SETTINGS = [
     ("padim illumination standardize", "padim", {"illumination": "standardize"}),
     ("padim illumination local", "padim", {"illumination": "local"}),
     ("patchcore lite1", "patchcore", {"backbone": "efficientnet_lite1"}),
+    # 15-: after held-out images joined the bank (union of coresets) and the 0.95 threshold rule
+    ("patchcore default, held-out images in the bank", "patchcore", {}),
+    (
+        "patchcore layers blocks.1+2+4",
+        "patchcore",
+        {"layers": ["blocks.1", "blocks.2", "blocks.4"]},
+    ),
+    ("patchcore layers blocks.2+3", "patchcore", {"layers": ["blocks.2", "blocks.3"]}),
+    ("patchcore coreset 5%", "patchcore", {"coreset_ratio": 0.05}),
+    ("patchcore 448 px", "patchcore", {"image_size": 448}),
+    ("patchcore neighbourhood 5", "patchcore", {"neighbourhood": 5}),
+    (
+        "patchcore layers blocks.2+3+4",
+        "patchcore",
+        {"layers": ["blocks.2", "blocks.3", "blocks.4"]},
+    ),
 ]
 
 CHILD = """

@@ -84,3 +84,58 @@ def test_metric_errors():
         metrics.auroc([True, False], [0.1])
     with pytest.raises(ValueError, match="at least one defect region"):
         metrics.aupro(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 4)))
+
+
+def _pixel_data(seed=0):
+    rng = np.random.default_rng(seed)
+    maps = rng.normal(size=(12, 48, 48)).astype(np.float32)
+    masks = np.zeros(maps.shape, dtype=bool)
+    masks[::2, 5:20, 10:30] = True
+    masks[1::3, 30:40, 2:9] = True
+    maps[masks] += 1.2
+    maps[3, :4, :4] = 7.0  # ties across images
+    maps[7, :4, :4] = 7.0
+    return maps, masks
+
+
+@pytest.mark.parametrize("batch", [1, 5, 12])
+def test_streaming_pixel_metrics_exact_mode_equals_the_exact_computation(batch):
+    from sklearn.metrics import roc_auc_score
+
+    from defectscope.metrics import PixelAccumulator, aupro, f1_at, roc_summary
+
+    maps, masks = _pixel_data()
+    acc = PixelAccumulator(threshold=1.0, drop_bits=0)
+    for i in range(0, len(maps), batch):
+        acc.update(maps[i : i + batch], masks[i : i + batch])
+    got = acc.result()
+    assert got.auroc == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert got.auroc_bound == 0.0
+    assert got.best_f1 == pytest.approx(roc_summary(masks, maps).best_f1, abs=1e-12)
+    assert got.f1_fixed == pytest.approx(f1_at(masks, maps, 1.0), abs=1e-12)
+    assert got.aupro == pytest.approx(aupro(masks, maps), abs=1e-12)
+
+
+def test_streaming_pixel_metrics_binned_error_is_within_its_bound():
+    from sklearn.metrics import roc_auc_score
+
+    from defectscope.metrics import PixelAccumulator, aupro
+
+    maps, masks = _pixel_data(1)
+    acc = PixelAccumulator(threshold=0.5)  # default binning
+    for i in range(0, len(maps), 4):
+        acc.update(maps[i : i + 4], masks[i : i + 4])
+    got = acc.result()
+    exact = roc_auc_score(masks.ravel(), maps.ravel())
+    assert abs(got.auroc - exact) <= got.auroc_bound + 1e-12
+    assert got.auroc_bound <= 1e-4  # the documented bound for the default resolution
+    assert got.aupro == pytest.approx(aupro(masks, maps), abs=1e-3)
+
+
+def test_float_keys_preserve_order_across_signs():
+    from defectscope.metrics import float_keys
+
+    values = np.array([-3.5, -1.0, -1e-30, 0.0, 1e-30, 0.5, 2.0, 1e30], dtype=np.float32)
+    keys = float_keys(values, 0)
+    assert np.all(np.diff(keys) > 0)
+    assert np.all(np.diff(float_keys(values, 8)) >= 0)

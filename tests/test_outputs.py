@@ -139,3 +139,19 @@ def test_model_file_copy_keeps_fixed_scales(model_file, tmp_path):
     low, high = model.colour_scale
     assert low < high
     assert model.fit_info_["score_scale"]["spread"] > 0
+
+
+def test_label_components_matches_scipy():
+    from scipy import ndimage
+
+    from defectscope.regions import label_components
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        mask = rng.random((h, w)) < rng.random()
+        ours, n_ours = label_components(mask)
+        theirs, n_theirs = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        assert n_ours == n_theirs
+        assert len(set(zip(ours[mask].tolist(), theirs[mask].tolist()))) == n_ours  # same sets
+        assert ((ours > 0) == mask).all()

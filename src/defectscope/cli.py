@@ -562,10 +562,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s: %(message)s",
     )
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    import contextlib
 
+    redirect = contextlib.nullcontext()
+    if not args.quiet:  # bars only then; the import costs 0.1 s
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        redirect = logging_redirect_tqdm()
     try:
-        with logging_redirect_tqdm():  # a log line never breaks a progress bar
+        with redirect:  # a log line never breaks a progress bar
             return COMMANDS[args.verb](args)
     except DefectscopeError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the parser said

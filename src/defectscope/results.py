@@ -77,10 +77,11 @@ class CategoryResult:
     """Metrics and per-image outcomes of one detector on one category.
 
     ``metrics`` maps each name in :data:`METRICS` to a float, or None where it cannot be computed
-    (pixel metrics without masks); ``notices`` says why. ``maps`` (N, S, S), ``masks``
-    (N, S, S) or None, and ``curves`` (thinned ``(x, y)`` of ``image_roc``, ``pixel_roc`` and
-    ``pro``) are kept in memory for the figures and are not serialised. Built once, complete:
-    use :func:`dataclasses.replace` for a variant.
+    (pixel metrics without masks); ``notices`` says why. ``example_maps`` (image index ->
+    ``(S, S)`` map) and ``example_masks`` (or None without ground truth) hold only the images of
+    :func:`pick_examples`; they and ``curves`` (thinned ``(x, y)`` of ``image_roc``,
+    ``pixel_roc`` and ``pro``) are kept in memory for the figures and are not serialised.
+    Built once, complete: use :func:`dataclasses.replace` for a variant.
     """
 
     category: str
@@ -92,15 +93,15 @@ class CategoryResult:
     fit_seconds: float | None = None
     evaluate_seconds: float | None = None
     n_train: int | None = None
-    maps: np.ndarray | None = field(default=None, repr=False)
-    masks: np.ndarray | None = field(default=None, repr=False)
+    example_maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    example_masks: dict[int, np.ndarray] | None = field(default=None, repr=False)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
     colour_scale: tuple[float, float] | None = None
     model: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        skip = ("maps", "masks", "curves", "images")
+        skip = ("example_maps", "example_masks", "curves", "images")
         out = {k: v for k, v in asdict(self).items() if k not in skip}
         out["n_test"] = len(self.images)
         out["images"] = [asdict(r) for r in self.images]
@@ -143,3 +144,20 @@ def outcome_summary(images: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     return out
+
+
+def pick_examples(
+    images: list[ImageResult], threshold: float, per_group: int = 3
+) -> list[tuple[str, int]]:
+    """``(group, index)`` of the images an example figure shows: the most confident detections,
+    the missed defects (lowest scores first) and the false alarms (highest first)."""
+    scores = np.array([r.score for r in images])
+    labels = np.array([r.is_anomalous for r in images])
+    flagged = scores > threshold
+    order = np.argsort(-scores, kind="stable")
+    groups = [
+        ("detected", [i for i in order if labels[i] and flagged[i]][:per_group]),
+        ("missed", [i for i in order[::-1] if labels[i] and not flagged[i]][:per_group]),
+        ("false alarm", [i for i in order if not labels[i] and flagged[i]][:per_group]),
+    ]
+    return [(name, int(i)) for name, idx in groups for i in idx]

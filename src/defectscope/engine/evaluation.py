@@ -23,7 +23,7 @@ from defectscope.engine.shortcuts import (
     shortcut_notice,
 )
 from defectscope.errors import DataError
-from defectscope.results import METRICS, CategoryResult, ImageResult
+from defectscope.results import METRICS, CategoryResult, ImageResult, pick_examples
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ def compute_metrics(
 def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResult:
     """Score the test split of ``category`` with a fitted ``detector`` and compute metrics.
 
+    Streaming: maps and masks are consumed batch by batch (pixel metrics accumulate in a
+    :class:`~defectscope.metrics.PixelAccumulator`), so memory does not grow with the number of
+    test images; the few images the example figure draws are scored again at the end.
     Categories or defect types without ``ground_truth`` are evaluated at image level; the
     result's ``notices`` say what was skipped.
     """
@@ -81,9 +84,38 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
         raise DataError(f"{category.root}/test holds no images; nothing to evaluate")
     notices = list(category.notices)
     start = time.perf_counter()
-    stats: list[tuple[np.ndarray, np.ndarray]] = []
-    scored = detector.score([s.path for s in samples], stats=stats)
     labels = np.array([s.is_anomalous for s in samples])
+    if not labels.any() or labels.all():
+        notices.append(
+            f"{category.name}: test split has only {'defective' if labels.all() else 'good'} "
+            "images; image AUROC needs both"
+        )
+    pixel = np.array([not s.is_anomalous or s.mask_path is not None for s in samples])
+    has_pixel = any(s.mask_path for s in samples)
+    size = detector.image_size
+    threshold = float(detector.threshold_)
+    accumulator = metrics.PixelAccumulator(threshold) if has_pixel else None
+    empty: list[str] = []
+
+    def masks_of(rows: range) -> np.ndarray:
+        out = np.zeros((len(rows), size, size), dtype=bool)
+        for j, i in enumerate(rows):
+            if samples[i].mask_path:
+                out[j] = load_mask(samples[i].mask_path, size, image_path=samples[i].path)
+                if not out[j].any():
+                    empty.append(samples[i].path.name)
+        return out
+
+    stats: list[tuple[np.ndarray, np.ndarray]] = []
+    scores = np.empty(len(samples), dtype=np.float32)
+    for idx, batch_scores, batch_maps in detector.iter_scores(
+        [s.path for s in samples], stats=stats
+    ):
+        scores[idx.start : idx.stop] = batch_scores
+        if accumulator is not None:
+            keep = pixel[idx.start : idx.stop]
+            masks = masks_of(idx)
+            accumulator.update(batch_maps[keep], masks[keep])
     means, stds = (np.concatenate(parts) for parts in zip(*stats))
     train = detector.training_intensity
     shortcuts = shortcut_aurocs(labels, means, stds, train)
@@ -94,23 +126,10 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
     notices += format_notices(f"{category.name}/test ", formats, detector.fit_info_.get("formats"))
     notices += shift_notices(f"{category.name}/test/", good, train)
     notices += shift_notices(f"{category.name}/test/", defective, train, contrast=False)
-    if not labels.any() or labels.all():
-        notices.append(
-            f"{category.name}: test split has only {'defective' if labels.all() else 'good'} "
-            "images; image AUROC needs both"
-        )
-    pixel_rows = [i for i, s in enumerate(samples) if not s.is_anomalous or s.mask_path]
-    has_pixel = any(samples[i].mask_path for i in pixel_rows)
-    masks = None
-    if has_pixel:
-        size = detector.image_size
-        masks = np.zeros((len(samples), size, size), dtype=bool)
-        for i in pixel_rows:
-            if samples[i].mask_path:
-                masks[i] = load_mask(samples[i].mask_path, size, image_path=samples[i].path)
-        empty = [
-            samples[i].path.name for i in pixel_rows if samples[i].mask_path and not masks[i].any()
-        ]
+
+    computed = compute_metrics(labels, scores, threshold)
+    values, curves = dict(computed.values), dict(computed.curves)
+    if accumulator is not None:
         if empty:
             shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
             notices.append(
@@ -118,57 +137,64 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
                 f"(all-zero) mask ({shown}): they count at image level, but no pixel of theirs is "
                 "a defect pixel in the pixel metrics; check the ground truth"
             )
-        if not masks.any():
+        if not accumulator.positives:
             notices.append(
                 f"warning: {category.name}: every ground-truth mask is empty; pixel AUROC, pixel "
                 "F1 and AUPRO are n/a"
             )
-        if len(pixel_rows) < len(samples):
+        if not pixel.all():
             notices.append(
-                f"{category.name}: pixel metrics use {len(pixel_rows)} of {len(samples)} test "
+                f"{category.name}: pixel metrics use {int(pixel.sum())} of {len(samples)} test "
                 "images (those with masks, and the good ones)"
             )
+        result = accumulator.result()
+        values.update(
+            pixel_auroc=result.auroc,
+            pixel_f1_best=result.best_f1,
+            pixel_f1_fixed=result.f1_fixed,
+            aupro_30=result.aupro,
+        )
+        if result.roc is not None:
+            curves["pixel_roc"] = metrics.thin_curve(*result.roc)
+        if result.pro is not None:
+            curves["pro"] = metrics.thin_curve(*result.pro)
     else:
         notices.append(
             f"{category.name}: no ground-truth masks; pixel AUROC, pixel F1 and AUPRO skipped "
             "(image-level metrics only)"
         )
-    computed = compute_metrics(
-        labels,
-        scored.scores,
-        detector.threshold_,
-        scored.maps[pixel_rows] if has_pixel else None,
-        masks[pixel_rows] if has_pixel else None,
-    )
+    images = [
+        ImageResult(str(s.path), s.defect_type, bool(s.is_anomalous), float(x), bool(x > threshold))
+        for s, x in zip(samples, scores)
+    ]
+    # the few images the example figure draws, scored again (nothing else is kept)
+    chosen = sorted({i for _, i in pick_examples(images, threshold)})
+    example_maps, example_masks = {}, None
+    if chosen:
+        again = detector.score([samples[i].path for i in chosen])
+        example_maps = dict(zip(chosen, again.maps))
+        if has_pixel:
+            example_masks = {i: masks_of(range(i, i + 1))[0] for i in chosen}
     seconds = time.perf_counter() - start
-    warning = shortcut_notice(
-        category.name, detector.name, computed.values["image_auroc"], shortcuts
-    )
+    warning = shortcut_notice(category.name, detector.name, values["image_auroc"], shortcuts)
     if warning:
         notices.append(warning)
-    images = [
-        ImageResult(
-            str(s.path),
-            s.defect_type,
-            bool(s.is_anomalous),
-            float(x),
-            bool(x > detector.threshold_),
-        )
-        for s, x in zip(samples, scored.scores)
-    ]
     return CategoryResult(
         category=category.name,
         detector=detector.name,
-        metrics=computed.values,
-        threshold=float(detector.threshold_),
+        metrics=values,
+        threshold=threshold,
         images=images,
-        notices=notices,
+        notices=list(dict.fromkeys(notices)),
         evaluate_seconds=seconds,
         n_train=len(category.train_paths),
-        maps=scored.maps,
-        masks=masks,
-        curves=computed.curves,
-        extra={"shortcuts": shortcuts},
+        example_maps=example_maps,
+        example_masks=example_masks,
+        curves=curves,
+        extra={
+            "shortcuts": shortcuts,
+            "pixel_auroc_bound": result.auroc_bound if accumulator is not None else None,
+        },
         colour_scale=detector.colour_scale,
         model=detector.identity(),
     )

@@ -238,6 +238,8 @@ def overlay_name(relative: str) -> str:
 
 
 SAVE_CHOICES = ("all", "fail", "none")
+#: images in ``most_anomalous.png``
+SHEET_SIZE = 12
 
 
 def predict_to_folder(
@@ -265,8 +267,7 @@ def predict_to_folder(
     from defectscope.data.images import image_size
     from defectscope.engine.shortcuts import format_notices, image_formats, shift_notices
     from defectscope.regions import find_regions
-    from defectscope.report.plots import contact_sheet
-    from defectscope.report.visualize import annotated_overlay, save_png
+    from defectscope.report.visualize import annotated_overlay, save_png, tile_sheet
 
     if save not in SAVE_CHOICES:
         raise DataError(f"save must be one of {', '.join(SAVE_CHOICES)}, got {save!r}")
@@ -308,12 +309,14 @@ def predict_to_folder(
         )
     on_map = bool(detector.fit_info_.get("threshold_on_map", True))
     rows = []
-    for p, rel in zip(predictions, names):
+    top = set(sorted(range(len(predictions)), key=lambda i: -predictions[i].score)[:SHEET_SIZE])
+    sheet: dict[int, np.ndarray] = {}
+    for i, (p, rel) in enumerate(zip(predictions, names)):
         width, height = image_size(p.path)
         regions = find_regions(p.anomaly_map, t, (width, height)) if on_map else []
         overlay_file = ""
-        if save == "all" or (save == "fail" and p.is_anomalous):
-            overlay_file = f"overlays/{overlay_name(rel)}"
+        wanted = save == "all" or (save == "fail" and p.is_anomalous)
+        if wanted or (save != "none" and i in top):
             picture = annotated_overlay(
                 load_image(p.path, None),
                 p.anomaly_map,
@@ -325,7 +328,11 @@ def predict_to_folder(
                 regions=regions,
                 label=rel,
             )
-            save_png(picture, out / overlay_file)
+            if i in top:
+                sheet[i] = picture
+            if wanted:
+                overlay_file = f"overlays/{overlay_name(rel)}"
+                save_png(picture, out / overlay_file)
         frame = frames.get(Path(p.path))
         rows.append(
             {
@@ -349,10 +356,10 @@ def predict_to_folder(
         for row in rows:
             writer.writerow({**row, "regions": json.dumps(row["regions"])})
     (out / "predictions.json").write_text(json.dumps(rows, indent=2))
-    if save != "none":
-        contact_sheet(
-            predictions, t, scale, out / "most_anomalous.png", labels=dict(zip(files, names))
-        )
+    if sheet:
+        order = sorted(sheet, key=lambda i: -predictions[i].score)
+        title = f"the {len(order)} highest scores (threshold {t:.4g})"
+        save_png(tile_sheet([sheet[i] for i in order], title), out / "most_anomalous.png")
     meta = {
         "command": list(command or []),
         "defectscope_version": __version__,

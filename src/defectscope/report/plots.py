@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from defectscope.data.images import load_image
 from defectscope.report.visualize import CMAP, mask_image, overlay
-from defectscope.results import CategoryResult
+from defectscope.results import CategoryResult, pick_examples
 
 DPI = 100
 
@@ -29,10 +29,11 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def color_scale(result: CategoryResult) -> tuple[float, float]:
     """The model's colour scale, fixed at fit time (the same in every figure, overlay and page);
-    for models saved before it was recorded, the category's 1st percentile to its maximum."""
+    for models saved before it was recorded, the 1st percentile to the maximum of the example
+    maps."""
     if result.colour_scale is not None:
         return result.colour_scale
-    maps = result.maps
+    maps = np.stack(list(result.example_maps.values()))
     return float(np.percentile(maps[:, ::4, ::4], 1)), float(max(maps.max(), result.threshold))
 
 
@@ -113,40 +114,31 @@ def score_histogram(result: CategoryResult, path: Path) -> Path:
     )
 
 
-def _pick_examples(result: CategoryResult, per_group: int) -> list[tuple[str, int]]:
-    scores = np.array([r.score for r in result.images])
-    labels = np.array([r.is_anomalous for r in result.images])
-    flagged = scores > result.threshold
-    order = np.argsort(-scores)
-    groups = [
-        ("detected", [i for i in order if labels[i] and flagged[i]][:per_group]),
-        ("missed", [i for i in order[::-1] if labels[i] and not flagged[i]][:per_group]),
-        ("false alarm", [i for i in order if not labels[i] and flagged[i]][:per_group]),
-    ]
-    return [(name, int(i)) for name, idx in groups for i in idx]
-
-
 def example_grid(result: CategoryResult, path: Path, per_group: int = 3) -> Path | None:
     """Rows of image | ground truth | heatmap overlay | predicted mask for the most confident
     detections, the missed defects and the false alarms (no ground-truth column without masks)."""
-    examples = _pick_examples(result, per_group)
+    examples = [
+        (group, i)
+        for group, i in pick_examples(result.images, result.threshold, per_group)
+        if i in result.example_maps
+    ]
     if not examples:
         return None
     vmin, vmax = color_scale(result)
-    with_gt = result.masks is not None
+    with_gt = result.example_masks is not None
     columns = ["image", *(["ground truth"] if with_gt else []), "heatmap", "predicted mask"]
     fig = Figure(figsize=(2.3 * len(columns) + 0.6, 2.3 * len(examples)))
     axes = fig.subplots(len(examples), len(columns), squeeze=False)
-    size = result.maps.shape[-1]
+    size = next(iter(result.example_maps.values())).shape[-1]
     for row, (group, i) in enumerate(examples):
         r = result.images[i]
         image = load_image(r.path, size)
         panels = [image]
         if with_gt:
-            panels.append(mask_image(result.masks[i]))
+            panels.append(mask_image(result.example_masks[i]))
         panels += [
-            overlay(image, result.maps[i], vmin, vmax),
-            mask_image(result.maps[i] > result.threshold),
+            overlay(image, result.example_maps[i], vmin, vmax),
+            mask_image(result.example_maps[i] > result.threshold),
         ]
         for col, panel in enumerate(panels):
             ax = axes[row, col]
@@ -176,7 +168,7 @@ def category_figures(result: CategoryResult, out: Path) -> dict[str, Path]:
         "pro": pro_figure(result, out / f"{stem}_pro.png"),
         "histogram": score_histogram(result, out / f"{stem}_histogram.png"),
         "examples": example_grid(result, out / f"{stem}_examples.png")
-        if result.maps is not None
+        if result.example_maps
         else None,
     }
     if result.extra.get("history"):
@@ -242,32 +234,3 @@ def benchmark_figures(results: Sequence[CategoryResult], out: Path) -> dict[str,
         out / "evaluate_time.png",
     )
     return made
-
-
-def contact_sheet(
-    predictions,
-    threshold: float,
-    scale: tuple[float, float],
-    path: Path,
-    count: int = 12,
-    labels: dict | None = None,
-) -> Path:
-    """The ``count`` most anomalous predictions as heatmap overlays on the model's colour
-    scale, highest score first, each titled with its verdict, score and ``labels[path]`` (the
-    relative path; default the file name)."""
-    top = sorted(predictions, key=lambda p: -p.score)[:count]
-    cols = min(4, len(top))
-    rows = -(-len(top) // cols)
-    fig = Figure(figsize=(3 * cols, 3.2 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    size = top[0].anomaly_map.shape[0]
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, p in zip(axes.ravel(), top):
-        image = load_image(p.path, size)
-        ax.imshow(overlay(image, p.anomaly_map, *scale))
-        verdict = "FAIL" if p.is_anomalous else "pass"
-        label = (labels or {}).get(Path(p.path), Path(p.path).name)
-        ax.set_title(f"{verdict} {p.score:.3g}\n{label}", fontsize=9)
-    fig.suptitle(f"most anomalous images (threshold {threshold:.3g})")
-    return _save(fig, path)

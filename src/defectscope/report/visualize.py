@@ -5,17 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image
 
+#: the colour map of every heatmap (matplotlib's name, for the figures' colour bars)
 CMAP = "jet"
 
+# The "jet" colour map as piecewise-linear red, green and blue ramps (the standard definition),
+# sampled into a 256-entry table: overlays need no matplotlib, so `predict` and the server start
+# without importing it.
+_JET = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+_LUT = np.stack(
+    [
+        np.interp(np.linspace(0, 1, 256), [x for x, _ in ramp], [y for _, y in ramp])
+        for ramp in _JET.values()
+    ],
+    axis=1,
+)
+_LUT = (_LUT * 255).astype(np.uint8)
 
-def colorize(anomaly_map: np.ndarray, vmin: float, vmax: float, cmap: str = CMAP) -> np.ndarray:
+
+def colorize(anomaly_map: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """``(H, W)`` scores -> ``(H, W, 3)`` uint8 colours on the fixed scale ``[vmin, vmax]``."""
     span = max(vmax - vmin, 1e-12)
-    unit = np.clip((anomaly_map - vmin) / span, 0.0, 1.0)
-    return (colormaps[cmap](unit)[..., :3] * 255).astype(np.uint8)
+    unit = np.clip((np.asarray(anomaly_map, dtype=np.float64) - vmin) / span, 0.0, 1.0)
+    return _LUT[np.rint(unit * 255).astype(np.intp)]
 
 
 def overlay(
@@ -37,8 +54,10 @@ def mask_image(mask: np.ndarray) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path) -> Path:
+    """Write a PNG with light compression: 3-5x faster than Pillow's default level, ~20%
+    larger, and the writing of overlays no longer costs as much as scoring them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, compress_level=1)
     return path
 
 
@@ -133,3 +152,29 @@ def annotated_overlay(
     for value, ty in ticks:
         draw.text((left + bar_w + 3, ty), f"{value:.3g}", fill=(0, 0, 0), font=small, anchor="lm")
     return np.asarray(canvas)
+
+
+def tile_sheet(
+    pictures: list[np.ndarray], title: str, columns: int = 4, width: int = 300
+) -> np.ndarray:
+    """Pictures side by side in rows of ``columns``, each scaled to ``width`` pixels wide, under
+    a title line (white background)."""
+    from PIL import ImageDraw
+
+    thumbs = []
+    for picture in pictures:
+        image = Image.fromarray(picture)
+        height = max(1, round(image.height * width / image.width))
+        thumbs.append(image.resize((width, height), Image.Resampling.BILINEAR))
+    columns = max(1, min(columns, len(thumbs)))
+    rows = -(-len(thumbs) // columns)
+    cell_h = max(t.height for t in thumbs)
+    pad, head = 6, 30
+    sheet = Image.new(
+        "RGB", (columns * (width + pad) + pad, head + rows * (cell_h + pad) + pad), "white"
+    )
+    ImageDraw.Draw(sheet).text((pad, 6), title, fill=(0, 0, 0), font=_font(16))
+    for i, thumb in enumerate(thumbs):
+        r, c = divmod(i, columns)
+        sheet.paste(thumb, (pad + c * (width + pad), head + r * (cell_h + pad)))
+    return np.asarray(sheet)

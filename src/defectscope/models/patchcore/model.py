@@ -155,9 +155,15 @@ def _layers(config: PatchcoreConfig) -> tuple[str, ...] | None:
 
 
 class PatchcoreFitter(Fitter):
-    """Collects every training patch (float32), then selects the coreset in :meth:`finalize`."""
+    """Collects every training patch (float32), then selects the coreset in :meth:`finalize`.
 
-    merge_holdout = False
+    A second :meth:`finalize` after more :meth:`update` calls (the engine's held-out images,
+    once they have set the threshold) selects a coreset of the new patches only, at the same
+    ratio, and adds it to the bank: the union of the two coresets covers every patch, as in
+    distributed k-center, for a fraction of a second selection over all of them.
+    """
+
+    merge_holdout = True
 
     def __init__(self, config: PatchcoreConfig, hooks: Hooks) -> None:
         self.config = config
@@ -168,6 +174,9 @@ class PatchcoreFitter(Fitter):
         self._module = self._new_module(torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long), {})
         self.patches: list[torch.Tensor] = []
         self.n_images = 0
+        self._bank: torch.Tensor | None = None  # the bank of an earlier finalize
+        self._covered = 0  # patches that bank covers
+        self._radius: float | None = None
 
     def _new_module(self, bank, neighbors, info) -> PatchcoreModel:
         module = PatchcoreModel(
@@ -199,6 +208,33 @@ class PatchcoreFitter(Fitter):
         patches = torch.cat(self.patches) if len(self.patches) > 1 else self.patches[0]
         self.patches = [patches]
         release_free_memory()
+        total = len(patches)
+        bank, radius = self._select(patches[self._covered :])
+        if self._bank is not None:
+            bank = torch.cat([self._bank, bank])
+            radii = [r for r in (radius, self._radius) if r is not None]
+            radius = max(radii) if radii else None
+        self._bank, self._covered, self._radius = bank, total, radius
+        config = self.config
+        neighbors = (
+            bank_neighbors(bank, config.num_neighbors)
+            if config.reweight
+            else torch.zeros(len(bank), 0, dtype=torch.long)
+        )
+        info = {
+            "feature_size": list(self.extractor.sizes[0]),
+            "n_train": self.n_images,
+            "n_patches": total,
+            "bank_size": len(bank),
+            "coreset_radius": radius,
+            "weights_source": self.extractor.weights_source,
+            "weights_sha256": self.extractor.weights_sha256,
+        }
+        self._module = self._new_module(bank, neighbors, info)
+        return self._module
+
+    def _select(self, patches: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+        """The coreset of ``patches`` at the configured ratio, and its covering radius."""
         config = self.config
         n = len(patches)
         k = max(1, round(config.coreset_ratio * n))
@@ -217,23 +253,7 @@ class PatchcoreFitter(Fitter):
                 patches[pool], k, projection_dim=config.projection_dim, seed=config.seed
             )
             index, radius = pool[selected.indices], selected.radius
-        bank = patches[index].contiguous()
-        neighbors = (
-            bank_neighbors(bank, config.num_neighbors)
-            if config.reweight
-            else torch.zeros(len(bank), 0, dtype=torch.long)
-        )
-        info = {
-            "feature_size": list(self.extractor.sizes[0]),
-            "n_train": self.n_images,
-            "n_patches": n,
-            "bank_size": len(bank),
-            "coreset_radius": radius,
-            "weights_source": self.extractor.weights_source,
-            "weights_sha256": self.extractor.weights_sha256,
-        }
-        self._module = self._new_module(bank, neighbors, info)
-        return self._module
+        return patches[index].contiguous(), radius
 
 
 def make_fitter(config: PatchcoreConfig, hooks: Hooks) -> PatchcoreFitter:
