@@ -22,7 +22,7 @@ CHILD = """
 import sys, time
 from pathlib import Path
 from defectscope.engine.persistence import load
-from defectscope.engine.workflows import expand_inputs
+from defectscope.engine.predicting import expand_inputs
 start = time.perf_counter()
 model = load(sys.argv[1])
 files, _ = expand_inputs([sys.argv[2]])

@@ -208,7 +208,7 @@ def test_interrupted_benchmark_keeps_a_readable_run(mvtec_root, tmp_path, monkey
 
 
 def test_overlays_named_by_relative_path(fitted, texture, tmp_path):
-    from defectscope.engine.workflows import predict_to_folder
+    from defectscope.engine.predicting import predict_to_folder
 
     source = sorted((texture / "test" / "scratch").glob("*.png"))
     for folder, name, src in (("d1", "a", 0), ("d1", "a_2", 1), ("d2", "a", 2)):

@@ -335,7 +335,7 @@ def _print_results(results, run: Path, args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from defectscope.engine.workflows import predict_to_folder
+    from defectscope.engine.predicting import predict_to_folder
     from defectscope.runs import run_folder
 
     detector = _load_model(args)

@@ -1,10 +1,8 @@
-"""Workflows behind the CLI: benchmark many categories, cross-validate a supervised detector,
-predict to a folder."""
+"""Workflows behind the CLI: benchmark many categories, cross-validate a supervised detector
+(predicting to a folder lives in :mod:`.predicting`, which imports no training code)."""
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,15 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from defectscope.data.images import is_image_file, load_image
 from defectscope.data.mvtec import Category, discover, load_category
 from defectscope.data.splits import stratified_folds
 from defectscope.engine.estimator import Detector, make_detector
 from defectscope.engine.evaluation import compute_metrics, fit_and_evaluate
-from defectscope.engine.scoring import Scorer
+from defectscope.engine.predicting import (  # noqa: F401 - re-exported
+    expand_inputs,
+    overlay_name,
+    predict_to_folder,
+    relative_names,
+    write_meta,
+)
 from defectscope.errors import DataError, DefectscopeError
 from defectscope.models import detector_info
-from defectscope.results import CategoryResult, ImageResult, Prediction
+from defectscope.results import CategoryResult, ImageResult
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +86,8 @@ def write_run(results: Sequence[CategoryResult], run: Path, meta: dict[str, Any]
     from defectscope.report.table import write_tables
 
     write_tables(results, run)
-    _write_meta(run, meta)
+    write_meta(run, meta)
     write_report(results, run, meta)
-
-
-def _write_meta(run: Path, meta: dict[str, Any]) -> None:
-    """Write ``run.json`` atomically (a kill mid-write leaves the previous one)."""
-    tmp = run / ".run.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    tmp.replace(run / "run.json")
 
 
 @dataclass(frozen=True)
@@ -136,7 +132,7 @@ def benchmark(
     }
     # run.json exists from the start and says how far the run got: an interrupted benchmark
     # leaves a folder that `defectscope report` can still read
-    _write_meta(run, meta)
+    write_meta(run, meta)
     try:
         for folder in folders:
             try:
@@ -163,215 +159,15 @@ def benchmark(
 
                 write_tables(results, run)
                 meta["completed"].append(f"{category.name} ({name})")
-                _write_meta(run, meta)
+                write_meta(run, meta)
     except BaseException:
         meta["status"] = "interrupted"
-        _write_meta(run, meta)
+        write_meta(run, meta)
         raise
     if not results:
         meta["status"] = "failed"
-        _write_meta(run, meta)
+        write_meta(run, meta)
         raise DataError("no category could be evaluated: " + "; ".join(failures))
     meta["status"] = "complete"
     write_run(results, run, meta)
     return BenchmarkOutcome(results, failures)
-
-
-def expand_inputs(
-    inputs: Sequence[str | Path], videos: list[Path] | None = None
-) -> tuple[list[Path], list[str]]:
-    """Image files from files and folders (recursively, sorted); returns them and notices.
-
-    With ``videos`` (a list), video files are appended to it instead of being refused.
-    """
-    from defectscope.data.video import is_video_file
-
-    files: list[Path] = []
-    notices: list[str] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
-            images = [p for p in found if is_image_file(p)]
-            clips = [p for p in found if videos is not None and is_video_file(p)]
-            if len(images) + len(clips) < len(found):
-                skipped = len(found) - len(images) - len(clips)
-                notices.append(f"skipped {skipped} non-image files in {item}")
-            files += images
-            if videos is not None:
-                videos.extend(clips)
-        elif item.is_file():
-            if videos is not None and is_video_file(item):
-                videos.append(item)
-                continue
-            if not is_image_file(item):
-                raise DataError(
-                    f"{item} is not an image file (.png, .jpg, .bmp, .tif, .webp)"
-                    + (" or a video (.mp4, .avi, .mov, .mkv, ...)" if videos is not None else "")
-                )
-            files.append(item)
-        else:
-            raise DataError(f"input not found: {item}")
-    if not files and not videos:
-        raise DataError(f"no image files in {', '.join(map(str, inputs))}")
-    unique = list(dict.fromkeys(files))
-    if len(unique) < len(files):
-        notices.append(f"{len(files) - len(unique)} images were given twice; each is scored once")
-    return unique, notices
-
-
-def relative_names(files: Sequence[Path]) -> list[str]:
-    """Unique, readable names for ``files``: their paths relative to the deepest folder they
-    share (``d1/a.png``, ``d2/a.png``), as POSIX paths."""
-    import os
-
-    resolved = [p.resolve() for p in files]
-    if len(resolved) == 1:
-        return [resolved[0].name]
-    common = Path(os.path.commonpath([p.parent for p in resolved]))
-    return [p.relative_to(common).as_posix() for p in resolved]
-
-
-def overlay_name(relative: str) -> str:
-    """The overlay file of an input: its relative path, with ``.png`` in place of ``.png`` and
-    appended to other suffixes (``a.jpg`` -> ``a.jpg.png``), so that names never collide."""
-    return relative if relative.lower().endswith(".png") else relative + ".png"
-
-
-SAVE_CHOICES = ("all", "fail", "none")
-#: images in ``most_anomalous.png``
-SHEET_SIZE = 12
-
-
-def predict_to_folder(
-    detector: Scorer,
-    inputs: Sequence[str | Path],
-    out: Path,
-    *,
-    save: str = "all",
-    threshold: float | None = None,
-    command: Sequence[str] | None = None,
-    every: int = 1,
-) -> tuple[list[Prediction], list[str]]:
-    """Predict every image under ``inputs``; write CSV, JSON, ``run.json``, overlays and a
-    contact sheet of the most anomalous images.
-
-    Args:
-        save: which overlays to write: ``all``, ``fail`` (failed parts only) or ``none``.
-        threshold: pass/fail threshold for this call (default: the model's).
-        command: the command line, recorded in ``run.json``.
-        every: of a video, score every ``every``-th frame (written to ``frames/`` as PNG).
-    """
-    from datetime import datetime, timezone
-
-    from defectscope import __version__
-    from defectscope.data.images import image_size
-    from defectscope.engine.shortcuts import format_notices, image_formats, shift_notices
-    from defectscope.regions import find_regions
-    from defectscope.report.visualize import annotated_overlay, save_png, tile_sheet
-
-    if save not in SAVE_CHOICES:
-        raise DataError(f"save must be one of {', '.join(SAVE_CHOICES)}, got {save!r}")
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    videos: list[Path] = []
-    files, notices = expand_inputs(inputs, videos)
-    given = relative_names([*files, *videos])
-    names, video_names = given[: len(files)], given[len(files) :]
-    frames: dict[Path, Any] = {}
-    if videos:
-        from defectscope.data.video import extract_frames
-
-        for video, video_name in zip(videos, video_names):
-            taken = extract_frames(video, out / "frames" / video_name, every)
-            notices.append(
-                f"{video_name}: {len(taken)} frames (every {every}) written to "
-                f"frames/{video_name}/ and scored as images"
-            )
-            for frame in taken:
-                frames[frame.path] = frame
-                files.append(frame.path)
-                names.append(f"{video_name}/{frame.path.name}")
-    stats: list[tuple[np.ndarray, np.ndarray]] = []
-    predictions = detector.predict(files, threshold=threshold, stats=stats)
-    t = predictions[0].threshold
-    means, stds = (np.concatenate(parts) for parts in zip(*stats))
-    notices += shift_notices(
-        "", {"the predicted images": (means, stds)}, detector.training_intensity
-    )
-    train_formats = detector.fit_info_.get("formats")
-    notices += format_notices("predicted ", image_formats(files), train_formats)
-    scale = detector.colour_scale
-    if scale is None:
-        maps = np.stack([p.anomaly_map for p in predictions])
-        scale = (float(maps.min()), float(max(maps.max(), t)))
-        notices.append(
-            "this model was saved before defectscope fixed a colour scale at fit time: the "
-            "overlays of this call share a scale from this call's own maps (re-fit to fix it)"
-        )
-    on_map = bool(detector.fit_info_.get("threshold_on_map", True))
-    rows = []
-    top = set(sorted(range(len(predictions)), key=lambda i: -predictions[i].score)[:SHEET_SIZE])
-    sheet: dict[int, np.ndarray] = {}
-    for i, (p, rel) in enumerate(zip(predictions, names)):
-        width, height = image_size(p.path)
-        regions = find_regions(p.anomaly_map, t, (width, height)) if on_map else []
-        overlay_file = ""
-        wanted = save == "all" or (save == "fail" and p.is_anomalous)
-        if wanted or (save != "none" and i in top):
-            picture = annotated_overlay(
-                load_image(p.path, None),
-                p.anomaly_map,
-                scale,
-                score=p.score,
-                normalized=p.normalized_score,
-                threshold=t,
-                threshold_on_map=on_map,
-                regions=regions,
-                label=rel,
-            )
-            if i in top:
-                sheet[i] = picture
-            if wanted:
-                overlay_file = f"overlays/{overlay_name(rel)}"
-                save_png(picture, out / overlay_file)
-        frame = frames.get(Path(p.path))
-        rows.append(
-            {
-                "path": str(frame.video) if frame else p.path,
-                "name": rel,
-                "frame": frame.index if frame else "",
-                "time_s": round(frame.seconds, 3) if frame and frame.seconds is not None else "",
-                "score": p.score,
-                "normalized_score": round(float(p.normalized_score), 4),
-                "verdict": "fail" if p.is_anomalous else "pass",
-                "is_anomalous": p.is_anomalous,
-                "threshold": t,
-                "n_regions": len(regions),
-                "regions": [r.to_dict() for r in regions],
-                "overlay": overlay_file,
-            }
-        )
-    with open(out / "predictions.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "regions": json.dumps(row["regions"])})
-    (out / "predictions.json").write_text(json.dumps(rows, indent=2))
-    if sheet:
-        order = sorted(sheet, key=lambda i: -predictions[i].score)
-        title = f"the {len(order)} highest scores (threshold {t:.4g})"
-        save_png(tile_sheet([sheet[i] for i in order], title), out / "most_anomalous.png")
-    meta = {
-        "command": list(command or []),
-        "defectscope_version": __version__,
-        "started": started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **detector.identity(),
-        "threshold_used": t,
-        "threshold_given": threshold,
-        "colour_scale": list(scale),
-        "images": len(predictions),
-        "failed": sum(p.is_anomalous for p in predictions),
-        "notices": notices,
-    }
-    _write_meta(out, meta)
-    return predictions, notices
