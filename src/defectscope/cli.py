@@ -372,7 +372,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from defectscope.engine.calibration import calibrate
     from defectscope.engine.persistence import model_path
-    from defectscope.runs import check_writable
+    from defectscope.runs import check_output_file
 
     if str(args.model).endswith(".onnx"):
         raise ConfigError(
@@ -381,9 +381,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     detector = _load_model(args)
     out = Path(args.output) if args.output else model_path(args.model)
-    if not out.parent.is_dir():
-        raise OutputError(f"cannot write {out}: the folder {out.parent} does not exist")
-    check_writable(out.parent)
+    check_output_file(out)
     before, after, source = calibrate(
         detector,
         args.data,
@@ -470,14 +468,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from defectscope.engine.exported import export_onnx
     from defectscope.engine.persistence import load, model_path
-    from defectscope.runs import check_writable
+    from defectscope.runs import check_output_file
 
     detector = load(args.model, progress=not args.quiet)
     suffix = ".xml" if args.format == "openvino" else ".onnx"
     out = Path(args.output) if args.output else model_path(args.model).with_suffix(suffix)
-    if not out.parent.is_dir():
-        raise OutputError(f"cannot write {out}: the folder {out.parent} does not exist")
-    check_writable(out.parent)  # before the export's minutes, not after
+    check_output_file(out)  # before the export's minutes, not after
     if args.format == "openvino":
         try:
             import openvino as ov

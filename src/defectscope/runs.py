@@ -53,6 +53,13 @@ def check_writable(folder: Path) -> None:
         ) from exc
 
 
+def check_output_file(path: Path) -> None:
+    """Before minutes of work: the folder of output file ``path`` exists and is writable."""
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: the folder {path.parent} does not exist")
+    check_writable(path.parent)
+
+
 def next_run_dir(project: str | Path, name: str, *, exist_ok: bool = False) -> Path:
     """Create and return ``project/name``, or ``name2``, ``name3``... if it is taken; checked
     writable."""

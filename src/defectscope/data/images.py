@@ -39,14 +39,12 @@ def _unreadable(path: Path, what: str) -> DataError:
     try:
         path.stat()
     except PermissionError:
-        return DataError(
-            f"cannot read {what} {path}: permission denied; check the permissions of the file "
-            "and of its folders"
-        )
+        pass  # a folder on the way cannot be searched
     except OSError:
         return DataError(f"{what} not found: {path}")
-    if path.is_dir():
-        return DataError(f"{what} {path} is a folder, not a file")
+    else:
+        if path.is_dir():
+            return DataError(f"{what} {path} is a folder, not a file")
     return DataError(
         f"cannot read {what} {path}: permission denied; check the permissions of the file "
         "and of its folders"

@@ -264,8 +264,8 @@ class Detector(Scorer):
 
         from defectscope.progress import Stages
 
-        if getattr(self, "_stages", None) is None:
-            self._stages = Stages(engine.progress)
+        self._end_stage()
+        self._stages = Stages(engine.progress)  # with this call's progress option
         on_stage = self._stages.start
         return Hooks(accelerator(engine.runtime, on_stage), on_epoch, on_stage)
 

@@ -37,14 +37,9 @@ class MetricSet:
     curves: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def compute_metrics(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    threshold: float,
-    maps: np.ndarray | None = None,
-    masks: np.ndarray | None = None,
-) -> MetricSet:
-    """Every metric in :data:`METRICS` that the inputs allow, each curve sorted once."""
+def compute_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> MetricSet:
+    """Every image metric in :data:`METRICS` that the labels allow, the curve sorted once (pixel
+    metrics stream through :class:`~defectscope.metrics.PixelAccumulator` in :func:`evaluate`)."""
     out: dict[str, float | None] = dict.fromkeys(METRICS)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out["image_accuracy_fixed"] = float(np.mean((scores > threshold) == labels))
@@ -56,15 +51,6 @@ def compute_metrics(
         out["image_f1_best"] = metrics.best_f1(labels, scores)[0]
     if labels.any():
         out["image_f1_fixed"] = metrics.f1_at(labels, scores, threshold)
-    if masks is not None and masks.any() and not masks.all():
-        roc = metrics.roc_summary(masks, maps)
-        out["pixel_auroc"], out["pixel_f1_best"] = roc.auroc, roc.best_f1
-        curves["pixel_roc"] = metrics.thin_curve(roc.fpr, roc.tpr)
-        del roc  # the full pixel curve has one point per distinct score
-        out["pixel_f1_fixed"] = metrics.f1_at(masks, maps, threshold)
-        fpr, pro = metrics.pro_curve(masks, maps)
-        out["aupro_30"] = metrics.area_under_pro(fpr, pro, fpr_limit=0.3)
-        curves["pro"] = metrics.thin_curve(fpr, pro)
     return MetricSet(out, curves)
 
 
@@ -97,14 +83,10 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
     accumulator = metrics.PixelAccumulator(threshold) if has_pixel else None
     empty: list[str] = []
 
-    def masks_of(rows: range) -> np.ndarray:
-        out = np.zeros((len(rows), size, size), dtype=bool)
-        for j, i in enumerate(rows):
-            if samples[i].mask_path:
-                out[j] = load_mask(samples[i].mask_path, size, image_path=samples[i].path)
-                if not out[j].any():
-                    empty.append(samples[i].path.name)
-        return out
+    def mask_of(i: int) -> np.ndarray:
+        if samples[i].mask_path is None:  # a good image: no defect pixel
+            return np.zeros((size, size), dtype=bool)
+        return load_mask(samples[i].mask_path, size, image_path=samples[i].path)
 
     stats: list[tuple[np.ndarray, np.ndarray]] = []
     scores = np.empty(len(samples), dtype=np.float32)
@@ -113,9 +95,15 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
     ):
         scores[idx.start : idx.stop] = batch_scores
         if accumulator is not None:
-            keep = pixel[idx.start : idx.stop]
-            masks = masks_of(idx)
-            accumulator.update(batch_maps[keep], masks[keep])
+            keep = [i for i in idx if pixel[i]]
+            if keep:
+                masks = np.stack([mask_of(i) for i in keep])
+                empty += [
+                    samples[i].path.name
+                    for i, m in zip(keep, masks)
+                    if samples[i].mask_path and not m.any()
+                ]
+                accumulator.update(batch_maps[np.asarray(keep) - idx.start], masks)
     means, stds = (np.concatenate(parts) for parts in zip(*stats))
     train = detector.training_intensity
     shortcuts = shortcut_aurocs(labels, means, stds, train)
@@ -174,7 +162,7 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
         again = detector.score([samples[i].path for i in chosen])
         example_maps = dict(zip(chosen, again.maps))
         if has_pixel:
-            example_masks = {i: masks_of(range(i, i + 1))[0] for i in chosen}
+            example_masks = {i: mask_of(i) for i in chosen}
     seconds = time.perf_counter() - start
     warning = shortcut_notice(category.name, detector.name, values["image_auroc"], shortcuts)
     if warning:

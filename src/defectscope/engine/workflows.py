@@ -16,13 +16,7 @@ from defectscope.data.mvtec import Category, discover, load_category
 from defectscope.data.splits import stratified_folds
 from defectscope.engine.estimator import Detector, make_detector
 from defectscope.engine.evaluation import compute_metrics, fit_and_evaluate
-from defectscope.engine.predicting import (  # noqa: F401 - re-exported
-    expand_inputs,
-    overlay_name,
-    predict_to_folder,
-    relative_names,
-    write_meta,
-)
+from defectscope.engine.predicting import write_meta
 from defectscope.errors import DataError, DefectscopeError
 from defectscope.models import detector_info
 from defectscope.results import CategoryResult, ImageResult
