@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "defectscope"
 LAYERS = {
     "cli": 6,
     "serve": 5,
+    "cluster": 5,
     "engine": 4,
     "report": 3,
     "models": 2,

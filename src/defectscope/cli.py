@@ -6,6 +6,7 @@ Option precedence, lowest to highest: built-in defaults < ``--config FILE`` < co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -21,12 +22,16 @@ DEFAULT_DETECTOR = "patchcore"
 
 EXAMPLES = {
     "fit": "defectscope fit --data ../shared/datasets/tire\n"
-    "  defectscope fit --data mvtec/bottle --backbone resnet18 --weights resnet18.pth",
+    "  defectscope fit --data mvtec/bottle --backbone resnet18 --weights resnet18.pth\n"
+    "  defectscope fit --data mvtec --executor ray --address auto   # every category, on Ray\n"
+    "  defectscope fit --data big/category --shards 8 --executor ray",
     "evaluate": "defectscope evaluate --model runs/fit/tire/model.safetensors "
     "--data ../shared/datasets/tire",
-    "predict": "defectscope predict --model runs/fit/tire images/ part_017.png",
+    "predict": "defectscope predict --model runs/fit/tire images/ part_017.png\n"
+    "  defectscope predict --model runs/fit/tire/model.onnx --executor ray --list paths.txt",
     "benchmark": "defectscope benchmark --data ../shared/datasets\n"
-    "  defectscope benchmark --data mvtec --categories bottle screw --runtime torch",
+    "  defectscope benchmark --data mvtec --categories bottle screw --runtime torch\n"
+    "  defectscope benchmark --data mvtec --executor ray --address auto",
     "demo": "defectscope demo",
     "export": "defectscope export --model runs/fit/tire --format onnx",
     "serve": "defectscope serve --model runs/fit/tire/model.onnx --port 8000",
@@ -106,6 +111,43 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-workers", "--workers", type=int, help="decoding threads (default 2)")
 
 
+def _add_executor_options(parser: argparse.ArgumentParser, *, tasks: bool = True) -> None:
+    group = parser.add_argument_group(
+        "scale-out (optional extra defectscope[ray]; same results as a local run)"
+    )
+    group.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local (default): here, one job after the other; ray: Ray tasks or actors",
+    )
+    group.add_argument(
+        "--address",
+        help="Ray cluster to use: auto (the one this machine belongs to) or ray://HOST:PORT; "
+        "default: start a private Ray on this machine for this command",
+    )
+    if tasks:
+        group.add_argument(
+            "--task-cpus", type=float, default=1.0, help="CPUs each Ray task declares (default 1)"
+        )
+        group.add_argument(
+            "--task-memory-gb",
+            type=float,
+            help="memory each Ray task declares, so a node never takes more than it holds",
+        )
+
+
+def _executor(args: argparse.Namespace):
+    """A RayExecutor for ``--executor ray`` (a context manager), else None."""
+    if args.executor != "ray":
+        if args.address:
+            raise ConfigError("--address needs --executor ray")
+        return None
+    from defectscope.cluster import RayExecutor
+
+    return RayExecutor(args.address, task_cpus=args.task_cpus, task_memory_gb=args.task_memory_gb)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", default="runs", help="folder of run folders (default runs)")
     parser.add_argument("--name", help="run folder name (numbered if taken)")
@@ -141,7 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit = verb("fit", "fit a detector on one category's train/good images and save it")
     fit.add_argument("--data", help="category folder (MVTec layout); or `data` in --config")
     fit.add_argument("--model", help=f"detector (default {DEFAULT_DETECTOR}). {models_help}")
+    fit.add_argument("--categories", nargs="+", help="with a root as --data: only these")
+    fit.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split one category's training images into this many shards, fitted apart and "
+        "merged (padim, patchcore; with --executor ray, on the cluster)",
+    )
     _add_model_options(fit)
+    _add_executor_options(fit)
 
     ev = verb("evaluate", "evaluate a saved or exported model on a category's test split")
     ev.add_argument("--model", required=True, help="model file, run folder or exported .onnx")
@@ -150,7 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = verb("predict", "score images or folders: pass/fail, heatmaps, CSV/JSON")
     pr.add_argument("--model", required=True, help="model file, run folder or exported .onnx")
-    pr.add_argument("inputs", nargs="+", help="image or video files, or folders of them")
+    pr.add_argument("inputs", nargs="*", help="image or video files, or folders of them")
+    pr.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        metavar="FILE",
+        dest="lists",
+        help="a text file of image paths, one per line (may be repeated)",
+    )
     pr.add_argument(
         "--threshold",
         type=float,
@@ -172,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="of a video input (.mp4, .avi, .mov, ...), score every N-th frame (default 1)",
     )
     _add_runtime_options(pr)
+    _add_executor_options(pr, tasks=False)
+    pr.add_argument(
+        "--actors", type=int, default=2, help="with --executor ray: model copies (default 2)"
+    )
+    pr.add_argument(
+        "--actor-cpus", type=float, default=1.0, help="with --executor ray: CPUs per actor"
+    )
 
     cal = verb(
         "calibrate",
@@ -210,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"detectors to compare (default {DEFAULT_DETECTOR}). {models_help}",
     )
     _add_model_options(bench)
+    _add_executor_options(bench)
 
     demo = verb("demo", "generate a synthetic data set and run fit + benchmark on it, offline")
     demo.add_argument("--size", type=int, default=128, help="synthetic image size (default 128)")
@@ -248,8 +315,38 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def _fit_root(args, data, model: str, params: dict[str, Any], executor) -> int:
+    """``fit`` over a root: every category, one job each (on Ray with ``--executor ray``)."""
+    from defectscope.engine.workflows import fit_root
+    from defectscope.runs import run_folder
+
+    with run_folder(Path(args.project) / "fit", args.name or Path(data).name) as run:
+        with executor or contextlib.nullcontext():
+            fitted, failures = fit_root(
+                data,
+                model,
+                params,
+                run,
+                categories=_from_config(args, "categories"),
+                command=args.command,
+                log=lambda s: _say(args, s),
+                executor=executor,
+            )
+    print(f"{'category':20}  {'train':>5}  {'threshold':>10}  {'fit s':>7}  model")
+    for row in fitted:
+        print(
+            f"{row['category']:20}  {row['n_train']:5d}  {row['threshold']:10.4g}  "
+            f"{row['fit_seconds']:7.1f}  {row['model']}"
+        )
+    for failure in failures:
+        print(f"defectscope fit: error: skipped {failure}", file=sys.stderr)
+    print(f"fitted {len(fitted)} categories; {run / 'run.json'} lists them")
+    return 1 if failures else 0
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from defectscope.data import load_category
+    from defectscope.data.mvtec import is_category
     from defectscope.engine.estimator import make_detector
     from defectscope.runs import run_folder
 
@@ -260,13 +357,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
     params = model_params(args, [model])[model]
     detector = make_detector(model, params)
     detector.options()  # bad options fail before any work
+    executor = _executor(args)
+    if Path(data).is_dir() and not is_category(Path(data)):  # a root of several categories
+        if args.shards > 1:
+            raise ConfigError("--shards splits one category; --data is a root of several")
+        return _fit_root(args, data, model, params, executor)
     category = load_category(data)
     for notice in category.notices:
         _say(args, f"notice: {notice}")
     # the run folder exists and is writable before the fit starts: no fit is lost to a bad path
     with run_folder(Path(args.project) / "fit", args.name or category.name) as run:
         start = time.perf_counter()
-        detector.fit(category)
+        with executor or contextlib.nullcontext():
+            detector.fit(category, shards=args.shards, executor=executor)
         seconds = time.perf_counter() - start
         path = detector.save(run / "model.safetensors")
     try:
@@ -338,6 +441,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from defectscope.engine.predicting import predict_to_folder
     from defectscope.runs import run_folder
 
+    if not args.inputs and not args.lists:
+        raise ConfigError("predict needs images: files or folders, or --list FILE")
+    if args.address and args.executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    if args.executor == "ray":
+        return _predict_ray(args)
+    if args.lists:
+        from defectscope.cluster.predict import read_path_list
+
+        args.inputs += [p for lst in args.lists for p in read_path_list(lst)]
     detector = _load_model(args)
     save = "none" if args.no_images else args.save
     with run_folder(Path(args.project) / "predict", args.name or "predict") as run:
@@ -367,6 +480,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"0.50 on the 0-1 scale); results in {run}"
     )
     return 0
+
+
+def _predict_ray(args: argparse.Namespace) -> int:
+    from defectscope.cluster import start_ray, stop_ray
+    from defectscope.cluster.predict import predict_ray
+    from defectscope.runs import run_folder
+
+    load_options = {k: getattr(args, k) for k in ("runtime",) if getattr(args, k) is not None}
+    save = "none" if args.no_images else args.save
+    with run_folder(Path(args.project) / "predict", args.name or "predict") as run:
+        start_ray(args.address)
+        try:
+            meta = predict_ray(
+                args.model,
+                args.inputs,
+                run,
+                path_lists=args.lists,
+                actors=args.actors,
+                actor_cpus=args.actor_cpus,
+                batch_size=args.batch_size or 16,
+                save=save,
+                threshold=args.threshold,
+                load_options=load_options,
+                command=args.command,
+                log=lambda s: _say(args, s),
+            )
+        finally:
+            stop_ray()
+    for notice in meta["notices"]:
+        _say(args, f"notice: {notice}")
+    print(
+        f"{meta['failed']} of {meta['images']} images failed, {meta['errors']} could not be "
+        f"scored ({meta['images_per_second']} images/s); predictions.parquet and "
+        f"predictions.csv in {run}"
+    )
+    return 1 if meta["errors"] else 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -413,15 +562,18 @@ def _run_benchmark(
     """Benchmark, print the table; exit code 1 when any category or model failed."""
     from defectscope.engine.workflows import benchmark
 
-    outcome = benchmark(
-        data,
-        models,
-        model_params(args, models),
-        run,
-        categories=categories,
-        command=args.command,
-        log=lambda s: _say(args, s),
-    )
+    executor = _executor(args) if hasattr(args, "executor") else None
+    with executor or contextlib.nullcontext():
+        outcome = benchmark(
+            data,
+            models,
+            model_params(args, models),
+            run,
+            categories=categories,
+            command=args.command,
+            log=lambda s: _say(args, s),
+            executor=executor,
+        )
     _print_results(outcome.results, run, args)
     for failure in outcome.failures:
         print(f"defectscope {args.verb}: error: skipped {failure}", file=sys.stderr)
@@ -558,8 +710,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s: %(message)s",
     )
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import contextlib
-
     redirect = contextlib.nullcontext()
     if not args.quiet:  # bars only then; the import costs 0.1 s
         from tqdm.contrib.logging import logging_redirect_tqdm

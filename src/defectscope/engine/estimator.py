@@ -25,6 +25,7 @@ from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.data.mvtec import Category, load_category
 from defectscope.engine.options import ENGINE_NAMES, EngineOptions, split_params
 from defectscope.engine.scoring import Scorer
+from defectscope.engine.sharding import Executor
 from defectscope.engine.shortcuts import IntensitySummary, batch_stats, image_formats
 from defectscope.errors import ConfigError, DataError, NotFittedError
 from defectscope.models import DETECTORS, DetectorInfo
@@ -165,15 +166,31 @@ class Detector(Scorer):
         self,
         data: str | Path | Category | Sequence[str | Path],
         labels: Sequence[bool] | None = None,
+        *,
+        shards: int = 1,
+        executor: Executor | None = None,
     ) -> Detector:
         """Learn from images; returns ``self``.
 
         Args:
             data: a category folder (its ``train/good``), a :class:`Category`, or image files.
             labels: one bool per image (True = defective), for supervised detectors only.
+            shards: split the training images into this many shards, fitted by ``executor``
+                and merged (PaDiM: the same model within float rounding; PatchCore: a coreset
+                of the shards' coresets). Detectors that cannot be sharded refuse ``shards > 1``.
+            executor: runs the shards (:mod:`defectscope.engine.sharding`); default: here, one
+                after the other. ``defectscope.cluster.RayExecutor`` runs them on a Ray cluster.
         """
         config, engine = self.options()
         paths = self._check_training_data(data, labels)
+        if shards < 1:
+            raise ConfigError(f"shards must be at least 1, got {shards}")
+        if shards > 1 and not self.info.shardable:
+            raise ConfigError(
+                f"{self.name} cannot be fitted in shards; "
+                + ", ".join(n for n, i in DETECTORS.items() if i.shardable)
+                + " can"
+            )
         hooks = self._hooks(engine)
         fitter = self.info.load().make_fitter(config, hooks)
         n_holdout = 0
@@ -187,7 +204,10 @@ class Detector(Scorer):
             threshold = 0.5  # a probability
         else:
             held, rest = holdout_split(len(paths), engine.holdout, config.seed)
-            self._feed(fitter, [paths[i] for i in rest], engine, config.image_size)
+            if shards > 1:
+                self._feed_shards(fitter, [paths[i] for i in rest], shards, executor)
+            else:
+                self._feed(fitter, [paths[i] for i in rest], engine, config.image_size)
             with self._epochs(engine):
                 module = fitter.finalize()
             if held:
@@ -222,6 +242,7 @@ class Detector(Scorer):
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
             "n_holdout": n_holdout,
+            "shards": shards,
             "intensity": IntensitySummary.of(means, stds).to_dict(),
             "formats": image_formats(paths),
         }
@@ -304,6 +325,38 @@ class Detector(Scorer):
                 if record:
                     self._intensity.append(batch_stats(batch))
                 bar.update(len(idx))
+
+    def _feed_shards(self, fitter, paths: list[Path], shards: int, executor) -> None:
+        """Fit ``paths`` in shards through ``executor`` and combine them into ``fitter``."""
+        from defectscope.engine.sharding import SerialExecutor, ShardJob, fit_shard, split_evenly
+
+        config, engine = self.options()
+        # Every shard shares what a serial fit takes from its first batch (the illumination
+        # target): the same images, so the same value.
+        first = next(iter_batches(paths[: engine.batch_size], config.image_size, len(paths), 0))
+        fitter.illumination.calibrate(to_tensor(first[1]))
+        shared = fitter.shared_state()
+        params = {**self.get_params(), "progress": False}
+        parts = split_evenly([str(p) for p in paths], shards)
+        jobs = [ShardJob(self.name, params, list(part), shared) for part in parts]
+        self._end_stage()
+        log.info("fitting %d images in %d shards", len(paths), len(jobs))
+        results = list((executor or SerialExecutor()).map(fit_shard, jobs))
+        self._intensity += [stat for result in results for stat in result.intensity]
+        fitter.combine([result.partial for result in results])
+
+    def fit_shard(self, paths: Sequence[str | Path], shared: dict[str, float]):
+        """One shard of a sharded fit (see :func:`defectscope.engine.sharding.fit_shard`)."""
+        from defectscope.engine.sharding import ShardResult
+
+        config, engine = self.options()
+        fitter = self.info.load().make_fitter(config, self._hooks(engine))
+        fitter.set_shared_state(shared)
+        self._intensity = []
+        self._feed(fitter, [Path(p) for p in paths], engine, config.image_size)
+        self._end_stage()
+        intensity, self._intensity = self._intensity, []
+        return ShardResult(fitter.partial(), intensity)
 
     @staticmethod
     def _run(module, items, engine, size, desc: str = "scoring"):

@@ -87,6 +87,45 @@ def overlay_name(relative: str) -> str:
     return relative if relative.lower().endswith(".png") else relative + ".png"
 
 
+def annotate(
+    p: Prediction,
+    rel: str,
+    scale: tuple[float, float],
+    on_map: bool,
+    out: Path,
+    *,
+    save: str,
+    keep: bool = False,
+) -> tuple[list, str, np.ndarray | None]:
+    """The regions of one prediction, its overlay file under ``out`` (written when ``save``
+    asks for it; ``""`` otherwise) and the overlay picture (when written or ``keep``)."""
+    from defectscope.data.images import image_size
+    from defectscope.regions import find_regions
+    from defectscope.report.visualize import annotated_overlay, save_png
+
+    t = p.threshold
+    regions = find_regions(p.anomaly_map, t, image_size(p.path)) if on_map else []
+    wanted = save == "all" or (save == "fail" and p.is_anomalous)
+    if not (wanted or keep):
+        return regions, "", None
+    picture = annotated_overlay(
+        load_image(p.path, None),
+        p.anomaly_map,
+        scale,
+        score=p.score,
+        normalized=p.normalized_score,
+        threshold=t,
+        threshold_on_map=on_map,
+        regions=regions,
+        label=rel,
+    )
+    overlay_file = ""
+    if wanted:
+        overlay_file = f"overlays/{overlay_name(rel)}"
+        save_png(picture, out / overlay_file)
+    return regions, overlay_file, picture
+
+
 SAVE_CHOICES = ("all", "fail", "none")
 #: images in ``most_anomalous.png``
 SHEET_SIZE = 12
@@ -114,10 +153,8 @@ def predict_to_folder(
     from datetime import datetime, timezone
 
     from defectscope import __version__
-    from defectscope.data.images import image_size
     from defectscope.engine.shortcuts import format_notices, image_formats, shift_notices
-    from defectscope.regions import find_regions
-    from defectscope.report.visualize import annotated_overlay, save_png, tile_sheet
+    from defectscope.report.visualize import save_png, tile_sheet
 
     if save not in SAVE_CHOICES:
         raise DataError(f"save must be one of {', '.join(SAVE_CHOICES)}, got {save!r}")
@@ -162,27 +199,11 @@ def predict_to_folder(
     top = set(sorted(range(len(predictions)), key=lambda i: -predictions[i].score)[:SHEET_SIZE])
     sheet: dict[int, np.ndarray] = {}
     for i, (p, rel) in enumerate(zip(predictions, names)):
-        width, height = image_size(p.path)
-        regions = find_regions(p.anomaly_map, t, (width, height)) if on_map else []
-        overlay_file = ""
-        wanted = save == "all" or (save == "fail" and p.is_anomalous)
-        if wanted or (save != "none" and i in top):
-            picture = annotated_overlay(
-                load_image(p.path, None),
-                p.anomaly_map,
-                scale,
-                score=p.score,
-                normalized=p.normalized_score,
-                threshold=t,
-                threshold_on_map=on_map,
-                regions=regions,
-                label=rel,
-            )
-            if i in top:
-                sheet[i] = picture
-            if wanted:
-                overlay_file = f"overlays/{overlay_name(rel)}"
-                save_png(picture, out / overlay_file)
+        regions, overlay_file, picture = annotate(
+            p, rel, scale, on_map, out, save=save, keep=save != "none" and i in top
+        )
+        if picture is not None and i in top:
+            sheet[i] = picture
         frame = frames.get(Path(p.path))
         rows.append(
             {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from defectscope.data.splits import stratified_folds
 from defectscope.engine.estimator import Detector, make_detector
 from defectscope.engine.evaluation import compute_metrics, fit_and_evaluate
 from defectscope.engine.predicting import write_meta
+from defectscope.engine.sharding import Executor
 from defectscope.errors import DataError, DefectscopeError
 from defectscope.models import detector_info
 from defectscope.results import CategoryResult, ImageResult
@@ -93,6 +94,109 @@ class BenchmarkOutcome:
     failures: list[str]
 
 
+@dataclass(frozen=True)
+class CategoryJob:
+    """One detector on one category: what a benchmark or a fit over a root runs, here or on
+    another machine (plain data: every executor gets the same results)."""
+
+    category: Category
+    detector: str
+    params: dict[str, Any]
+    model_file: str
+    evaluate: bool = True
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A job's result (a :class:`CategoryResult` when evaluated, else the fitted model's
+    summary), or the reason it failed."""
+
+    result: CategoryResult | None = None
+    fitted: dict[str, Any] | None = None
+    failure: str | None = None
+
+
+def _check_visible(category: Category) -> None:
+    if not category.root.is_dir():
+        import socket
+
+        raise DataError(
+            f"{category.root} is not visible on {socket.gethostname()}: every worker of a "
+            "cluster needs the data and project folders at the same path (shared storage)"
+        )
+
+
+def run_job(job: CategoryJob) -> JobOutcome:
+    """Fit (and evaluate) one detector on one category; data problems become a failure line."""
+    category, name = job.category, job.detector
+    make = lambda: make_detector(name, job.params)  # noqa: E731
+    try:
+        _check_visible(category)
+        if not job.evaluate:
+            detector = make()
+            start = time.perf_counter()
+            detector.fit(category)
+            seconds = time.perf_counter() - start
+            detector.save(job.model_file)
+            fitted = {
+                "category": category.name,
+                "detector": name,
+                "n_train": len(category.train_paths),
+                "threshold": detector.threshold_,
+                "fit_seconds": round(seconds, 2),
+                "model": job.model_file,
+            }
+            return JobOutcome(fitted=fitted)
+        if detector_info(name).supervised:
+            return JobOutcome(result=cross_validate(make, category))
+        _, result = fit_and_evaluate(make, category, Path(job.model_file).parents[1])
+        return JobOutcome(result=result)
+    except DefectscopeError as exc:
+        return JobOutcome(failure=f"{category.name} ({name}): {exc}")
+
+
+def _jobs(
+    folders: Sequence[Path],
+    models: Sequence[str],
+    params: dict[str, dict[str, Any]],
+    model_file: Callable[[str, str], Path],
+    failures: list[str],
+    *,
+    evaluate: bool,
+) -> list[CategoryJob]:
+    """One job per loadable category and model; categories that fail to load go to
+    ``failures`` (once, whatever the number of models)."""
+    jobs = []
+    for folder in folders:
+        try:
+            category = load_category(folder, require_test=evaluate)
+        except DataError as exc:
+            failures.append(f"{folder.name}: {exc}")
+            continue
+        for name in models:
+            path = str(model_file(name, category.name))
+            jobs.append(CategoryJob(category, name, params.get(name, {}), path, evaluate))
+    return jobs
+
+
+def _outcomes(
+    jobs: Sequence[CategoryJob], executor: Executor | None, log: Callable[[str], None]
+) -> Iterator[tuple[CategoryJob, JobOutcome]]:
+    """Each job with its outcome, in job order: here one after the other (saying what starts),
+    or through ``executor``."""
+    if executor is None:
+        for job in jobs:
+            category = job.category
+            log(
+                f"{job.detector} on {category.name}: {len(category.train_paths)} train, "
+                f"{len(category.test_samples)} test images"
+            )
+            yield job, run_job(job)
+        return
+    log(f"running {len(jobs)} jobs (category x model) on {executor}")
+    yield from zip(jobs, executor.map(run_job, jobs))
+
+
 def benchmark(
     data: str | Path,
     models: Sequence[str],
@@ -102,12 +206,17 @@ def benchmark(
     categories: list[str] | None = None,
     command: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
+    executor: Executor | None = None,
 ) -> BenchmarkOutcome:
     """Fit and evaluate every model on every category under ``data``; write the run folder.
 
     A category that fails (bad data) is reported and skipped; the others still run, and the
-    tables are rewritten after each category so that nothing computed is lost.
+    tables are rewritten after each category so that nothing computed is lost. ``executor``
+    (:mod:`defectscope.engine.sharding`) runs the (category, model) jobs elsewhere, e.g. one Ray
+    task each; the results, table and report are the same as here.
     """
+    from defectscope.report.table import write_tables
+
     for name in models:
         detector_info(name)
         make_detector(name, params.get(name, {})).options()  # bad options fail before any work
@@ -119,6 +228,7 @@ def benchmark(
         "data": str(data),
         "models": list(models),
         "params": params,
+        "executor": str(executor) if executor is not None else "local",
         "failures": failures,
         "status": "running",
         "categories": [f.name for f in folders],
@@ -128,32 +238,22 @@ def benchmark(
     # leaves a folder that `defectscope report` can still read
     write_meta(run, meta)
     try:
-        for folder in folders:
-            try:
-                category = load_category(folder, require_test=True)
-            except DataError as exc:
-                failures.append(f"{folder.name}: {exc}")
+        jobs = _jobs(
+            folders,
+            models,
+            params,
+            lambda name, cat: run / "models" / name / cat / "model.safetensors",
+            failures,
+            evaluate=True,
+        )
+        for job, outcome in _outcomes(jobs, executor, log):
+            if outcome.failure is not None:
+                failures.append(outcome.failure)
                 continue
-            for name in models:
-                log(
-                    f"{name} on {category.name}: {len(category.train_paths)} train, "
-                    f"{len(category.test_samples)} test images"
-                )
-                make = lambda n=name: make_detector(n, params.get(n, {}))  # noqa: E731
-                try:
-                    if detector_info(name).supervised:
-                        result = cross_validate(make, category)
-                    else:
-                        _, result = fit_and_evaluate(make, category, run / "models" / name)
-                except DefectscopeError as exc:
-                    failures.append(f"{category.name} ({name}): {exc}")
-                    continue
-                results.append(result)
-                from defectscope.report.table import write_tables
-
-                write_tables(results, run)
-                meta["completed"].append(f"{category.name} ({name})")
-                write_meta(run, meta)
+            results.append(outcome.result)
+            write_tables(results, run)
+            meta["completed"].append(f"{job.category.name} ({job.detector})")
+            write_meta(run, meta)
     except BaseException:
         meta["status"] = "interrupted"
         write_meta(run, meta)
@@ -165,3 +265,57 @@ def benchmark(
     meta["status"] = "complete"
     write_run(results, run, meta)
     return BenchmarkOutcome(results, failures)
+
+
+def fit_root(
+    data: str | Path,
+    model: str,
+    params: dict[str, Any],
+    run: Path,
+    *,
+    categories: list[str] | None = None,
+    command: Sequence[str] | None = None,
+    log: Callable[[str], None] = print,
+    executor: Executor | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Fit ``model`` on every category under the root ``data``: ``run/<category>/model.safetensors``
+    and ``run/fitted.json`` (one entry per category, and the failures). Returns both lists."""
+    make_detector(model, params).options()
+    folders = discover(data, categories)
+    failures: list[str] = []
+    fitted: list[dict[str, Any]] = []
+    meta = {
+        "command": list(command or []),
+        "data": str(data),
+        "model": model,
+        "params": params,
+        "executor": str(executor) if executor is not None else "local",
+        "status": "running",
+        "fitted": fitted,
+        "failures": failures,
+    }
+    write_meta(run, meta)
+    try:
+        jobs = _jobs(
+            folders,
+            [model],
+            {model: params},
+            lambda name, cat: run / cat / "model.safetensors",
+            failures,
+            evaluate=False,
+        )
+        for _, outcome in _outcomes(jobs, executor, log):
+            if outcome.failure is not None:
+                failures.append(outcome.failure)
+            else:
+                fitted.append(outcome.fitted)
+            write_meta(run, meta)
+    except BaseException:
+        meta["status"] = "interrupted"
+        write_meta(run, meta)
+        raise
+    meta["status"] = "complete" if fitted else "failed"
+    write_meta(run, meta)
+    if not fitted:
+        raise DataError("no category could be fitted: " + "; ".join(failures))
+    return fitted, failures

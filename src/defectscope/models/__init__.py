@@ -29,6 +29,8 @@ class DetectorInfo:
         config: its option dataclass.
         implementation: module path of ``make_fitter`` and ``restore``.
         supervised: trained on labelled good and defective images (``fit(images, labels)``).
+        shardable: its training images may be split across shards (``fit(..., shards=N)``);
+            its fitter implements ``partial`` and ``combine``.
         summary: one line for help texts.
     """
 
@@ -37,6 +39,7 @@ class DetectorInfo:
     config: type[Options]
     implementation: str
     supervised: bool = False
+    shardable: bool = False
     summary: str = ""
 
     def load(self) -> ModuleType:
@@ -52,6 +55,7 @@ DETECTORS: dict[str, DetectorInfo] = {
             "PaDiM",
             PadimConfig,
             "defectscope.models.padim.model",
+            shardable=True,
             summary="Gaussian per patch position over CNN features (fast, streaming)",
         ),
         DetectorInfo(
@@ -59,6 +63,7 @@ DETECTORS: dict[str, DetectorInfo] = {
             "PatchCore",
             PatchcoreConfig,
             "defectscope.models.patchcore.model",
+            shardable=True,
             summary="nearest-neighbour distance to a coreset memory bank (most accurate)",
         ),
         DetectorInfo(

@@ -114,6 +114,27 @@ class Fitter(ABC):
     def finalize(self) -> AnomalyModule:
         """The module fitted on everything seen so far."""
 
+    #: whether the training images may be split across shards (processes or machines): each
+    #: shard's fitter gets :meth:`update` calls and returns :meth:`partial`, and one fitter
+    #: :meth:`combine` s them before :meth:`finalize`
+    shardable: bool = False
+
+    def shared_state(self) -> dict[str, float]:
+        """What every shard must share before its first :meth:`update` (set by
+        :meth:`set_shared_state`), read from a fitter that has seen the first batch."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be fitted in shards")
+
+    def set_shared_state(self, state: dict[str, float]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be fitted in shards")
+
+    def partial(self) -> dict[str, Any]:
+        """What this shard learned, as plain values and tensors (sent between processes)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be fitted in shards")
+
+    def combine(self, partials: list[dict[str, Any]]) -> None:
+        """Take in the :meth:`partial` s of every shard, in shard order."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be fitted in shards")
+
 
 def image_max(maps: torch.Tensor) -> torch.Tensor:
     """``(B, H, W) -> (B,)``: the maximum of each map."""

@@ -67,6 +67,28 @@ class GaussianAccumulator:
         self.mean += delta * (other.count / total)
         self.count = total
 
+    def state(self) -> dict[str, torch.Tensor | int]:
+        """The statistics as plain values (the scatter's lower triangle only: it is symmetric),
+        e.g. to send to another process; :meth:`from_state` rebuilds the accumulator."""
+        rows, cols = torch.tril_indices(self.mean.shape[1], self.mean.shape[1])
+        return {
+            "count": self.count,
+            "mean": self.mean,
+            "scatter_lower": self.scatter[:, rows, cols].contiguous(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor | int]) -> GaussianAccumulator:
+        mean = state["mean"]
+        positions, dim = mean.shape
+        out = cls(positions, dim)
+        rows, cols = torch.tril_indices(dim, dim)
+        out.scatter[:, rows, cols] = state["scatter_lower"]
+        out.scatter[:, cols, rows] = state["scatter_lower"]
+        out.mean.copy_(mean)
+        out.count = int(state["count"])
+        return out
+
     def covariance(self, regularization: float) -> torch.Tensor:
         """Unbiased covariance plus ``regularization * I``: ``(P, D, D)`` float64."""
         if self.count < 2:

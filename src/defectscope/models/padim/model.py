@@ -188,9 +188,21 @@ class PadimFitter(Fitter):
             self.accumulator.update(self._module.embed(images))
         release_free_memory()  # keeps the per-batch temporaries from piling up
 
-    def merge(self, other: PadimFitter) -> None:
-        """Add the statistics of ``other`` (same config), e.g. fitted on another shard."""
-        self.accumulator.merge(other.accumulator)
+    # -- shards: each accumulates its images; the accumulators merge exactly (Chan et al.) --
+    shardable = True
+
+    def shared_state(self) -> dict[str, float]:
+        return {"illumination_target": float(self.illumination.target)}
+
+    def set_shared_state(self, state: dict[str, float]) -> None:
+        self.illumination.target.fill_(state["illumination_target"])
+
+    def partial(self) -> dict[str, Any]:
+        return self.accumulator.state()
+
+    def combine(self, partials: list[dict[str, Any]]) -> None:
+        for part in partials:
+            self.accumulator.merge(GaussianAccumulator.from_state(part))
 
     def finalize(self) -> PadimModel:
         acc = self.accumulator

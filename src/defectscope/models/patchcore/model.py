@@ -154,16 +154,28 @@ def _layers(config: PatchcoreConfig) -> tuple[str, ...] | None:
     return DEFAULT_LAYERS[config.backbone]
 
 
+#: a shard keeps this many times its share of the coreset; the driver's second selection over
+#: the union brings it down to the configured ratio (distributed k-center)
+SHARD_OVERSAMPLE = 2
+
+
 class PatchcoreFitter(Fitter):
-    """Collects every training patch (float32), then selects the coreset in :meth:`finalize`.
+    """Collects training patches (float32) and selects the coreset in :meth:`finalize`.
 
     A second :meth:`finalize` after more :meth:`update` calls (the engine's held-out images,
     once they have set the threshold) selects a coreset of the new patches only, at the same
     ratio, and adds it to the bank: the union of the two coresets covers every patch, as in
-    distributed k-center, for a fraction of a second selection over all of them.
+    distributed k-center, for a fraction of a second selection over all of them. Patches are
+    dropped once their coreset is taken.
+
+    Shards (:meth:`partial`) each select a coreset of their own patches at
+    ``SHARD_OVERSAMPLE`` times the ratio; :meth:`combine` selects the configured ratio of all
+    patches from the union. Every patch is then within the shard's radius plus the second
+    selection's radius of the bank (triangle inequality, in the projected space).
     """
 
     merge_holdout = True
+    shardable = True
 
     def __init__(self, config: PatchcoreConfig, hooks: Hooks) -> None:
         self.config = config
@@ -172,10 +184,10 @@ class PatchcoreFitter(Fitter):
         self.embedding = PatchcoreEmbedding(self.extractor.module, config.neighbourhood).eval()
         self.illumination = Illumination(config.illumination)
         self._module = self._new_module(torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long), {})
-        self.patches: list[torch.Tensor] = []
+        self.patches: list[torch.Tensor] = []  # patches not yet in a coreset
         self.n_images = 0
-        self._bank: torch.Tensor | None = None  # the bank of an earlier finalize
-        self._covered = 0  # patches that bank covers
+        self.n_patches = 0  # every patch seen, in a coreset or not
+        self._bank: torch.Tensor | None = None  # the bank of an earlier finalize or combine
         self._radius: float | None = None
 
     def _new_module(self, bank, neighbors, info) -> PatchcoreModel:
@@ -198,24 +210,29 @@ class PatchcoreFitter(Fitter):
             feats = self._module.patch_features(images)
         self.patches.append(feats.reshape(-1, feats.shape[-1]).clone())
         self.n_images += len(images)
+        self.n_patches += feats.shape[0] * feats.shape[1]
 
-    def merge(self, other: PatchcoreFitter) -> None:
-        """Add the patches of ``other`` (same config), e.g. collected on another shard."""
-        self.patches += other.patches
-        self.n_images += other.n_images
+    def _take_patches(self) -> torch.Tensor | None:
+        if not self.patches:
+            return None
+        patches = torch.cat(self.patches) if len(self.patches) > 1 else self.patches[0]
+        self.patches = []
+        release_free_memory()
+        return patches
+
+    def _add_to_bank(self, part: torch.Tensor, radius: float | None) -> None:
+        self._bank = part if self._bank is None else torch.cat([self._bank, part])
+        radii = [r for r in (radius, self._radius) if r is not None]
+        self._radius = max(radii) if radii else None
 
     def finalize(self) -> PatchcoreModel:
-        patches = torch.cat(self.patches) if len(self.patches) > 1 else self.patches[0]
-        self.patches = [patches]
-        release_free_memory()
-        total = len(patches)
-        bank, radius = self._select(patches[self._covered :])
-        if self._bank is not None:
-            bank = torch.cat([self._bank, bank])
-            radii = [r for r in (radius, self._radius) if r is not None]
-            radius = max(radii) if radii else None
-        self._bank, self._covered, self._radius = bank, total, radius
-        config = self.config
+        patches = self._take_patches()
+        if patches is not None:
+            self._add_to_bank(*self._select(patches, self.config.coreset_ratio))
+            del patches
+        if self._bank is None:
+            raise ValueError("finalize before any update: no training patches")
+        bank, config = self._bank, self.config
         neighbors = (
             bank_neighbors(bank, config.num_neighbors)
             if config.reweight
@@ -224,25 +241,57 @@ class PatchcoreFitter(Fitter):
         info = {
             "feature_size": list(self.extractor.sizes[0]),
             "n_train": self.n_images,
-            "n_patches": total,
+            "n_patches": self.n_patches,
             "bank_size": len(bank),
-            "coreset_radius": radius,
+            "coreset_radius": self._radius,
             "weights_source": self.extractor.weights_source,
             "weights_sha256": self.extractor.weights_sha256,
         }
         self._module = self._new_module(bank, neighbors, info)
         return self._module
 
-    def _select(self, patches: torch.Tensor) -> tuple[torch.Tensor, float | None]:
-        """The coreset of ``patches`` at the configured ratio, and its covering radius."""
+    # -- shards ---------------------------------------------------------------------------------
+    def shared_state(self) -> dict[str, float]:
+        return {"illumination_target": float(self.illumination.target)}
+
+    def set_shared_state(self, state: dict[str, float]) -> None:
+        self.illumination.target.fill_(state["illumination_target"])
+
+    def partial(self) -> dict[str, Any]:
+        patches = self._take_patches()
+        if patches is None:
+            raise ValueError("partial before any update: no training patches")
+        bank, radius = self._select(patches, self.config.coreset_ratio * SHARD_OVERSAMPLE)
+        return {
+            "bank": bank,
+            "radius": radius,
+            "n_patches": self.n_patches,
+            "n_images": self.n_images,
+        }
+
+    def combine(self, partials: list[dict[str, Any]]) -> None:
+        union = torch.cat([p["bank"] for p in partials])
+        n_patches = sum(int(p["n_patches"]) for p in partials)
+        k = max(1, round(self.config.coreset_ratio * n_patches))
+        bank, radius = self._select(union, k / len(union))
+        local = [p["radius"] for p in partials if p["radius"] is not None]
+        if radius is not None and local:
+            radius += max(local)
+        self._add_to_bank(bank, radius)
+        self.n_patches += n_patches
+        self.n_images += sum(int(p["n_images"]) for p in partials)
+
+    def _select(self, patches: torch.Tensor, ratio: float) -> tuple[torch.Tensor, float | None]:
+        """A coreset of ``ratio`` of ``patches``, and its covering radius (None unless greedy)."""
         config = self.config
         n = len(patches)
-        k = max(1, round(config.coreset_ratio * n))
+        k = max(1, round(ratio * n))
         gen = torch.Generator().manual_seed(config.seed)
         radius = None
         self.hooks.stage(f"selecting a {config.coreset_method} coreset of {k} of {n} patches")
         if config.coreset_method == "none" or k >= n:
             index = torch.arange(n)
+            radius = 0.0  # every patch is in the bank
         elif config.coreset_method == "random":
             index = torch.randperm(n, generator=gen)[:k]
         else:

@@ -1,0 +1,284 @@
+"""Batch predictions with Ray Data: a pool of actors that each load the model once (the exported
+ONNX file needs no torch), streaming over the inputs and writing the results in input order to
+``predictions.parquet`` and ``predictions.csv`` as they arrive.
+
+Memory: the driver holds the list of paths (an Arrow table, about the paths' own bytes) and one
+batch of results at a time; Ray Data's streaming executor keeps a bounded number of batches in
+flight. An image that cannot be read or scored gets an ``error`` row and the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectscope.errors import ConfigError, DefectscopeError
+
+#: columns of predictions.csv / .parquet, in order
+COLUMNS = (
+    "index",
+    "path",
+    "name",
+    "score",
+    "normalized_score",
+    "verdict",
+    "is_anomalous",
+    "threshold",
+    "n_regions",
+    "regions",
+    "overlay",
+    "error",
+)
+
+
+class PredictActor:
+    """Loads the model once per actor; ``__call__`` scores one batch of rows."""
+
+    def __init__(
+        self,
+        model: str,
+        out: str,
+        save: str,
+        threshold: float | None,
+        load_options: dict[str, Any],
+    ) -> None:
+        from defectscope.engine.persistence import load
+
+        self.detector = load(model, progress=False, **load_options)
+        self.out = Path(out)
+        self.save = save
+        self.threshold = threshold
+        scale = self.detector.colour_scale
+        t = self.detector.threshold_ if threshold is None else threshold
+        self.scale = scale if scale is not None else (0.0, 2.0 * float(t))
+        self.on_map = bool(self.detector.fit_info_.get("threshold_on_map", True))
+
+    def _rows(self, paths: list[str], names: list[str]) -> list[dict[str, Any]]:
+        from defectscope.engine.predicting import annotate
+
+        predictions = self.detector.predict(paths, threshold=self.threshold)
+        rows = []
+        for p, name in zip(predictions, names):
+            regions, overlay, _ = annotate(
+                p, name, self.scale, self.on_map, self.out, save=self.save
+            )
+            rows.append(
+                {
+                    "score": p.score,
+                    "normalized_score": round(float(p.normalized_score), 4),
+                    "verdict": "fail" if p.is_anomalous else "pass",
+                    "is_anomalous": p.is_anomalous,
+                    "threshold": p.threshold,
+                    "n_regions": len(regions),
+                    "regions": json.dumps([r.to_dict() for r in regions]),
+                    "overlay": overlay,
+                    "error": "",
+                }
+            )
+        return rows
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        paths = [str(p) for p in batch["path"]]
+        names = [str(n) for n in batch["name"]]
+        try:
+            rows = self._rows(paths, names)
+        except DefectscopeError:
+            # one bad image fails its batch: score the batch image by image, keep the errors
+            rows = []
+            for path, name in zip(paths, names):
+                try:
+                    rows += self._rows([path], [name])
+                except DefectscopeError as exc:
+                    rows.append(error_row(str(exc)))
+        out: dict[str, list] = {
+            "index": list(batch["index"]),
+            "path": paths,
+            "name": names,
+        }
+        for key in COLUMNS[3:]:
+            out[key] = [row[key] for row in rows]
+        return out
+
+
+def error_row(message: str) -> dict[str, Any]:
+    return {
+        "score": float("nan"),
+        "normalized_score": float("nan"),
+        "verdict": "error",
+        "is_anomalous": None,
+        "threshold": float("nan"),
+        "n_regions": 0,
+        "regions": "[]",
+        "overlay": "",
+        "error": message,
+    }
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("index", pa.int64()),
+            ("path", pa.string()),
+            ("name", pa.string()),
+            ("score", pa.float64()),
+            ("normalized_score", pa.float64()),
+            ("verdict", pa.string()),
+            ("is_anomalous", pa.bool_()),
+            ("threshold", pa.float64()),
+            ("n_regions", pa.int64()),
+            ("regions", pa.string()),
+            ("overlay", pa.string()),
+            ("error", pa.string()),
+        ]
+    )
+
+
+def read_path_list(path: str | Path) -> list[str]:
+    """Image paths from a text file, one per line (blank lines and ``#`` comments skipped)."""
+    lines = Path(path).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def predict_ray(
+    model: str | Path,
+    inputs: Sequence[str | Path],
+    out: Path,
+    *,
+    path_lists: Sequence[str | Path] = (),
+    actors: int = 2,
+    actor_cpus: float = 1.0,
+    batch_size: int = 16,
+    save: str = "none",
+    threshold: float | None = None,
+    load_options: dict[str, Any] | None = None,
+    command: Sequence[str] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Score every image of ``inputs`` (files and folders) and ``path_lists`` (text files of
+    paths) on a Ray Data actor pool; write ``predictions.parquet``, ``predictions.csv`` and
+    ``run.json`` under ``out``. Ray must be started (:func:`defectscope.cluster.start_ray`).
+
+    Returns the summary written to ``run.json``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from defectscope import __version__
+    from defectscope.data.images import is_image_file
+    from defectscope.data.video import is_video_file
+    from defectscope.engine.predicting import (
+        SAVE_CHOICES,
+        expand_inputs,
+        relative_names,
+        write_meta,
+    )
+
+    if save not in SAVE_CHOICES:
+        raise ConfigError(f"save must be one of {', '.join(SAVE_CHOICES)}, got {save!r}")
+    if actors < 1 or batch_size < 1:
+        raise ConfigError(f"actors and batch size must be at least 1, got {actors}, {batch_size}")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    notices: list[str] = []
+    files: list[Path] = []
+    if inputs:
+        videos: list[Path] = []
+        files, notices = expand_inputs(inputs, videos)
+        if videos:
+            raise ConfigError(
+                "video inputs are not scored with --executor ray; predict them without it "
+                f"(found {videos[0]})"
+            )
+    listed = [p for lst in path_lists for p in read_path_list(lst)]
+    for p in listed:
+        if is_video_file(Path(p)) or not is_image_file(Path(p)):
+            notices.append(f"{p}: not an image file name; recorded as an error")
+    paths = [str(f) for f in files] + listed
+    # names (and overlay files) relative to the folder all inputs share: never outside `out`
+    names = relative_names([Path(p) for p in paths]) if paths else []
+    if not paths:
+        raise ConfigError("no images to predict")
+    table = pa.table(
+        {"index": pa.array(range(len(paths)), pa.int64()), "path": paths, "name": names}
+    )
+    load_options = dict(load_options or {})
+    load_options.setdefault("batch_size", batch_size)
+    load_options.setdefault("num_workers", 1)
+    # the driver checks the model once (a wrong path fails here, not in every actor)
+    from defectscope.engine.persistence import load
+
+    identity = load(model, progress=False, **load_options).identity()
+    # Blocks cut here, not by a repartition: that would need CPUs the actor pool already holds.
+    # at least four per actor, at most 4000, about one batch each
+    n_blocks = min(len(paths), 4000, max(4 * actors, -(-len(paths) // batch_size)))
+    rows = -(-len(paths) // n_blocks)
+    blocks = [table.slice(start, rows) for start in range(0, len(paths), rows)]
+    # Results in input order (set before the dataset is made: it copies the context)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        PredictActor,
+        fn_constructor_kwargs={
+            "model": str(Path(model).resolve()),
+            "out": str(out.resolve()),
+            "save": save,
+            "threshold": threshold,
+            "load_options": load_options,
+        },
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=actor_cpus,
+    )
+    schema = _schema()
+    counts = {"pass": 0, "fail": 0, "error": 0}
+    t0 = time.perf_counter()
+    log(f"scoring {len(paths)} images on {actors} Ray actors ({actor_cpus:g} CPU each)")
+    with (
+        pq.ParquetWriter(out / "predictions.parquet", schema) as parquet,
+        open(out / "predictions.csv", "w", newline="") as handle,
+    ):
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        expected = 0
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            batch = batch.select(list(COLUMNS)).cast(schema)
+            index = batch.column("index").to_numpy()
+            due = np.arange(expected, expected + len(index))
+            if not np.array_equal(index, due):  # an error beats a silently shuffled file
+                raise RuntimeError(f"Ray Data returned rows out of order near row {expected}")
+            expected += len(index)
+            parquet.write_table(batch)
+            columns = [batch.column(c).to_pylist() for c in COLUMNS]
+            for row in zip(*columns):
+                writer.writerow(["" if v is None else v for v in row])
+            for verdict in columns[COLUMNS.index("verdict")]:
+                counts[verdict] += 1
+    seconds = time.perf_counter() - t0
+    meta = {
+        "command": list(command or []),
+        "defectscope_version": __version__,
+        "executor": f"ray data ({actors} actors x {actor_cpus:g} CPU, batches of {batch_size})",
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **identity,
+        "threshold_used": identity["threshold"] if threshold is None else threshold,
+        "threshold_given": threshold,
+        "images": len(paths),
+        "failed": counts["fail"],
+        "errors": counts["error"],
+        "passed": counts["pass"],
+        "seconds": round(seconds, 2),
+        "images_per_second": round(len(paths) / seconds, 2) if seconds > 0 else None,
+        "notices": notices,
+    }
+    write_meta(out, meta)
+    return meta
