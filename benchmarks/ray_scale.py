@@ -77,9 +77,16 @@ def part_categories(args, work: Path, data: Path, name: str, extra: list[str]) -
 
 def part_predict(args, work: Path) -> None:
     tool = str(BIN / "defectscope")
-    images = sorted(str(p) for p in (args.data / args.predict_category / "test").rglob("*.png"))
+    images = sorted((args.data / args.predict_category / "test").rglob("*.png"))
+    # distinct files (links), or the local predict would score each repeated path once
+    paths = []
+    for k in range(args.repeat):
+        for i, image in enumerate(images):
+            link = work / "images" / f"copy{k}" / f"{i:04d}.png"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(image.resolve())
+            paths.append(str(link))
     listing = work / "paths.txt"
-    paths = images * args.repeat
     listing.write_text("\n".join(paths) + "\n")
     base = [tool, "predict", "--model", args.model, "--list", str(listing), "-q", "--save", "none"]
     base += ["--project", str(work)]
@@ -122,7 +129,10 @@ def part_shards(args) -> None:
                     "fit_s": round(fit, 1),
                     "bank": model.fit_info_["bank_size"],
                     "radius": round(model.fit_info_["coreset_radius"], 3),
-                    **{k: round(metrics[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")},
+                    **{
+                        k: None if metrics.get(k) is None else round(metrics[k], 4)
+                        for k in ("image_auroc", "pixel_auroc", "aupro_30")
+                    },
                 }
             )
 

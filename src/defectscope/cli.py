@@ -154,7 +154,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser; with ``only``, the option groups of the other verbs are left out
+    (every call is a new process: a one-image predict should not build fit's hundred flags)."""
+
+    def model_options(sub: argparse.ArgumentParser) -> None:
+        if only is None or sub.prog.split()[-1] == only:
+            _add_model_options(sub)
+
     parser = argparse.ArgumentParser(
         prog="defectscope",
         description="Visual anomaly detection and localisation on MVTec-layout data.",
@@ -191,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="split one category's training images into this many shards, fitted apart and "
         "merged (padim, patchcore; with --executor ray, on the cluster)",
     )
-    _add_model_options(fit)
+    model_options(fit)
     _add_executor_options(fit)
 
     ev = verb("evaluate", "evaluate a saved or exported model on a category's test split")
@@ -275,12 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="models",
         help=f"detectors to compare (default {DEFAULT_DETECTOR}). {models_help}",
     )
-    _add_model_options(bench)
+    model_options(bench)
     _add_executor_options(bench)
 
     demo = verb("demo", "generate a synthetic data set and run fit + benchmark on it, offline")
     demo.add_argument("--size", type=int, default=128, help="synthetic image size (default 128)")
-    _add_model_options(demo)
+    model_options(demo)
 
     ex = verb("export", "write a fitted model's whole pipeline to one file (ONNX)")
     ex.add_argument("--model", required=True, help="model file or run folder")
@@ -703,7 +710,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(verb if verb in COMMANDS else None).parse_args(argv)
     args.command = ["defectscope", *argv]
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,

@@ -138,6 +138,14 @@ def _check_parity(wrapper, file: str, size: int) -> None:
         raise RuntimeError(f"the exported graph disagrees with PyTorch (relative error {err:.3g})")
 
 
+def thread_limit() -> int:
+    """ONNX Runtime's threads: ``$OMP_NUM_THREADS`` where set (Ray sets it to a task's or an
+    actor's CPUs, so that two actors on two cores do not run four threads), else 0 (ONNX
+    Runtime's default: one per physical core)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 0
+
+
 class ExportedModel(Scorer):
     """An exported ``.onnx`` file, run with ONNX Runtime, numpy and Pillow: no torch.
 
@@ -166,6 +174,7 @@ class ExportedModel(Scorer):
         options.log_severity_level = 3
         options.enable_cpu_mem_arena = False
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = thread_limit()
         try:
             self.session = ort.InferenceSession(
                 str(self.path), options, providers=["CPUExecutionProvider"]

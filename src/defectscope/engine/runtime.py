@@ -86,6 +86,9 @@ class OnnxModule:
         options.enable_cpu_mem_arena = False
         # Spinning worker threads burn the cores that image decoding needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        from defectscope.engine.exported import thread_limit
+
+        options.intra_op_num_threads = thread_limit()
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
         self._verify(module, image_size)
