@@ -103,6 +103,28 @@ def test_predict_and_evaluate_with_exported_file_do_not_import_torch(fitted_run,
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_quiet_one_image_predict_imports_only_what_it_uses(fitted_run, texture, tmp_path):
+    """Start-up: no torch, no progress-bar library when quiet, no detector registry, no Ray."""
+    onnx_file = fitted_run / "model.onnx"
+    if not onnx_file.exists():
+        assert main(["export", "--model", str(fitted_run), "-q"]) == 0
+    image = next((texture / "test" / "good").glob("*.png"))
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from defectscope.cli import main
+        assert main(["predict", "--model", {str(onnx_file)!r}, {str(image)!r},
+                     "--project", {str(tmp_path)!r}, "-q"]) == 0
+        print(" ".join(sorted(sys.modules)))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.strip().splitlines()[-1].split())
+    for heavy in ("torch", "tqdm", "defectscope.models", "ray", "scipy", "matplotlib"):
+        assert heavy not in loaded, heavy
+
+
 def test_export_rejects_damaged_onnx(tmp_path):
     import defectscope
     from defectscope.errors import ModelFileError

@@ -33,6 +33,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
+    if not name[:1].isupper():  # submodules (`from defectscope import metrics`) land here
+        raise AttributeError(f"module 'defectscope' has no attribute {name!r}")
     classes = _estimators()
     if name in classes:
         from defectscope.engine.estimator import ESTIMATORS

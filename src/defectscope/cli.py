@@ -155,8 +155,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The command's parser; with ``only``, the option groups of the other verbs are left out
-    (every call is a new process: a one-image predict should not build fit's hundred flags)."""
+    """The command's parser; with ``only`` (a verb, or ``""`` for none), the detector options of
+    the other verbs are left out (every call is a new process: a one-image predict should not
+    build fit's hundred flags)."""
 
     def model_options(sub: argparse.ArgumentParser) -> None:
         if only is None or sub.prog.split()[-1] == only:
@@ -184,9 +185,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_common(sub)
         return sub
 
-    from defectscope.models import DETECTORS
+    models_help = ""
+    if only in (None, "fit", "benchmark"):  # the detectors' registry only where it is shown
+        from defectscope.models import DETECTORS
 
-    models_help = "; ".join(f"{n}: {i.summary}" for n, i in DETECTORS.items())
+        models_help = "; ".join(f"{n}: {i.summary}" for n, i in DETECTORS.items())
     fit = verb("fit", "fit a detector on one category's train/good images and save it")
     fit.add_argument("--data", help="category folder (MVTec layout); or `data` in --config")
     fit.add_argument("--model", help=f"detector (default {DEFAULT_DETECTOR}). {models_help}")
@@ -711,7 +714,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(verb if verb in COMMANDS else None).parse_args(argv)
+    args = build_parser(verb if verb in COMMANDS else "").parse_args(argv)
     args.command = ["defectscope", *argv]
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,

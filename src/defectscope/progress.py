@@ -6,18 +6,31 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from tqdm import tqdm
+
+class _Silent:
+    """What a disabled bar is: calls do nothing (and tqdm, 40 ms to import, stays unloaded)."""
+
+    def update(self, n: int = 1) -> None: ...
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @contextmanager
-def progress_bar(total: int, desc: str, *, enabled: bool, unit: str = "img") -> Iterator[tqdm]:
+def progress_bar(total: int, desc: str, *, enabled: bool, unit: str = "img") -> Iterator[Any]:
     """A tqdm bar on stderr showing ``img/s`` and the ETA; a no-op bar when not ``enabled``."""
+    if not enabled:
+        yield _Silent()
+        return
+    from tqdm import tqdm
+
     bar = tqdm(
         total=total,
         desc=desc,
         unit=unit,
-        disable=not enabled,
         file=sys.stderr,
         dynamic_ncols=True,
         leave=False,
@@ -35,7 +48,7 @@ class Stages:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._bar: tqdm | None = None
+        self._bar: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -43,6 +56,8 @@ class Stages:
         self.finish()
         if not self.enabled:
             return
+        from tqdm import tqdm
+
         self._bar = tqdm(
             total=None,
             desc=text,
@@ -57,7 +72,7 @@ class Stages:
         self._thread.start()
 
     @staticmethod
-    def _tick(bar: tqdm, stop: threading.Event) -> None:
+    def _tick(bar: Any, stop: threading.Event) -> None:
         while not stop.wait(0.5):
             bar.refresh()
 
