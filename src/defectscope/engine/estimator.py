@@ -334,8 +334,7 @@ class Detector(Scorer):
         # Every shard shares what a serial fit takes from its first batch (the illumination
         # target): the same images, so the same value.
         first = next(iter_batches(paths[: engine.batch_size], config.image_size, len(paths), 0))
-        fitter.illumination.calibrate(to_tensor(first[1]))
-        shared = fitter.shared_state()
+        shared = fitter.shared_state(to_tensor(first[1]))
         params = {**self.get_params(), "progress": False}
         parts = split_evenly([str(p) for p in paths], shards)
         jobs = [ShardJob(self.name, params, list(part), shared) for part in parts]

@@ -119,9 +119,9 @@ class Fitter(ABC):
     #: :meth:`combine` s them before :meth:`finalize`
     shardable: bool = False
 
-    def shared_state(self) -> dict[str, float]:
-        """What every shard must share before its first :meth:`update` (set by
-        :meth:`set_shared_state`), read from a fitter that has seen the first batch."""
+    def shared_state(self, first_batch: torch.Tensor) -> dict[str, float]:
+        """What every shard must share before its first :meth:`update` (handed to each shard's
+        :meth:`set_shared_state`), from the images an unsharded fit would see first."""
         raise NotImplementedError(f"{type(self).__name__} cannot be fitted in shards")
 
     def set_shared_state(self, state: dict[str, float]) -> None:

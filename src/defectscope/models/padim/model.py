@@ -191,7 +191,8 @@ class PadimFitter(Fitter):
     # -- shards: each accumulates its images; the accumulators merge exactly (Chan et al.) --
     shardable = True
 
-    def shared_state(self) -> dict[str, float]:
+    def shared_state(self, first_batch: torch.Tensor) -> dict[str, float]:
+        self.illumination.calibrate(first_batch)  # as the first update of a serial fit
         return {"illumination_target": float(self.illumination.target)}
 
     def set_shared_state(self, state: dict[str, float]) -> None:

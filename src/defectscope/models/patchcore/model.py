@@ -251,7 +251,8 @@ class PatchcoreFitter(Fitter):
         return self._module
 
     # -- shards ---------------------------------------------------------------------------------
-    def shared_state(self) -> dict[str, float]:
+    def shared_state(self, first_batch: torch.Tensor) -> dict[str, float]:
+        self.illumination.calibrate(first_batch)  # as the first update of a serial fit
         return {"illumination_target": float(self.illumination.target)}
 
     def set_shared_state(self, state: dict[str, float]) -> None:
