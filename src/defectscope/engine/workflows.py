@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,12 @@ def _outcomes(
             yield job, run_job(job)
         return
     log(f"running {len(jobs)} jobs (category x model) on {executor}")
-    yield from zip(jobs, executor.map(run_job, jobs))
+    # bars drawn by workers elsewhere would interleave on this terminal: progress is the driver's
+    quiet = [replace(job, params={**job.params, "progress": False}) for job in jobs]
+    for job, outcome in zip(jobs, executor.map(run_job, quiet)):
+        state = "failed" if outcome.failure is not None else "done"
+        log(f"{job.detector} on {job.category.name}: {state}")
+        yield job, outcome
 
 
 def benchmark(
