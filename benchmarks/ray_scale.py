@@ -13,6 +13,8 @@ Parts (``--parts``, any of):
 - ``predict``: the exported model of ``--model`` on the test images of ``--predict-category``
   repeated ``--repeat`` times: ``defectscope predict --save none`` vs ``--executor ray`` with 1
   and 2 actors.
+- ``predict-memory``: ``predict --executor ray`` on ``--repeat`` and 4x ``--repeat`` copies of
+  those images: the driver's peak RSS and the actors' steady rate.
 - ``shards``: PatchCore fitted whole and in ``--shards`` shards (local executor: the result does
   not depend on where shards run) on screw and tire: image/pixel AUROC, AUPRO, fit seconds, bank.
 
@@ -108,6 +110,41 @@ def part_predict(args, work: Path) -> None:
         )
 
 
+def part_predict_memory(args, work: Path) -> None:
+    """The driver's peak RSS (``/usr/bin/time``: the command's own process, not Ray's workers)
+    and the actors' steady rate (run.json) for a short and a 4x longer list of images."""
+    tool = str(BIN / "defectscope")
+    images = sorted((args.data / args.predict_category / "test").rglob("*.png"))
+    for repeat in (args.repeat, 4 * args.repeat):
+        paths = []
+        for k in range(repeat):
+            for i, image in enumerate(images):
+                link = work / f"mem{repeat}" / f"copy{k}" / f"{i:04d}.png"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(image.resolve())
+                paths.append(str(link))
+        listing = work / f"mem{repeat}.txt"
+        listing.write_text("\n".join(paths) + "\n")
+        name = f"mem{repeat}"
+        cmd = ["/usr/bin/time", "-f", "%M", tool, "predict", "--model", args.model, "--list"]
+        cmd += [str(listing), "-q", "--save", "none", "--executor", "ray", "--project", str(work)]
+        cmd += ["--name", name]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        peak_kb = int(done.stderr.strip().splitlines()[-1])
+        meta = json.loads((work / "predict" / name / "run.json").read_text())
+        record(
+            {
+                "part": "predict-memory",
+                "images": len(paths),
+                "wall_s": round(wall, 1),
+                "driver_peak_mib": round(peak_kb / 1024),
+                "steady_images_per_s": meta["images_per_second"],
+            }
+        )
+
+
 def part_shards(args) -> None:
     from defectscope import PatchCore
     from defectscope.data import load_category
@@ -171,6 +208,8 @@ def main() -> None:
             part_categories(args, work, root, "synthetic16", flags)
         if "predict" in parts:
             part_predict(args, work)
+        if "predict-memory" in parts:
+            part_predict_memory(args, work)
         if "shards" in parts:
             part_shards(args)
 
