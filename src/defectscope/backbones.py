@@ -254,24 +254,83 @@ def build_backbone(spec: BackboneSpec, weights: str | None) -> tuple[nn.Module, 
     return model.eval(), source
 
 
-class FeatureExtractor(nn.Module):
-    """Normalise images and return the feature maps of the named layers, in order.
+#: classes whose forward pass, up to any of their top-level children or a child of a
+#: ``Sequential`` child, is those children run in order (timm's EfficientNet family: conv_stem,
+#: bn1, blocks; torchvision's ResNets: conv1, bn1, relu, maxpool, layer1-4)
+CHAINS = ("EfficientNet", "ResNet")
 
-    Only the network up to the last requested layer is kept (traced with ``torch.fx``), so
-    later stages cost nothing.
-    """
+
+class Prefix(nn.Module):
+    """The children of a :data:`CHAINS` model run in order up to the last requested layer,
+    returning the requested layers' outputs: what ``torch.fx`` tracing gives (tested equal), in
+    microseconds instead of the trace's second, and with everything after the last layer
+    dropped."""
 
     def __init__(self, model: nn.Module, layers: tuple[str, ...]) -> None:
         super().__init__()
-        from torchvision.models.feature_extraction import create_feature_extractor
+        wanted = set(layers)
+        self.wanted = wanted
+        for name, child in model.named_children():
+            inner = {int(w.split(".")[1]) for w in wanted if w.startswith(name + ".")}
+            if inner:
+                child = nn.Sequential(*list(child.children())[: max(inner) + 1])
+            self.add_module(name, child)
+            wanted = wanted - {name} - {f"{name}.{i}" for i in inner}
+            if not wanted:
+                break
 
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, child in self.named_children():
+            if any(w.startswith(name + ".") for w in self.wanted):
+                for i, block in enumerate(child):
+                    x = block(x)
+                    if f"{name}.{i}" in self.wanted:
+                        out[f"{name}.{i}"] = x
+            else:
+                x = child(x)
+                if name in self.wanted:
+                    out[name] = x
+        return out
+
+
+def _is_chain(model: nn.Module, layers: tuple[str, ...]) -> bool:
+    if type(model).__name__ not in CHAINS:
+        return False
+    children = dict(model.named_children())
+    for layer in layers:
+        parts = layer.split(".")
+        if parts[0] not in children or len(parts) > 2:
+            return False
+        if len(parts) == 2 and not (
+            isinstance(children[parts[0]], nn.Sequential) and parts[1].isdigit()
+        ):
+            return False
+    return True
+
+
+class FeatureExtractor(nn.Module):
+    """Normalise images and return the feature maps of the named layers, in order.
+
+    Only the network up to the last requested layer is kept, so later stages cost nothing:
+    for the backbones in :data:`CHAINS` by running their children in order (:class:`Prefix`),
+    for others by tracing with ``torch.fx``.
+    """
+
+    def __init__(self, model: nn.Module, layers: tuple[str, ...], *, trace: bool = False) -> None:
+        super().__init__()
         modules = {name for name, _ in model.named_modules() if name}
         unknown = [layer for layer in layers if layer not in modules]
         if unknown:
             shallow = [n for n in modules if n.count(".") <= 1]
             raise BackboneError(unknown_name("layer", unknown[0], shallow))
         self.layers = tuple(layers)
-        self.body = create_feature_extractor(model, return_nodes=list(layers))
+        if not trace and _is_chain(model, self.layers):
+            self.body = Prefix(model, self.layers)
+        else:
+            from torchvision.models.feature_extraction import create_feature_extractor
+
+            self.body = create_feature_extractor(model, return_nodes=list(layers))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
