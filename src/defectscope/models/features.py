@@ -145,6 +145,20 @@ class Illumination(nn.Module):
         return images
 
 
+class SharedIllumination:
+    """For fitters with an :class:`Illumination`: what shards of a sharded fit share is its
+    target, taken from the first training batch as an unsharded fit takes it."""
+
+    illumination: Illumination
+
+    def shared_state(self, first_batch: torch.Tensor) -> dict[str, float]:
+        self.illumination.calibrate(first_batch)  # as the first update of a serial fit
+        return {"illumination_target": float(self.illumination.target)}
+
+    def set_shared_state(self, state: dict[str, float]) -> None:
+        self.illumination.target.fill_(state["illumination_target"])
+
+
 def restore_illumination(mode: str, tensors: dict[str, torch.Tensor]) -> Illumination:
     """The fitted :class:`Illumination` of a model file; ValueError if its target is bad."""
     target = tensors.get("illumination_target")

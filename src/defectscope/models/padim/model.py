@@ -23,6 +23,7 @@ from defectscope.models.features import (
     Extractor,
     Illumination,
     PatchMapModule,
+    SharedIllumination,
     build_extractor,
     check_weights_unchanged,
     restore_illumination,
@@ -144,7 +145,7 @@ def _n_features(config: PadimConfig, extractor: Extractor) -> int:
     return n
 
 
-class PadimFitter(Fitter):
+class PadimFitter(SharedIllumination, Fitter):
     """Streams embeddings into a per-position Gaussian accumulator (float64, Chan merge)."""
 
     merge_holdout = True
@@ -190,13 +191,6 @@ class PadimFitter(Fitter):
 
     # -- shards: each accumulates its images; the accumulators merge exactly (Chan et al.) --
     shardable = True
-
-    def shared_state(self, first_batch: torch.Tensor) -> dict[str, float]:
-        self.illumination.calibrate(first_batch)  # as the first update of a serial fit
-        return {"illumination_target": float(self.illumination.target)}
-
-    def set_shared_state(self, state: dict[str, float]) -> None:
-        self.illumination.target.fill_(state["illumination_target"])
 
     def partial(self) -> dict[str, Any]:
         return self.accumulator.state()

@@ -23,6 +23,7 @@ from defectscope.models.features import (
     Extractor,
     Illumination,
     PatchMapModule,
+    SharedIllumination,
     build_extractor,
     check_weights_unchanged,
     restore_illumination,
@@ -159,7 +160,7 @@ def _layers(config: PatchcoreConfig) -> tuple[str, ...] | None:
 SHARD_OVERSAMPLE = 2
 
 
-class PatchcoreFitter(Fitter):
+class PatchcoreFitter(SharedIllumination, Fitter):
     """Collects training patches (float32) and selects the coreset in :meth:`finalize`.
 
     A second :meth:`finalize` after more :meth:`update` calls (the engine's held-out images,
@@ -251,13 +252,6 @@ class PatchcoreFitter(Fitter):
         return self._module
 
     # -- shards ---------------------------------------------------------------------------------
-    def shared_state(self, first_batch: torch.Tensor) -> dict[str, float]:
-        self.illumination.calibrate(first_batch)  # as the first update of a serial fit
-        return {"illumination_target": float(self.illumination.target)}
-
-    def set_shared_state(self, state: dict[str, float]) -> None:
-        self.illumination.target.fill_(state["illumination_target"])
-
     def partial(self) -> dict[str, Any]:
         patches = self._take_patches()
         if patches is None:
