@@ -137,11 +137,16 @@ def _add_executor_options(parser: argparse.ArgumentParser, *, tasks: bool = True
         )
 
 
+def _wants_ray(args: argparse.Namespace) -> bool:
+    """Whether ``--executor ray`` was given (``--address`` without it is an error)."""
+    if args.address and args.executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    return args.executor == "ray"
+
+
 def _executor(args: argparse.Namespace):
     """A RayExecutor for ``--executor ray`` (a context manager), else None."""
-    if args.executor != "ray":
-        if args.address:
-            raise ConfigError("--address needs --executor ray")
+    if not _wants_ray(args):
         return None
     from defectscope.cluster import RayExecutor
 
@@ -453,9 +458,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not args.inputs and not args.lists:
         raise ConfigError("predict needs images: files or folders, or --list FILE")
-    if args.address and args.executor != "ray":
-        raise ConfigError("--address needs --executor ray")
-    if args.executor == "ray":
+    if _wants_ray(args):
         return _predict_ray(args)
     if args.lists:
         from defectscope.cluster.predict import read_path_list

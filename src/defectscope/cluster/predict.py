@@ -21,21 +21,22 @@ import numpy as np
 
 from defectscope.errors import ConfigError, DefectscopeError
 
-#: columns of predictions.csv / .parquet, in order
-COLUMNS = (
-    "index",
-    "path",
-    "name",
-    "score",
-    "normalized_score",
-    "verdict",
-    "is_anomalous",
-    "threshold",
-    "n_regions",
-    "regions",
-    "overlay",
-    "error",
+#: columns of predictions.csv / .parquet, in order, with their Arrow types
+COLUMN_TYPES = (
+    ("index", "int64"),
+    ("path", "string"),
+    ("name", "string"),
+    ("score", "float64"),
+    ("normalized_score", "float64"),
+    ("verdict", "string"),
+    ("is_anomalous", "bool"),
+    ("threshold", "float64"),
+    ("n_regions", "int64"),
+    ("regions", "string"),
+    ("overlay", "string"),
+    ("error", "string"),
 )
+COLUMNS = tuple(name for name, _ in COLUMN_TYPES)
 
 
 class PredictActor:
@@ -61,7 +62,7 @@ class PredictActor:
         self.on_map = bool(self.detector.fit_info_.get("threshold_on_map", True))
 
     def _rows(self, paths: list[str], names: list[str]) -> list[dict[str, Any]]:
-        from defectscope.engine.predicting import annotate
+        from defectscope.engine.predicting import annotate, verdict_fields
 
         predictions = self.detector.predict(paths, threshold=self.threshold)
         rows = []
@@ -69,19 +70,8 @@ class PredictActor:
             regions, overlay, _ = annotate(
                 p, name, self.scale, self.on_map, self.out, save=self.save
             )
-            rows.append(
-                {
-                    "score": p.score,
-                    "normalized_score": round(float(p.normalized_score), 4),
-                    "verdict": "fail" if p.is_anomalous else "pass",
-                    "is_anomalous": p.is_anomalous,
-                    "threshold": p.threshold,
-                    "n_regions": len(regions),
-                    "regions": json.dumps([r.to_dict() for r in regions]),
-                    "overlay": overlay,
-                    "error": "",
-                }
-            )
+            row = verdict_fields(p, regions, overlay)
+            rows.append({**row, "regions": json.dumps(row["regions"]), "error": ""})
         return rows
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -124,22 +114,7 @@ def error_row(message: str) -> dict[str, Any]:
 def _schema():
     import pyarrow as pa
 
-    return pa.schema(
-        [
-            ("index", pa.int64()),
-            ("path", pa.string()),
-            ("name", pa.string()),
-            ("score", pa.float64()),
-            ("normalized_score", pa.float64()),
-            ("verdict", pa.string()),
-            ("is_anomalous", pa.bool_()),
-            ("threshold", pa.float64()),
-            ("n_regions", pa.int64()),
-            ("regions", pa.string()),
-            ("overlay", pa.string()),
-            ("error", pa.string()),
-        ]
-    )
+    return pa.schema([(name, pa.type_for_alias(kind)) for name, kind in COLUMN_TYPES])
 
 
 def read_path_list(path: str | Path) -> list[str]:

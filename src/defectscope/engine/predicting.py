@@ -126,6 +126,20 @@ def annotate(
     return regions, overlay_file, picture
 
 
+def verdict_fields(p: Prediction, regions: list, overlay: str) -> dict[str, Any]:
+    """The columns every predictions table has for one image, in order (regions as dicts)."""
+    return {
+        "score": p.score,
+        "normalized_score": round(float(p.normalized_score), 4),
+        "verdict": "fail" if p.is_anomalous else "pass",
+        "is_anomalous": p.is_anomalous,
+        "threshold": p.threshold,
+        "n_regions": len(regions),
+        "regions": [r.to_dict() for r in regions],
+        "overlay": overlay,
+    }
+
+
 SAVE_CHOICES = ("all", "fail", "none")
 #: images in ``most_anomalous.png``
 SHEET_SIZE = 12
@@ -211,14 +225,7 @@ def predict_to_folder(
                 "name": rel,
                 "frame": frame.index if frame else "",
                 "time_s": round(frame.seconds, 3) if frame and frame.seconds is not None else "",
-                "score": p.score,
-                "normalized_score": round(float(p.normalized_score), 4),
-                "verdict": "fail" if p.is_anomalous else "pass",
-                "is_anomalous": p.is_anomalous,
-                "threshold": t,
-                "n_regions": len(regions),
-                "regions": [r.to_dict() for r in regions],
-                "overlay": overlay_file,
+                **verdict_fields(p, regions, overlay_file),
             }
         )
     with open(out / "predictions.csv", "w", newline="") as handle:
