@@ -56,6 +56,13 @@ SETTINGS = [
         "patchcore",
         {"layers": ["blocks.2", "blocks.3", "blocks.4"]},
     ),
+    # 22-: non-square inputs (tire is 512x384: 4:3); screw and bottle are square already
+    ("patchcore 384x288 (4:3 kept)", "patchcore", {"image_size": 384, "image_height": 288}),
+    ("patchcore 448x336 (4:3 kept)", "patchcore", {"image_size": 448, "image_height": 336}),
+    ("patchcore 512x384 (tire's own size)", "patchcore", {"image_size": 512, "image_height": 384}),
+    ("patchcore 320x240 (4:3 kept)", "patchcore", {"image_size": 320, "image_height": 240}),
+    ("patchcore k_nearest 3", "patchcore", {"k_nearest": 3}),
+    ("patchcore k_nearest 9", "patchcore", {"k_nearest": 9}),
 ]
 
 CHILD = """

@@ -72,7 +72,7 @@ def test_export_parity(fitted_any, texture, tmp_path):
     samples = [s.path for s in load_category(texture).test_samples]
     reference = fitted_any.score(samples)
     exported = defectscope.load(export_onnx(fitted_any, tmp_path / "m.onnx"))
-    assert exported.threshold_ == fitted_any.threshold_ and exported.image_size == SIZE
+    assert exported.threshold_ == fitted_any.threshold_ and exported.input_shape == (SIZE, SIZE)
     got = exported.score(samples)
     np.testing.assert_allclose(got.scores, reference.scores, rtol=1e-3, atol=1e-6)
     scale = float(np.abs(reference.maps).max())

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -48,8 +49,8 @@ from PIL import Image
 
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 meta = json.loads(session.get_modelmeta().custom_metadata_map["defectscope"])
-size = meta["image_size"]
-image = Image.open(sys.argv[2]).convert("RGB").resize((size, size), Image.BILINEAR)
+height, width = meta["input_shape"]
+image = Image.open(sys.argv[2]).convert("RGB").resize((width, height), Image.BILINEAR)
 scores, maps = session.run(None, {"images": np.asarray(image)[None]})
 verdict = "FAIL" if scores[0] > meta["threshold"] else "pass"
 print(verdict, float(scores[0]), maps.shape)
@@ -58,6 +59,8 @@ print(verdict, float(scores[0]), maps.shape)
 
 def test_bare_onnxruntime_example_matches_defectscope(fitted_run, texture, tmp_path):
     """The README's example: onnxruntime, numpy and Pillow only; same score as predict."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert README_EXAMPLE.strip() in readme  # the example tested is the one users read
     onnx_file = fitted_run / "model.onnx"
     if not onnx_file.exists():
         assert main(["export", "--model", str(fitted_run), "-q"]) == 0

@@ -9,7 +9,7 @@ import torch
 import defectscope
 from defectscope.data import load_category
 from defectscope.engine.evaluation import evaluate
-from defectscope.ops import greedy_coreset, greedy_coreset_reference, nearest
+from defectscope.ops import greedy_coreset, greedy_coreset_reference, k_nearest, nearest
 from defectscope.ops.coreset import covering_radius
 
 from .conftest import SIZE
@@ -53,6 +53,20 @@ def test_nearest_neighbour_search_is_chunked_and_exact():
     assert torch.equal(got_index, want.indices)
 
 
+def test_k_nearest_search_is_chunked_and_exact():
+    gen = torch.Generator().manual_seed(1)
+    queries, bank = torch.randn(40, 10, generator=gen), torch.randn(250, 10, generator=gen)
+    want = torch.cdist(queries, bank).topk(5, dim=1, largest=False)
+    # chunks of 16 rows (and a last one of 10): the running 5 best merge with each chunk's
+    got_dist, got_index = k_nearest(queries, bank, 5, chunk=16)
+    torch.testing.assert_close(got_dist, want.values, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got_index, want.indices)
+    one_dist, one_index = nearest(queries, bank, chunk=16)
+    torch.testing.assert_close(got_dist[:, 0], one_dist)
+    with pytest.raises(ValueError, match="k must be between 1 and the bank size 250"):
+        k_nearest(queries, bank, 251)
+
+
 @pytest.fixture(scope="module")
 def patchcore(texture):
     model = defectscope.PatchCore(
@@ -76,6 +90,22 @@ def test_training_images_score_low(patchcore, texture):
     assert np.mean(scores <= patchcore.threshold_) >= 0.9
 
 
+def test_k_nearest_scores_are_mean_distances(texture, tmp_path):
+    """k_nearest=3: patch scores are the mean of three distances, so never below k=1's; the
+    model still detects, and its export agrees with it."""
+    from defectscope.engine.exported import ExportedModel, export_onnx
+
+    common = {"image_size": 2 * SIZE, "coreset_ratio": 0.1, "num_workers": 1}
+    one = defectscope.PatchCore(**common).fit(texture)
+    three = defectscope.PatchCore(**common, k_nearest=3).fit(texture)
+    images = [s.path for s in load_category(texture).test_samples]
+    a, b = one.score(images), three.score(images)
+    assert (b.maps >= a.maps - 1e-4).all() and (b.scores > a.scores).any()
+    assert evaluate(three, texture).metrics["image_auroc"] >= 0.9
+    exported = ExportedModel(export_onnx(three, tmp_path / "k3.onnx"))
+    np.testing.assert_allclose(exported.score(images).scores, b.scores, rtol=1e-3)
+
+
 def test_reweighting_keeps_scores_finite_and_not_larger(texture):
     common = {"image_size": SIZE, "coreset_ratio": 0.1, "num_workers": 1, "runtime": "torch"}
     plain = defectscope.PatchCore(**common).fit(texture)
@@ -83,3 +113,47 @@ def test_reweighting_keeps_scores_finite_and_not_larger(texture):
     images = [s.path for s in load_category(texture).test_samples]
     a, b = plain.score(images).scores, weighted.score(images).scores
     assert np.isfinite(b).all() and (b <= a + 1e-5).all() and (b < a).any()
+
+
+@pytest.fixture(scope="module")
+def wide_texture(texture, tmp_path_factory):
+    """The texture category squeezed to 4:3 (images and masks): a non-square camera."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("wide") / "texture"
+    for src in texture.rglob("*.png"):
+        dst = root / src.relative_to(texture)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.open(src)
+        width, height = image.size
+        resample = Image.Resampling.NEAREST if "ground_truth" in dst.parts else Image.BILINEAR
+        image.resize((width, height * 3 // 4), resample).save(dst)
+    return root
+
+
+@pytest.mark.parametrize("model", ["patchcore", "padim"])
+def test_non_square_inputs_keep_the_aspect_ratio(model, wide_texture, tmp_path):
+    """A 4:3 model (96 high, 128 wide) fits, scores with 96 x 128 maps, finds the defects, and
+    survives save/load and export with the same scores (ONNX Runtime features)."""
+    from defectscope.engine.estimator import make_detector
+    from defectscope.engine.exported import ExportedModel, export_onnx
+
+    params = {"image_size": 2 * SIZE, "image_height": 3 * SIZE // 2, "num_workers": 1}
+    params.update({"coreset_ratio": 0.1} if model == "patchcore" else {"n_features": 40})
+    detector = make_detector(model, params).fit(wide_texture)
+    assert detector.input_shape == (96, 128)
+    result = evaluate(detector, wide_texture)
+    assert result.metrics["image_auroc"] >= 0.95
+    assert result.metrics["pixel_auroc"] >= 0.9
+    images = [s.path for s in load_category(wide_texture).test_samples]
+    scored = detector.score(images)
+    assert scored.maps.shape == (len(images), 96, 128)
+
+    reloaded = defectscope.load(detector.save(tmp_path / "model.safetensors"))
+    assert reloaded.input_shape == (96, 128)
+    np.testing.assert_allclose(reloaded.score(images).scores, scored.scores, rtol=1e-5)
+    exported = ExportedModel(export_onnx(detector, tmp_path / "model.onnx"))
+    assert exported.input_shape == (96, 128)
+    got = exported.score(images)
+    assert got.maps.shape == scored.maps.shape
+    np.testing.assert_allclose(got.scores, scored.scores, rtol=1e-3)

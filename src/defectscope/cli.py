@@ -658,10 +658,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = export_onnx(detector, out)
     finally:
         stages.finish()
-    size = detector.config_.image_size
+    height, width = detector.config_.input_shape
     print(
         f"exported {detector.name} to {path} ({path.stat().st_size / 1e6:.1f} MB): uint8 images "
-        f"(batch, {size}, {size}, 3) in, scores and maps out; threshold "
+        f"(batch, {height}, {width}, 3) in, scores and maps out; threshold "
         f"{detector.threshold_:.4g} in its metadata"
     )
     return 0

@@ -20,7 +20,7 @@ def stack(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(images)
 
 
-def _prepare(item: ImageInput, size: int) -> np.ndarray:
+def _prepare(item: ImageInput, size: int | tuple[int, int]) -> np.ndarray:
     if isinstance(item, np.ndarray):
         from PIL import Image
 
@@ -29,19 +29,20 @@ def _prepare(item: ImageInput, size: int) -> np.ndarray:
             array = array[..., :3]
         if array.dtype != np.uint8:
             raise TypeError(f"image arrays must be uint8 (H, W[, 3]); got {array.dtype}")
-        if array.shape[:2] != (size, size):
+        height, width = (size, size) if isinstance(size, int) else size
+        if array.shape[:2] != (height, width):
             array = np.asarray(
-                Image.fromarray(array).resize((size, size), Image.Resampling.BILINEAR)
+                Image.fromarray(array).resize((width, height), Image.Resampling.BILINEAR)
             )
         return array
     return load_image(item, size)
 
 
 def iter_batches(
-    items: Sequence[ImageInput], size: int, batch_size: int, workers: int = 2
+    items: Sequence[ImageInput], size: int | tuple[int, int], batch_size: int, workers: int = 2
 ) -> Iterator[tuple[range, np.ndarray]]:
-    """Yield ``(indices, images (B, S, S, 3) uint8)`` in input order, decoded on ``workers``
-    threads ahead of use.
+    """Yield ``(indices, images (B, H, W, 3) uint8)`` in input order, resized to ``size`` (an
+    int: square; else ``(height, width)``), decoded on ``workers`` threads ahead of use.
 
     PIL releases the GIL while it decodes and resizes, so threads overlap decoding with the
     forward pass without the start-up cost and memory of worker processes. At most two batches

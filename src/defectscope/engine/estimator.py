@@ -198,7 +198,7 @@ class Detector(Scorer):
         self._intensity: list[tuple[np.ndarray, np.ndarray]] = []
         if self.info.supervised:
             y = np.asarray(labels, dtype=bool)
-            self._feed(fitter, paths, engine, config.image_size, y)
+            self._feed(fitter, paths, engine, config.input_shape, y)
             with self._epochs(engine):
                 module = fitter.finalize()
             threshold = 0.5  # a probability
@@ -207,13 +207,13 @@ class Detector(Scorer):
             if shards > 1:
                 self._feed_shards(fitter, [paths[i] for i in rest], shards, executor)
             else:
-                self._feed(fitter, [paths[i] for i in rest], engine, config.image_size)
+                self._feed(fitter, [paths[i] for i in rest], engine, config.input_shape)
             with self._epochs(engine):
                 module = fitter.finalize()
             if held:
                 held_paths = [paths[i] for i in held]
                 self._end_stage()
-                runs = list(self._run(module, held_paths, engine, config.image_size))
+                runs = list(self._run(module, held_paths, engine, config.input_shape))
                 scores = np.concatenate([s for _, _, s, _ in runs])
                 maps = np.concatenate([m for _, _, _, m in runs])
                 self._intensity += [batch_stats(batch) for _, batch, _, _ in runs]
@@ -224,7 +224,7 @@ class Detector(Scorer):
                 if fitter.merge_holdout:
                     # The held-out images join the final model: it uses every image. Their
                     # intensity statistics were recorded when they were scored above.
-                    self._feed(fitter, held_paths, engine, config.image_size, record=False)
+                    self._feed(fitter, held_paths, engine, config.input_shape, record=False)
                     module = fitter.finalize()
                 n_holdout = len(held)
             else:
@@ -333,7 +333,7 @@ class Detector(Scorer):
         config, engine = self.options()
         # Every shard shares what a serial fit takes from its first batch (the illumination
         # target): the same images, so the same value.
-        first = next(iter_batches(paths[: engine.batch_size], config.image_size, len(paths), 0))
+        first = next(iter_batches(paths[: engine.batch_size], config.input_shape, len(paths), 0))
         shared = fitter.shared_state(to_tensor(first[1]))
         params = {**self.get_params(), "progress": False}
         parts = split_evenly([str(p) for p in paths], shards)
@@ -352,7 +352,7 @@ class Detector(Scorer):
         fitter = self.info.load().make_fitter(config, self._hooks(engine))
         fitter.set_shared_state(shared)
         self._intensity = []
-        self._feed(fitter, [Path(p) for p in paths], engine, config.image_size)
+        self._feed(fitter, [Path(p) for p in paths], engine, config.input_shape)
         self._end_stage()
         intensity, self._intensity = self._intensity, []
         return ShardResult(fitter.partial(), intensity)
@@ -381,6 +381,12 @@ class Detector(Scorer):
         self.fit_info_ = {**module.fit_info(), **info}
 
     # -- inference ------------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int]:  # type: ignore[override]
+        """``(height, width)`` the fitted model takes."""
+        self.check_fitted()
+        return self.config_.input_shape
+
     def check_fitted(self) -> None:
         """Raise :class:`NotFittedError` unless ``fit`` (or ``load``) has run."""
         if getattr(self, "module_", None) is None:
@@ -393,7 +399,7 @@ class Detector(Scorer):
         self.check_fitted()
         self._end_stage()
         _, engine = self.options()
-        return self._run(self.module_, images, engine, self.config_.image_size, desc)
+        return self._run(self.module_, images, engine, self.config_.input_shape, desc)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -78,14 +78,14 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
         )
     pixel = np.array([not s.is_anomalous or s.mask_path is not None for s in samples])
     has_pixel = any(s.mask_path for s in samples)
-    size = detector.image_size
+    size = detector.input_shape
     threshold = float(detector.threshold_)
     accumulator = metrics.PixelAccumulator(threshold) if has_pixel else None
     empty: list[str] = []
 
     def mask_of(i: int) -> np.ndarray:
         if samples[i].mask_path is None:  # a good image: no defect pixel
-            return np.zeros((size, size), dtype=bool)
+            return np.zeros(size, dtype=bool)
         return load_mask(samples[i].mask_path, size, image_path=samples[i].path)
 
     stats: list[tuple[np.ndarray, np.ndarray]] = []

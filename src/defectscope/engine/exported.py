@@ -1,9 +1,9 @@
 """The whole pipeline as one ONNX file: writing it (:func:`export_onnx`, needs torch) and running
 it (:class:`ExportedModel`: onnxruntime, numpy and Pillow only, no torch).
 
-The file takes ``images``: uint8 ``(B, S, S, 3)`` RGB at the model's input size, and gives
-``scores (B,)`` and ``maps (B, S, S)`` float32. Its ONNX metadata (key ``defectscope``) is a
-JSON object with the threshold, input size and layout, the colour scale, the detector and its
+The file takes ``images``: uint8 ``(B, H, W, 3)`` RGB at the model's input shape, and gives
+``scores (B,)`` and ``maps (B, H, W)`` float32. Its ONNX metadata (key ``defectscope``) is a
+JSON object with the threshold, input shape and layout, the colour scale, the detector and its
 config, and the SHA-256 of the model file it came from.
 """
 
@@ -48,7 +48,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
 
     detector.check_fitted()
     module = detector.module_.plain().eval()
-    size = detector.config_.image_size
+    height, width = detector.config_.input_shape
     state_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     if state_bytes > MAX_ONNX_BYTES:
         raise ConfigError(
@@ -69,7 +69,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
     wrapper = Uint8Pipeline().eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -92,9 +92,10 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
             "defectscope_version": __version__,
             "detector": detector.name,
             "threshold": detector.threshold_,
-            "image_size": size,
-            "input": "images: uint8 (batch, height, width, 3) RGB, resized to image_size",
-            "outputs": "scores: float32 (batch,); maps: float32 (batch, image_size, image_size)",
+            "image_size": width,
+            "input_shape": [height, width],
+            "input": "images: uint8 (batch, height, width, 3) RGB, resized to input_shape",
+            "outputs": "scores: float32 (batch,); maps: float32 (batch, height, width)",
             "colour_scale": detector.fit_info_.get("colour_scale"),
             "score_scale": detector.fit_info_.get("score_scale"),
             "threshold_on_map": detector.fit_info_.get("threshold_on_map"),
@@ -111,7 +112,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(meta)
         onnx.save(graph, tmp)
-        _check_parity(wrapper, tmp, size)
+        _check_parity(wrapper, tmp, (height, width))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -119,12 +120,12 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
     return path
 
 
-def _check_parity(wrapper, file: str, size: int) -> None:
+def _check_parity(wrapper, file: str, shape: tuple[int, int]) -> None:
     import onnxruntime as ort
     import torch
 
     rng = np.random.default_rng(0)
-    probe = rng.integers(0, 256, size=(2, size, size, 3), dtype=np.uint8)
+    probe = rng.integers(0, 256, size=(2, *shape, 3), dtype=np.uint8)
     with torch.inference_mode():
         want_scores, want_maps = (t.numpy() for t in wrapper(torch.from_numpy(probe)))
     session = ort.InferenceSession(file, providers=["CPUExecutionProvider"])
@@ -151,7 +152,7 @@ class ExportedModel(Scorer):
 
     Attributes:
         threshold_: the pass/fail threshold saved in the file.
-        image_size: the square input side.
+        input_shape: ``(height, width)`` of the input.
         name: the detector it was exported from.
         metadata: everything the file says about itself.
     """
@@ -196,7 +197,9 @@ class ExportedModel(Scorer):
             )
         try:
             self.threshold_ = float(meta["threshold"])
-            self.image_size = int(meta["image_size"])
+            width = int(meta["image_size"])
+            # files exported before non-square inputs have no input_shape: square
+            self.input_shape = tuple(int(v) for v in meta.get("input_shape", (width, width)))
             self.name = str(meta["detector"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{self.path} has damaged metadata ({exc})") from exc
@@ -210,7 +213,7 @@ class ExportedModel(Scorer):
         self.progress = progress
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(B, S, S, 3)`` uint8 -> ``(scores (B,), maps (B, S, S))``, in micro-batches."""
+        """``(B, H, W, 3)`` uint8 -> ``(scores (B,), maps (B, H, W))``, in micro-batches."""
         parts = [
             self.session.run(None, {"images": batch[i : i + MICRO_BATCH]})
             for i in range(0, len(batch), MICRO_BATCH)
@@ -220,7 +223,7 @@ class ExportedModel(Scorer):
     def _score_batches(
         self, images: list[ImageInput], desc: str
     ) -> Iterator[tuple[range, np.ndarray, np.ndarray, np.ndarray]]:
-        batches = iter_batches(images, self.image_size, self.batch_size, self.num_workers)
+        batches = iter_batches(images, self.input_shape, self.batch_size, self.num_workers)
         with progress_bar(len(images), desc, enabled=self.progress) as bar:
             for idx, batch in batches:
                 scores, maps = self.run(batch)

@@ -65,7 +65,7 @@ class OnnxModule:
     def __init__(
         self,
         module: nn.Module,
-        image_size: int,
+        input_shape: tuple[int, int],
         key: str,
         on_stage: Callable[[str], None] | None = None,
     ) -> None:
@@ -75,7 +75,7 @@ class OnnxModule:
         if not path.is_file():
             if on_stage is not None:
                 on_stage("exporting the feature extractor to ONNX (once; cached)")
-            _export(module, image_size, path)
+            _export(module, input_shape, path)
         if on_stage is not None:
             on_stage("loading the ONNX feature extractor")
         options = ort.SessionOptions()
@@ -91,7 +91,7 @@ class OnnxModule:
         options.intra_op_num_threads = thread_limit()
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
-        self._verify(module, image_size)
+        self._verify(module, input_shape)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().contiguous().numpy()
@@ -101,8 +101,8 @@ class OnnxModule:
         ]
         return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
 
-    def _verify(self, module: nn.Module, image_size: int) -> None:
-        probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    def _verify(self, module: nn.Module, input_shape: tuple[int, int]) -> None:
+        probe = torch.rand(2, 3, *input_shape, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             expected = module(probe)
         got = self(probe)
@@ -115,9 +115,9 @@ class OnnxModule:
             )
 
 
-def _export(module: nn.Module, image_size: int, path: Path) -> None:
+def _export(module: nn.Module, input_shape: tuple[int, int], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, 3, image_size, image_size)
+    example = torch.zeros(1, 3, *input_shape)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
@@ -146,5 +146,5 @@ def accelerator(runtime: str, on_stage: Callable[[str], None] | None = None):
     None for eager PyTorch, else a function that runs a module in ONNX Runtime (``on_stage``
     hears of the export and the loading)."""
     if resolve_runtime(runtime) == "onnxruntime":
-        return lambda module, key, image_size: OnnxModule(module, image_size, key, on_stage)
+        return lambda module, key, shape: OnnxModule(module, shape, key, on_stage)
     return None

@@ -35,17 +35,18 @@ def as_image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]
 
 
 class Scorer(ABC):
-    """Subclasses provide :meth:`_score_batches`, ``threshold_``, ``image_size`` and ``name``."""
+    """Subclasses provide :meth:`_score_batches`, ``threshold_``, ``input_shape`` and ``name``."""
 
     name: str
     threshold_: float
-    image_size: int
+    #: ``(height, width)`` of the model's input: images are resized to it, maps have it
+    input_shape: tuple[int, int]
 
     @abstractmethod
     def _score_batches(
         self, images: list[ImageInput], desc: str
     ) -> Iterator[tuple[range, np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield ``(indices, images (b, S, S, 3) uint8, scores (b,), maps (b, S, S))``, in
+        """Yield ``(indices, images (b, H, W, 3) uint8, scores (b,), maps (b, H, W))``, in
         input order."""
 
     def check_fitted(self) -> None:
@@ -100,7 +101,7 @@ class Scorer(ABC):
         :meth:`iter_scores`."""
         items = as_image_list(images)
         scores = np.empty(len(items), dtype=np.float32)
-        maps = np.empty((len(items), self.image_size, self.image_size), dtype=np.float32)
+        maps = np.empty((len(items), *self.input_shape), dtype=np.float32)
         for idx, batch_scores, batch_maps in self.iter_scores(items, stats=stats):
             scores[idx.start : idx.stop] = batch_scores
             maps[idx.start : idx.stop] = batch_maps

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-#: ``accelerate(module, key, image_size)`` returns a callable equivalent to ``module`` on square
-#: images of ``image_size`` (e.g. the same graph in ONNX Runtime, cached under ``key``); the
-#: engine provides it, models only call it.
-Accelerate = Callable[[nn.Module, str, int], Callable[[torch.Tensor], torch.Tensor]]
+#: ``accelerate(module, key, input_shape)`` returns a callable equivalent to ``module`` on images
+#: of ``input_shape = (height, width)`` (e.g. the same graph in ONNX Runtime, cached under
+#: ``key``); the engine provides it, models only call it.
+Accelerate = Callable[[nn.Module, str, tuple[int, int]], Callable[[torch.Tensor], torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,10 @@ class AnomalyModule(nn.Module, ABC):
         # Plain attribute, not a registered submodule: the fast callables are not state.
         self.__dict__["_fast"] = {}
 
-    def accelerate(self, name: str, hooks: Hooks, key: str, image_size: int) -> None:
+    def accelerate(self, name: str, hooks: Hooks, key: str, input_shape: tuple[int, int]) -> None:
         """Run submodule ``name`` through ``hooks.accelerate`` (cached under ``key``)."""
         if hooks.accelerate is not None:
-            self._fast[name] = hooks.accelerate(getattr(self, name), key, image_size)
+            self._fast[name] = hooks.accelerate(getattr(self, name), key, input_shape)
 
     def run(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Submodule ``name`` on ``x``, through its fast version when there is one."""

@@ -20,19 +20,29 @@ class ImageOptions(Options):
     image_size: int = option(256, "square input side in pixels")
     seed: int = option(0, "seed of every random choice (kept channels, coreset, held-out slice)")
 
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the images the model takes."""
+        return (self.image_size, self.image_size)
+
     def validate(self) -> None:
-        self.require(self.image_size >= 32, "image_size", "an int >= 32")
-        self.require(
-            self.image_size <= 2048,
-            "image_size",
-            "at most 2048 (larger inputs need more memory than a CPU inspection station has)",
-        )
+        for name in ("image_size", "image_height"):
+            value = getattr(self, name, None)
+            if value is None:
+                continue
+            self.require(value >= 32, name, "an int >= 32")
+            self.require(
+                value <= 2048,
+                name,
+                "at most 2048 (larger inputs need more memory than a CPU inspection station has)",
+            )
 
 
 @dataclass(frozen=True)
 class BackboneOptions(ImageOptions):
     """Options of the detectors built on a pretrained CNN."""
 
+    image_size: int = option(256, "input side in pixels (the width where image_height is set)")
     backbone: str = option(
         DEFAULT_BACKBONE,
         "feature extractor: efficientnet_lite0/1/2, resnet18, wide_resnet50_2, timm:ARCH or "
@@ -46,6 +56,12 @@ class BackboneOptions(ImageOptions):
         "backbone weights file (.pth/.safetensors), 'random' (timing only), or None to "
         "find pretrained weights",
     )
+    image_height: int | None = option(
+        None,
+        "input height in pixels when it differs from image_size, which is then the width: keeps "
+        "a non-square camera's aspect ratio (e.g. image_size 384, image_height 288 for 512x384 "
+        "images); None: square inputs of image_size",
+    )
     illumination: str = option(
         "none",
         "per-image lighting correction before the backbone: gain = scale every image to the "
@@ -53,6 +69,11 @@ class BackboneOptions(ImageOptions):
         "local = local contrast normalisation (15 px window)",
         choices=ILLUMINATION,
     )
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """``(height, width)``: ``image_height`` (or ``image_size``) by ``image_size``."""
+        return (self.image_height or self.image_size, self.image_size)
 
 
 @dataclass(frozen=True)

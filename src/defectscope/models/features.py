@@ -29,10 +29,10 @@ class Extractor:
     """A built feature extractor and what a probe pass found out about it.
 
     Attributes:
-        module: images ``(B, 3, S, S)`` in 0..1 -> one feature map per layer.
+        module: images ``(B, 3, H, W)`` in 0..1 -> one feature map per layer.
         spec: the resolved backbone spec (its layers are the ones used).
         channels: channels per layer.
-        sizes: ``(h, w)`` per layer at the configured input size.
+        sizes: ``(h, w)`` per layer at the configured input shape.
         weights_source: where the weights came from.
         weights_sha256: SHA-256 of the weights file, when ``weights`` is a file (taken now, when
             the weights are read, so a model records the file it was really fitted with).
@@ -61,7 +61,7 @@ def build_extractor(
     for p in extractor.parameters():
         p.requires_grad_(False)
     with torch.inference_mode():
-        probe = extractor(torch.zeros(1, 3, options.image_size, options.image_size))
+        probe = extractor(torch.zeros(1, 3, *options.input_shape))
     return Extractor(
         extractor,
         spec,
@@ -173,7 +173,7 @@ class PatchMapModule(AnomalyModule):
     """What the CNN-feature detectors share: lighting correction, the (possibly accelerated)
     patch embedding, and upsampling + smoothing of patch scores to the input size.
 
-    Buffers: ``rows (S, h)`` and ``cols (S, w)``, bilinear upsampling then Gaussian smoothing
+    Buffers: ``rows (H, h)`` and ``cols (W, w)``, bilinear upsampling then Gaussian smoothing
     as two small matrix products (see :func:`defectscope.ops.resize_blur_matrix`).
     """
 
@@ -182,7 +182,7 @@ class PatchMapModule(AnomalyModule):
         embedding: nn.Module,
         illumination: Illumination,
         feature_size: tuple[int, int],
-        image_size: int,
+        input_shape: tuple[int, int],
         sigma: float,
         info: dict,
     ) -> None:
@@ -192,13 +192,14 @@ class PatchMapModule(AnomalyModule):
         self.illumination = illumination
         self.embedding = embedding
         h, w = feature_size
-        self.register_buffer("rows", resize_blur_matrix(h, image_size, sigma).clone())
-        self.register_buffer("cols", resize_blur_matrix(w, image_size, sigma).clone())
+        height, width = input_shape
+        self.register_buffer("rows", resize_blur_matrix(h, height, sigma).clone())
+        self.register_buffer("cols", resize_blur_matrix(w, width, sigma).clone())
         self.feature_size = (h, w)
         self.info = info
 
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` images in 0..1 -> ``(B, P, D)`` patch embeddings.
+        """``(B, 3, H, W)`` images in 0..1 -> ``(B, P, D)`` patch embeddings.
 
         One copy into (B, P, D) order: the statistics and distances then read each D-vector
         contiguously, several times faster than on the (B, D, P) layout the network produces.
@@ -207,7 +208,7 @@ class PatchMapModule(AnomalyModule):
         return self.run("embedding", images).flatten(2).transpose(1, 2).contiguous()
 
     def upsample(self, patch_scores: torch.Tensor) -> torch.Tensor:
-        """``(B, P)`` patch scores -> ``(B, S, S)`` smoothed maps at the input size."""
+        """``(B, P)`` patch scores -> ``(B, H, W)`` smoothed maps at the input shape."""
         from defectscope.ops import resize_blur
 
         h, w = self.feature_size

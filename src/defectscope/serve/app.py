@@ -63,9 +63,9 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
     from defectscope.serve.page import PAGE
 
     scorer = load(model, progress=False)
-    size = scorer.image_size
+    height, width = scorer.input_shape
     # the first call builds sessions and caches; pay it now, not in the first request
-    scorer.score([np.zeros((size, size, 3), dtype=np.uint8)])
+    scorer.score([np.zeros((height, width, 3), dtype=np.uint8)])
     batcher = MicroBatcher(
         scorer, max_batch=limits.max_batch, max_wait=limits.max_wait, max_queue=limits.max_queue
     )
@@ -113,7 +113,8 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
         return {
             **identity,
             "defectscope_version": __version__,
-            "image_size": size,
+            "image_size": width,
+            "input_shape": [height, width],
             "colour_scale": scorer.colour_scale,
             "score_scale": scorer.fit_info_.get("score_scale"),
             "threshold_on_map": on_map,

@@ -71,11 +71,16 @@ class PadimEmbedding(nn.Module):
         return torch.cat(parts, dim=1)
 
 
+def _shape_key(config: PadimConfig) -> int | tuple[int, int]:
+    # square inputs keep the key they had before non-square inputs existed (cached graphs)
+    return config.input_shape if config.image_height else config.image_size
+
+
 def graph_key(config: PadimConfig, embedding: PadimEmbedding, extractor: Extractor) -> str:
     """What the exported embedding graph depends on, for the engine's cache."""
     from hashlib import sha256
 
-    parts = ("padim-embedding", config.image_size, extractor.channels)
+    parts = ("padim-embedding", _shape_key(config), extractor.channels)
     digest = sha256(repr(parts).encode())
     for tensor in embedding.state_dict().values():
         digest.update(tensor.numpy().tobytes())
@@ -103,7 +108,7 @@ class PadimModel(PatchMapModule):
         illumination: Illumination,
     ) -> None:
         super().__init__(
-            embedding, illumination, feature_size, config.image_size, config.sigma, info
+            embedding, illumination, feature_size, config.input_shape, config.sigma, info
         )
         self.register_buffer("feature_index", feature_index)
         self.register_buffer("mean", mean)
@@ -180,7 +185,7 @@ class PadimFitter(SharedIllumination, Fitter):
             self.illumination,
         ).eval()
         key = graph_key(self.config, self.embedding, self.extractor)
-        module.accelerate("embedding", self.hooks, key, self.config.image_size)
+        module.accelerate("embedding", self.hooks, key, self.config.input_shape)
         return module
 
     def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
@@ -252,6 +257,6 @@ def restore(
         restore_illumination(config.illumination, tensors),
     ).eval()
     module.accelerate(
-        "embedding", hooks, graph_key(config, embedding, extractor), config.image_size
+        "embedding", hooks, graph_key(config, embedding, extractor), config.input_shape
     )
     return module

@@ -27,7 +27,7 @@ class PatchcoreConfig(BackboneOptions):
 
     scope: ClassVar[str] = "patchcore"
 
-    image_size: int = option(320, "square input side in pixels")
+    image_size: int = option(320, "input side in pixels (the width where image_height is set)")
     illumination: str = option(
         "gain",
         "per-image lighting correction before the backbone: gain = scale every image to the "
@@ -49,6 +49,11 @@ class PatchcoreConfig(BackboneOptions):
         "random projection the coreset distances are taken in (32: as accurate as 128 on "
         "screw and 4x faster, see the study)",
     )
+    k_nearest: int = option(
+        1,
+        "a test patch scores its mean distance to its k nearest bank patches (1: the paper's "
+        "nearest-neighbour distance)",
+    )
     reweight: bool = option(False, "the paper's re-weighting of the image score by bank density")
     num_neighbors: int = option(9, "bank neighbours used by the re-weighting (the paper's b)")
     sigma: float = option(4.0, "standard deviation of the map's Gaussian smoothing, in pixels")
@@ -62,4 +67,5 @@ class PatchcoreConfig(BackboneOptions):
         self.require(0 < self.presample <= 1, "presample", "in (0, 1]")
         self.require(self.projection_dim >= 0, "projection_dim", ">= 0 (0: no projection)")
         self.require(self.num_neighbors >= 1, "num_neighbors", ">= 1")
+        self.require(self.k_nearest >= 1, "k_nearest", ">= 1")
         self.require(self.sigma >= 0, "sigma", ">= 0")

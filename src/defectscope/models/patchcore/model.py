@@ -29,7 +29,7 @@ from defectscope.models.features import (
     restore_illumination,
 )
 from defectscope.models.patchcore.config import DEFAULT_LAYERS, PatchcoreConfig
-from defectscope.ops import greedy_coreset, nearest
+from defectscope.ops import greedy_coreset, k_nearest, nearest
 
 #: images per forward pass of the module: the nearest-neighbour temporaries grow with it
 MAX_BATCH = 4
@@ -61,7 +61,9 @@ class PatchcoreEmbedding(nn.Module):
 
 
 def graph_key(config: PatchcoreConfig, embedding: PatchcoreEmbedding, extractor: Extractor) -> str:
-    parts = ("patchcore-embedding", config.image_size, config.neighbourhood)
+    # square inputs keep the key they had before non-square inputs existed (cached graphs)
+    shape = config.input_shape if config.image_height else config.image_size
+    parts = ("patchcore-embedding", shape, config.neighbourhood)
     digest = sha256(repr((*parts, extractor.spec.layers, extractor.channels)).encode())
     for tensor in embedding.state_dict().values():
         digest.update(tensor.numpy().tobytes())
@@ -89,17 +91,22 @@ class PatchcoreModel(PatchMapModule):
         illumination: Illumination,
     ) -> None:
         super().__init__(
-            embedding, illumination, feature_size, config.image_size, config.sigma, info
+            embedding, illumination, feature_size, config.input_shape, config.sigma, info
         )
         self.register_buffer("bank", bank)
         self.register_buffer("bank_neighbors", bank_neighbors)
         self.reweight = config.reweight
+        self.k = min(config.k_nearest, max(1, len(bank)))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.patch_features(images)
         batch, positions, dim = feats.shape
         queries = feats.reshape(batch * positions, dim)
-        dist, index = nearest(queries, self.bank)
+        if self.k == 1:
+            dist, index = nearest(queries, self.bank)
+        else:
+            dists, indices = k_nearest(queries, self.bank, self.k)
+            dist, index = dists.mean(dim=1), indices[:, 0]
         dist = dist.view(batch, positions)
         maps = self.upsample(dist)
         # The maximum of the smoothed map: a defect spanning a few patches outscores one noisy
@@ -202,7 +209,7 @@ class PatchcoreFitter(SharedIllumination, Fitter):
             self.illumination,
         ).eval()
         key = graph_key(self.config, self.embedding, self.extractor)
-        module.accelerate("embedding", self.hooks, key, self.config.image_size)
+        module.accelerate("embedding", self.hooks, key, self.config.input_shape)
         return module
 
     def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
@@ -328,6 +335,6 @@ def restore(
         embedding, bank, neighbors, extractor.sizes[0], config, info, illumination
     ).eval()
     module.accelerate(
-        "embedding", hooks, graph_key(config, embedding, extractor), config.image_size
+        "embedding", hooks, graph_key(config, embedding, extractor), config.input_shape
     )
     return module
