@@ -186,7 +186,7 @@ def test_wrong_options_are_one_line(argv, message, texture, tmp_path, capsys):
         ("c.json", "[1, 2]", "must hold a mapping of option names to values, got a list"),
         ("c.json", '{"n_features": "abc"}', "n_features: expected an integer or None, got 'abc'"),
         ("c.json", '{"layers": "blocks.1"}', "layers: expected a list of strings or None"),
-        ("c.json", '{"n_featres": 3}', "unknown option 'n_featres'; did you mean 'n_features'?"),
+        ("c.json", '{"n_featres": 3}', "unknown option 'n_featres'; did you mean 'n_features'"),
         ("c.json", '{"autoencoder": {"epochs": 2}}', "a [autoencoder] table is given but"),
         ("c.json", b"\xff\xfe{", "is not UTF-8 text"),
         ("c.yaml", "a: [1, 2", "is not valid YAML"),
