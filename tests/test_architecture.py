@@ -20,6 +20,7 @@ LAYERS = {
     "report": 3,
     "models": 2,
     "backbones": 1,
+    "specs": 1,
     # the base: pure functions and types
     "ops": 0,
     "data": 0,

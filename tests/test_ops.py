@@ -7,46 +7,75 @@ from defectscope.ops import (
     GaussianAccumulator,
     gaussian_blur,
     mahalanobis,
+    moments,
     precision_cholesky,
     resize_blur,
     resize_blur_matrix,
 )
-from defectscope.ops.gaussian import pack_lower, precision_cholesky_of, unpack_lower
+from defectscope.ops.gaussian import pack_lower, unpack_lower
+from defectscope.ops.moments import lower_inverse, precision_cholesky_of
 
 
 def test_streaming_statistics_equal_two_pass():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(61, 9, 6, generator=gen) * 3 + 50  # an offset mean stresses the merge
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(61, 9, 6)).astype(np.float32) * 3 + 50  # an offset mean stresses merge
     acc = GaussianAccumulator(9, 6, chunk_bytes=300)  # tiny chunks exercise the chunked path
-    for batch in x.split(7):
-        acc.update(batch)
-    ref_cov = torch.stack([torch.cov(x[:, p].T.double()) for p in range(9)])
-    torch.testing.assert_close(acc.mean, x.double().mean(0), atol=1e-5, rtol=0)
-    torch.testing.assert_close(acc.covariance(0.0), ref_cov, atol=1e-4, rtol=1e-5)
+    for start in range(0, 61, 7):
+        acc.update(x[start : start + 7])
+    ref_cov = np.stack([np.cov(x[:, p].T.astype(np.float64)) for p in range(9)])
+    np.testing.assert_allclose(acc.mean, x.astype(np.float64).mean(0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(acc.covariance(0.0), ref_cov, atol=1e-4, rtol=1e-5)
+
+
+def test_merged_shards_equal_one_accumulator():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 5, 4)).astype(np.float32) + 7
+    whole, first = GaussianAccumulator(5, 4), GaussianAccumulator(5, 4)
+    whole.update(x)
+    first.update(x[:15])
+    second = GaussianAccumulator(5, 4)
+    second.update(x[15:])
+    first.merge(GaussianAccumulator.from_state(second.state()))  # as shards send it
+    np.testing.assert_allclose(first.mean, whole.mean, atol=1e-5)  # float32 batch means
+    np.testing.assert_allclose(first.scatter, whole.scatter, atol=1e-6 * whole.scatter.max())
 
 
 def test_chunked_precision_equals_whole():
-    x = torch.randn(40, 5, 4, generator=torch.Generator().manual_seed(1))
+    x = np.random.default_rng(1).normal(size=(40, 5, 4)).astype(np.float32)
     acc = GaussianAccumulator(5, 4)
     acc.update(x)
-    whole = precision_cholesky(acc.covariance(0.01)).float()
-    torch.testing.assert_close(precision_cholesky_of(acc, 0.01, chunk=2), whole)
+    whole = precision_cholesky(acc.covariance(0.01)).astype(np.float32)
+    np.testing.assert_allclose(precision_cholesky_of(acc, 0.01, chunk=2), whole, rtol=1e-6)
+
+
+def test_triangular_inverse_by_blocks():
+    rng = np.random.default_rng(4)
+    lower = np.tril(rng.normal(size=(3, 37, 37))) + 8 * np.eye(37)  # 37: uneven blocks
+    got = lower_inverse(lower)
+    np.testing.assert_allclose(got, np.linalg.inv(lower), atol=1e-12)
+    assert (np.triu(got, 1) == 0).all()
 
 
 def test_mahalanobis_matches_inverse_covariance():
-    x = torch.randn(30, 4, 5, generator=torch.Generator().manual_seed(2))
+    x = np.random.default_rng(2).normal(size=(30, 4, 5)).astype(np.float32)
     acc = GaussianAccumulator(4, 5)
     acc.update(x)
     cov = acc.covariance(0.01)
-    dist = mahalanobis(x[:3], acc.mean, precision_cholesky(cov))
-    centred = x[:3].double() - acc.mean
-    ref = torch.einsum("bpd,pde,bpe->bp", centred, torch.linalg.inv(cov), centred).sqrt()
-    torch.testing.assert_close(dist, ref)
+    factor = precision_cholesky(cov)
+    centred = x[:3].astype(np.float64) - acc.mean
+    ref = np.sqrt(np.einsum("bpd,pde,bpe->bp", centred, np.linalg.inv(cov), centred))
+    # the PyTorch distance (in exported modules) and the numpy one (the torch-free path)
+    torch_dist = mahalanobis(
+        torch.from_numpy(x[:3]).double(), torch.from_numpy(acc.mean), torch.from_numpy(factor)
+    )
+    np.testing.assert_allclose(torch_dist.numpy(), ref, rtol=1e-7)
+    got = moments.mahalanobis(x[:3], acc.mean.astype(np.float32), factor.astype(np.float32))
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
 
 
 def test_not_positive_definite_is_explained():
-    with pytest.raises(ValueError, match="increase the regularization"):
-        precision_cholesky(-torch.eye(3).expand(2, 3, 3))
+    with pytest.raises(ValueError, match="position 1 is not positive definite; increase"):
+        precision_cholesky(np.stack([np.eye(3), -np.eye(3)]))
 
 
 def test_pack_round_trip():
@@ -69,3 +98,5 @@ def test_resize_blur_equals_upsample_then_blur():
     expected = gaussian_blur(upsampled, 4.0)
     got = resize_blur(maps, resize_blur_matrix(16, 64, 4.0), resize_blur_matrix(12, 48, 4.0))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+    rows, cols = moments.resize_blur_matrix(16, 64, 4.0), moments.resize_blur_matrix(12, 48, 4.0)
+    np.testing.assert_allclose(moments.upsample_maps(maps.numpy(), rows, cols), got, atol=1e-4)

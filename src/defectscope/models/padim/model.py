@@ -29,8 +29,8 @@ from defectscope.models.features import (
     restore_illumination,
 )
 from defectscope.models.padim.config import PadimConfig
-from defectscope.ops import GaussianAccumulator, mahalanobis
-from defectscope.ops.gaussian import pack_lower, precision_cholesky_of, unpack_lower
+from defectscope.ops.gaussian import mahalanobis, pack_lower, unpack_lower
+from defectscope.ops.moments import GaussianAccumulator, precision_cholesky_of
 
 
 def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.ndarray:
@@ -171,7 +171,7 @@ class PadimFitter(SharedIllumination, Fitter):
         self.accumulator = GaussianAccumulator(h * w, n)
         self.illumination = Illumination(config.illumination)
         # A module for embedding only until finalize: no factor yet.
-        self._module = self._new_module(self.accumulator.mean.float(), torch.empty(0), {})
+        self._module = self._new_module(torch.zeros(h * w, n), torch.empty(0), {})
 
     def _new_module(self, mean, precision_chol, info) -> PadimModel:
         module = PadimModel(
@@ -191,7 +191,7 @@ class PadimFitter(SharedIllumination, Fitter):
     def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         self.illumination.calibrate(images)
         with torch.inference_mode():
-            self.accumulator.update(self._module.embed(images))
+            self.accumulator.update(self._module.embed(images).numpy())
         release_free_memory()  # keeps the per-batch temporaries from piling up
 
     # -- shards: each accumulates its images; the accumulators merge exactly (Chan et al.) --
@@ -209,14 +209,15 @@ class PadimFitter(SharedIllumination, Fitter):
         # Drop the previous factor first: old and new together would double the largest tensor.
         self._module.precision_chol = torch.empty(0)
         release_free_memory()
-        precision = precision_cholesky_of(acc, self.config.regularization)
+        precision = torch.from_numpy(precision_cholesky_of(acc, self.config.regularization))
         info = {
             "feature_size": list(self.extractor.sizes[0]),
             "n_train": acc.count,
             "weights_source": self.extractor.weights_source,
             "weights_sha256": self.extractor.weights_sha256,
         }
-        self._module = self._new_module(acc.mean.float(), precision, info)
+        mean = torch.from_numpy(acc.mean.astype(np.float32))
+        self._module = self._new_module(mean, precision, info)
         return self._module
 
 
