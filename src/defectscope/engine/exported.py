@@ -47,7 +47,12 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
     from defectscope import __version__
 
     detector.check_fitted()
-    module = detector.module_.plain().eval()
+    if getattr(detector.module_, "lean", False):  # fitted or loaded without PyTorch
+        from defectscope.engine.lean import torch_module
+
+        module = torch_module(detector)
+    else:
+        module = detector.module_.plain().eval()
     height, width = detector.config_.input_shape
     state_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     if state_bytes > MAX_ONNX_BYTES:

@@ -35,15 +35,22 @@ def model_path(path: str | Path) -> Path:
 
 
 def tensors_digest(tensors: dict[str, Any]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors``, in name order."""
-    import torch
+    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors`` (numpy arrays or tensors:
+    the same digest for the same data), in name order."""
+    import numpy as np
 
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        array = np.asarray(_as_array(tensors[name]), order="C")  # keeps 0-d arrays 0-d
+        # dtypes are named as PyTorch names them (files written before numpy arrays were saved)
+        digest.update(f"{name}|torch.{array.dtype.name}|{tuple(array.shape)}|".encode())
+        digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def _as_array(tensor: Any):
+    """A numpy view of a numpy array or a CPU tensor."""
+    return tensor if not hasattr(tensor, "detach") else tensor.detach().contiguous().numpy()
 
 
 def _remove_stale_temp_files(folder: Path, name: str) -> None:
@@ -56,7 +63,7 @@ def _remove_stale_temp_files(folder: Path, name: str) -> None:
 
 def save_detector(detector: Any, path: str | Path) -> Path:
     """Write a fitted estimator atomically; returns the file written."""
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
     from defectscope import __version__
 
@@ -64,7 +71,10 @@ def save_detector(detector: Any, path: str | Path) -> Path:
     path = model_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     config, engine = detector.config_, detector.options()[1]
-    tensors = {k: v.contiguous() for k, v in detector.module_.fitted_state().items()}
+    import numpy as np
+
+    state = detector.module_.fitted_state()
+    tensors = {k: np.asarray(_as_array(v), order="C") for k, v in state.items()}
     header = {
         "detector": detector.name,
         "config": config.to_dict(),
@@ -104,7 +114,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}; train one with `defectscope fit`")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
     except PermissionError as exc:
         raise ModelFileError(f"model file {path} cannot be read: permission denied") from exc
@@ -179,8 +189,8 @@ def load(
         from defectscope.engine.exported import ExportedModel
 
         return ExportedModel(path, **{k: v for k, v in overrides.items() if k != "runtime"})
-    import torch
-    from safetensors.torch import load_file
+    import numpy as np
+    from safetensors.numpy import load_file
 
     from defectscope.engine.estimator import ESTIMATORS
     from defectscope.engine.options import EngineOptions
@@ -218,11 +228,11 @@ def load(
             "changed or damaged after it was saved); re-run `defectscope fit`"
         )
     for key, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.dtype.kind == "f" and not np.isfinite(tensor).all():
             raise ModelFileError(f"{file}: tensor {key} holds NaN or infinite values; re-fit")
     fitted = {k: v for k, v in header["fitted"].items() if k != "threshold"}
     try:
-        module = cls.info.load().restore(config, tensors, fitted, detector._hooks(engine))
+        module = _restore(detector, config, engine, tensors, fitted)
     except DefectscopeError:
         raise
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
@@ -233,3 +243,31 @@ def load(
     detector._set_fitted(module, threshold, config, engine, fitted)
     detector.model_file_ = file
     return detector
+
+
+def _restore(detector, config, engine, tensors: dict[str, Any], fitted: dict[str, Any]):
+    """The scoring module of a model file's tensors: torch-free where the lean path can run
+    (:mod:`defectscope.engine.lean`), else the detector's PyTorch module."""
+    from defectscope.engine.lean import lean_module
+
+    on_stage = detector._start_stages(engine)
+    module = lean_module(detector.name, config, engine, tensors, fitted, on_stage)
+    if module is not None:
+        return module
+    import warnings
+
+    import torch
+
+    from defectscope.engine.lean import lean_key
+
+    with warnings.catch_warnings():
+        # the arrays read from the file are read-only; the modules never write to these tensors
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        as_tensors = {k: torch.from_numpy(v) for k, v in tensors.items()}
+    module = detector.info.load().restore(config, as_tensors, fitted, detector._hooks(engine))
+    if lean_key(detector.name, config, engine) is not None:
+        # restoring exported the graph the lean path needs: score as every later load will
+        lean = lean_module(detector.name, config, engine, tensors, fitted, on_stage)
+        if lean is not None:
+            return lean
+    return module

@@ -7,16 +7,20 @@ everything it depends on, and checked against PyTorch on a probe batch before it
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where a module is exported or checked, never to run one
+    import torch
+    from torch import nn
 
 from defectscope.engine.options import RUNTIMES
 from defectscope.errors import ConfigError, unknown_name
@@ -59,6 +63,49 @@ def resolve_runtime(name: str) -> str:
     return name
 
 
+#: ONNX metadata key of what a cached graph was built from (see :func:`graph_metadata`)
+GRAPH_METADATA_KEY = "defectscope-graph"
+
+
+def session_options():
+    """ONNX Runtime session options of every defectscope session (threads, no arena, quiet)."""
+    import onnxruntime as ort
+
+    from defectscope.engine.exported import thread_limit
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # The arena keeps the largest batch's activations (hundreds of MB) for the process's
+    # life; without it they are returned after every batch, at no measurable speed cost.
+    options.enable_cpu_mem_arena = False
+    # Spinning worker threads burn the cores that image decoding needs between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = thread_limit()
+    return options
+
+
+def cached_graph(key: str) -> Path:
+    """Where the graph cached under ``key`` lives (it may not exist)."""
+    return cache_dir() / "onnx" / f"{key}.onnx"
+
+
+def graph_metadata(session) -> dict[str, Any] | None:
+    """What the cached graph of ``session`` says it was built from (the ``meta`` given to
+    :class:`OnnxModule` when it was exported), or None for graphs cached without it."""
+    raw = session.get_modelmeta().custom_metadata_map.get(GRAPH_METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+def run_micro_batches(session, array: np.ndarray) -> np.ndarray:
+    """``session`` on ``array`` (its one input) :data:`MICRO_BATCH` images at a time."""
+    outs = [
+        session.run(None, {"images": array[start : start + MICRO_BATCH]})[0]
+        for start in range(0, len(array), MICRO_BATCH)
+    ]
+    return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+
 class OnnxModule:
     """Run an ``nn.Module`` of one image-batch input and one output through ONNX Runtime."""
 
@@ -68,40 +115,33 @@ class OnnxModule:
         input_shape: tuple[int, int],
         key: str,
         on_stage: Callable[[str], None] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         import onnxruntime as ort
 
-        path = cache_dir() / "onnx" / f"{key}.onnx"
+        path = cached_graph(key)
         if not path.is_file():
             if on_stage is not None:
                 on_stage("exporting the feature extractor to ONNX (once; cached)")
-            _export(module, input_shape, path)
+            _export(module, input_shape, path, meta)
         if on_stage is not None:
             on_stage("loading the ONNX feature extractor")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # The arena keeps the largest batch's activations (hundreds of MB) for the process's
-        # life; without it they are returned after every batch, at no measurable speed cost.
-        options.enable_cpu_mem_arena = False
-        # Spinning worker threads burn the cores that image decoding needs between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        from defectscope.engine.exported import thread_limit
-
-        options.intra_op_num_threads = thread_limit()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(path), session_options(), providers=["CPUExecutionProvider"]
+        )
         self.path = path
         self._verify(module, input_shape)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().contiguous().numpy()
-        outs = [
-            self.session.run(None, {"images": array[start : start + MICRO_BATCH]})[0]
-            for start in range(0, len(array), MICRO_BATCH)
-        ]
-        return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
+        import torch
+
+        return torch.from_numpy(
+            run_micro_batches(self.session, images.detach().contiguous().numpy())
+        )
 
     def _verify(self, module: nn.Module, input_shape: tuple[int, int]) -> None:
+        import torch
+
         probe = torch.rand(2, 3, *input_shape, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             expected = module(probe)
@@ -115,7 +155,11 @@ class OnnxModule:
             )
 
 
-def _export(module: nn.Module, input_shape: tuple[int, int], path: Path) -> None:
+def _export(
+    module: nn.Module, input_shape: tuple[int, int], path: Path, meta: dict[str, Any] | None
+) -> None:
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 3, *input_shape)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
@@ -134,6 +178,13 @@ def _export(module: nn.Module, input_shape: tuple[int, int], path: Path) -> None
                 opset_version=17,
                 dynamo=False,
             )
+        if meta is not None:
+            import onnx
+
+            graph = onnx.load(tmp)
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = GRAPH_METADATA_KEY, json.dumps(meta)
+            onnx.save(graph, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -146,5 +197,5 @@ def accelerator(runtime: str, on_stage: Callable[[str], None] | None = None):
     None for eager PyTorch, else a function that runs a module in ONNX Runtime (``on_stage``
     hears of the export and the loading)."""
     if resolve_runtime(runtime) == "onnxruntime":
-        return lambda module, key, shape: OnnxModule(module, shape, key, on_stage)
+        return lambda module, key, shape, meta=None: OnnxModule(module, shape, key, on_stage, meta)
     return None

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-#: ``accelerate(module, key, input_shape)`` returns a callable equivalent to ``module`` on images
-#: of ``input_shape = (height, width)`` (e.g. the same graph in ONNX Runtime, cached under
-#: ``key``); the engine provides it, models only call it.
-Accelerate = Callable[[nn.Module, str, tuple[int, int]], Callable[[torch.Tensor], torch.Tensor]]
+#: ``accelerate(module, key, input_shape, meta)`` returns a callable equivalent to ``module`` on
+#: images of ``input_shape = (height, width)`` (e.g. the same graph in ONNX Runtime, cached under
+#: ``key`` with ``meta``, a JSON-ready dict of what it was built from); the engine provides it,
+#: models only call it.
+Accelerate = Callable[..., Callable[[torch.Tensor], torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,18 @@ class AnomalyModule(nn.Module, ABC):
         # Plain attribute, not a registered submodule: the fast callables are not state.
         self.__dict__["_fast"] = {}
 
-    def accelerate(self, name: str, hooks: Hooks, key: str, input_shape: tuple[int, int]) -> None:
-        """Run submodule ``name`` through ``hooks.accelerate`` (cached under ``key``)."""
+    def accelerate(
+        self,
+        name: str,
+        hooks: Hooks,
+        key: str,
+        input_shape: tuple[int, int],
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Run submodule ``name`` through ``hooks.accelerate`` (cached under ``key``, with
+        ``meta`` stored in the cached graph)."""
         if hooks.accelerate is not None:
-            self._fast[name] = hooks.accelerate(getattr(self, name), key, input_shape)
+            self._fast[name] = hooks.accelerate(getattr(self, name), key, input_shape, meta)
 
     def run(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Submodule ``name`` on ``x``, through its fast version when there is one."""

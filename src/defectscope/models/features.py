@@ -19,9 +19,9 @@ from defectscope.backbones import (
     resolve_spec,
     weights_digest,
 )
-from defectscope.errors import BackboneError
 from defectscope.models.base import AnomalyModule, Hooks
 from defectscope.models.common import BackboneOptions
+from defectscope.specs import check_weights_unchanged  # noqa: F401 - used by the models
 
 
 @dataclass(frozen=True)
@@ -70,25 +70,6 @@ def build_extractor(
         source,
         digest,
     )
-
-
-def check_weights_unchanged(options: BackboneOptions, expected: str | None) -> None:
-    """A saved model must see the same ``weights`` file it was fitted with."""
-    if expected is None or options.weights in (None, RANDOM):
-        return
-    path = Path(options.weights)
-    if not path.is_file():
-        raise BackboneError(
-            f"the weights file this model was fitted with is missing: {path}; restore it, "
-            "or load with weights=PATH (--weights) pointing to the same file"
-        )
-    found = weights_digest(path)
-    if found != expected:
-        raise BackboneError(
-            f"weights file {path} changed since the model was fitted (SHA-256 "
-            f"{found[:12]}... instead of {expected[:12]}...): its scores would be "
-            "meaningless; pass the original file or fit again"
-        )
 
 
 class Illumination(nn.Module):

