@@ -63,6 +63,11 @@ SETTINGS = [
     ("patchcore 320x240 (4:3 kept)", "patchcore", {"image_size": 320, "image_height": 240}),
     ("patchcore k_nearest 3", "patchcore", {"k_nearest": 3}),
     ("patchcore k_nearest 9", "patchcore", {"k_nearest": 9}),
+    # 28-: the coreset's projection and first pick drawn with numpy (the lean path), seeds 0-3
+    ("patchcore default, numpy coreset draws, seed 0", "patchcore", {}),
+    ("patchcore default, numpy coreset draws, seed 1", "patchcore", {"seed": 1}),
+    ("patchcore default, numpy coreset draws, seed 2", "patchcore", {"seed": 2}),
+    ("patchcore default, numpy coreset draws, seed 3", "patchcore", {"seed": 3}),
 ]
 
 CHILD = """

@@ -1,5 +1,6 @@
-"""The lean path: once the feature graph is cached, PaDiM fits, evaluates, saves, loads and
-predicts without importing PyTorch, with the same results and files as the PyTorch path."""
+"""The lean path: once the feature graph is cached, PaDiM and PatchCore fit, evaluate, save,
+load and predict without importing PyTorch, with the same results and files as the PyTorch
+path."""
 
 from __future__ import annotations
 
@@ -84,11 +85,43 @@ def test_local_illumination_takes_the_pytorch_path(texture):
     assert not getattr(small(illumination="local").fit(texture).module_, "lean", False)
 
 
+def patchcore(**kwargs):
+    return defectscope.PatchCore(
+        image_size=2 * SIZE, coreset_ratio=0.1, num_workers=1, batch_size=8, seed=11, **kwargs
+    )
+
+
+def test_lean_patchcore_equals_the_pytorch_fit(texture, tmp_path):
+    """The same bank size, radius and detection; the PyTorch fit feeds eager-PyTorch features,
+    so the greedy picks may differ where two patches are equally far: scores agree closely,
+    not bit for bit. A re-weighted model (PyTorch only) takes the PyTorch path."""
+    reference = patchcore(runtime="torch").fit(texture)
+    lean = patchcore().fit(texture)
+    assert lean.module_.lean and not getattr(reference.module_, "lean", False)
+    for key in ("n_train", "n_patches", "bank_size", "feature_size", "weights_source"):
+        assert lean.fit_info_[key] == reference.fit_info_[key], key
+    assert lean.fit_info_["coreset_radius"] == pytest.approx(
+        reference.fit_info_["coreset_radius"], rel=0.05
+    )
+    images = [s.path for s in load_category(texture).test_samples]
+    x, y = reference.score(images), lean.score(images)
+    np.testing.assert_allclose(y.scores, x.scores, rtol=0.05)
+    assert evaluate(lean, texture).metrics["image_auroc"] == pytest.approx(
+        evaluate(reference, texture).metrics["image_auroc"], abs=0.05
+    )
+    again = defectscope.load(lean.save(tmp_path / "pc.safetensors"))
+    assert again.module_.lean
+    np.testing.assert_array_equal(again.score(images).scores, y.scores)
+    as_torch = defectscope.load(tmp_path / "pc.safetensors", runtime="torch")
+    np.testing.assert_allclose(as_torch.score(images).scores, y.scores, rtol=1e-4)
+    assert not getattr(patchcore(reweight=True).fit(texture).module_, "lean", False)
+
+
 SCRIPT = """
 import json, sys
 import defectscope
 from defectscope.engine.evaluation import evaluate
-model = defectscope.PaDiM(image_size={size}, n_features=40, num_workers=1, batch_size=8, seed=11)
+model = {model}
 model.fit(sys.argv[1])
 result = evaluate(model, sys.argv[1])
 path = model.save(sys.argv[2])
@@ -104,14 +137,23 @@ print(json.dumps({{
 """
 
 
-def test_fit_evaluate_and_predict_without_importing_torch(pair, texture, tmp_path):
-    first, _ = pair
+COMMON = "num_workers=1, batch_size=8, seed=11"
+
+
+@pytest.mark.parametrize("name", ["padim", "patchcore"])
+def test_fit_evaluate_and_predict_without_importing_torch(name, pair, texture, tmp_path):
+    if name == "padim":
+        first = pair[1]
+        code = f"defectscope.PaDiM(image_size={SIZE}, n_features=40, {COMMON})"
+    else:
+        first = patchcore().fit(texture)  # (also caches the graph)
+        code = f"defectscope.PatchCore(image_size={2 * SIZE}, coreset_ratio=0.1, {COMMON})"
     images = [str(s.path) for s in load_category(texture).test_samples][:4]
     out = subprocess.run(
         [
             sys.executable,
             "-c",
-            textwrap.dedent(SCRIPT.format(size=SIZE)),
+            textwrap.dedent(SCRIPT.format(model=code)),
             str(texture),
             str(tmp_path / "m.safetensors"),
             *images,

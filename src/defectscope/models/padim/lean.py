@@ -1,23 +1,14 @@
-"""PaDiM without PyTorch: the fitter and the scoring module of the lean path.
-
-When the feature extractor's ONNX graph is already cached, fitting and scoring need no network
-in PyTorch: the engine runs the cached graph (``features``: float32 images ``(B, 3, H, W)`` ->
-kept channels ``(B, D, h, w)``) and these classes do the rest in numpy, with the same statistics
-(:mod:`defectscope.ops.moments`), the same tensors and the same model file as
-:class:`~defectscope.models.padim.model.PadimModel`. The engine checks the two agree.
-
-Only the illumination corrections without neighbourhoods (``none``, ``gain``, ``standardize``)
-run here; ``local`` takes the PyTorch path.
-"""
+"""PaDiM without PyTorch: the fitter and the scoring module of the lean path
+(:mod:`defectscope.models.lean`), with the same statistics (:mod:`defectscope.ops.moments`),
+tensors and model file as :class:`~defectscope.models.padim.model.PadimModel`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from hashlib import sha256
 from typing import Any
 
 import numpy as np
 
+from defectscope.models.lean import LeanEmbedding, gain_target, graph_key
 from defectscope.models.padim.config import PadimConfig
 from defectscope.ops.moments import (
     GaussianAccumulator,
@@ -26,16 +17,7 @@ from defectscope.ops.moments import (
     resize_blur_matrix,
     upsample_maps,
 )
-from defectscope.specs import IMAGENET_MEAN, IMAGENET_STD, weights_identity
-
-#: part of every cached graph key: a change to what the embedding graph computes bumps it
-GRAPH_VERSION = 2
-#: the illumination modes done in numpy (``local`` needs PyTorch's pooling)
-LEAN_ILLUMINATION = ("none", "gain", "standardize")
-#: as ``models.features.Illumination.EPS``: keeps a black image from being divided by zero
-EPS = 1.0 / 255.0
-
-Features = Callable[[np.ndarray], np.ndarray]
+from defectscope.specs import weights_identity
 
 
 def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.ndarray:
@@ -45,59 +27,9 @@ def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.
 
 
 def embedding_key(config: PadimConfig) -> str | None:
-    """The cache key of PaDiM's embedding graph, from the config and the SHA-256 of the weights
-    file (no network built); None where the weights are not a file (random, downloaded)."""
-    identity = weights_identity(config.backbone, config.weights)
-    if identity is None:
-        return None
-    layers = tuple(config.layers) if config.layers else None
-    parts = (
-        "padim-embedding",
-        GRAPH_VERSION,
-        config.input_shape,
-        config.backbone,
-        layers,
-        config.n_features,
-        config.seed,
-        identity[0],
-    )
-    return sha256(repr(parts).encode()).hexdigest()[:24]
-
-
-def to_float(images: np.ndarray) -> np.ndarray:
-    """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32 in 0..1 (as the engine's tensors)."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32) / np.float32(255)
-
-
-def illuminate(images: np.ndarray, mode: str, target: float) -> np.ndarray:
-    """:class:`~defectscope.models.features.Illumination` in numpy, for ``LEAN_ILLUMINATION``."""
-    if mode == "gain":
-        level = np.maximum(images.mean(axis=(1, 2, 3), keepdims=True), np.float32(EPS))
-        return np.clip(images * (np.float32(target) / level), 0.0, 1.0)
-    if mode == "standardize":
-        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
-        mu = images.mean(axis=(2, 3), keepdims=True)
-        sd = np.maximum(images.std(axis=(2, 3), keepdims=True, ddof=1), np.float32(EPS))
-        return np.clip((images - mu) / sd * std + mean, 0.0, 1.0)
-    if mode == "none":
-        return images
-    raise ValueError(f"illumination {mode!r} has no numpy version; use the PyTorch path")
-
-
-class LeanEmbedding:
-    """uint8 images -> ``(B, P, D)`` patch embeddings: illumination here, the network in
-    ``features``."""
-
-    def __init__(self, features: Features, mode: str, feature_size: tuple[int, int]) -> None:
-        self.features = features
-        self.mode = mode
-        self.feature_size = feature_size
-
-    def __call__(self, images: np.ndarray, target: float) -> np.ndarray:
-        out = self.features(illuminate(to_float(images), self.mode, target))  # (B, D, h, w)
-        batch, dim = out.shape[:2]
-        return np.ascontiguousarray(out.reshape(batch, dim, -1).transpose(0, 2, 1))
+    """The cache key of PaDiM's embedding graph (:func:`~defectscope.models.lean.graph_key`):
+    its kept channels follow from ``n_features`` and ``seed``."""
+    return graph_key("padim-embedding", config, config.n_features, config.seed)
 
 
 class PadimLean:
@@ -206,7 +138,7 @@ class PadimLeanFitter:
 
     def update(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
         if np.isnan(self.target):  # the first images seen set the gain target, as in PyTorch
-            self.target = float(np.float32(to_float(images).mean()))
+            self.target = gain_target(images)
         self.accumulator.update(self.embedding(images, self.target))
 
     def finalize(self) -> PadimLean:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from hashlib import sha256
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +30,8 @@ from defectscope.models.features import (
     restore_illumination,
 )
 from defectscope.models.patchcore.config import DEFAULT_LAYERS, PatchcoreConfig
-from defectscope.ops import greedy_coreset, k_nearest, nearest
+from defectscope.models.patchcore.lean import SHARD_OVERSAMPLE, embedding_key, select
+from defectscope.ops import k_nearest, nearest
 
 #: images per forward pass of the module: the nearest-neighbour temporaries grow with it
 MAX_BATCH = 4
@@ -61,13 +63,26 @@ class PatchcoreEmbedding(nn.Module):
 
 
 def graph_key(config: PatchcoreConfig, embedding: PatchcoreEmbedding, extractor: Extractor) -> str:
-    # square inputs keep the key they had before non-square inputs existed (cached graphs)
-    shape = config.input_shape if config.image_height else config.image_size
-    parts = ("patchcore-embedding", shape, config.neighbourhood)
+    """The config and the weights file's SHA-256 (found again without PyTorch,
+    :func:`~.lean.embedding_key`), or where the weights are not a file, the weights."""
+    key = embedding_key(config)
+    if key is not None:
+        return key
+    parts = ("patchcore-embedding", config.input_shape, config.neighbourhood)
     digest = sha256(repr((*parts, extractor.spec.layers, extractor.channels)).encode())
     for tensor in embedding.state_dict().values():
         digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def graph_meta(extractor: Extractor) -> dict[str, Any]:
+    """Stored with the cached embedding graph: what the torch-free path (:mod:`.lean`) needs."""
+    return {
+        "channels": list(extractor.channels),
+        "dim": sum(extractor.channels),
+        "feature_size": list(extractor.sizes[0]),
+        "weights_source": extractor.weights_source,
+    }
 
 
 class PatchcoreModel(PatchMapModule):
@@ -162,11 +177,6 @@ def _layers(config: PatchcoreConfig) -> tuple[str, ...] | None:
     return DEFAULT_LAYERS[config.backbone]
 
 
-#: a shard keeps this many times its share of the coreset; the driver's second selection over
-#: the union brings it down to the configured ratio (distributed k-center)
-SHARD_OVERSAMPLE = 2
-
-
 class PatchcoreFitter(SharedIllumination, Fitter):
     """Collects training patches (float32) and selects the coreset in :meth:`finalize`.
 
@@ -192,10 +202,10 @@ class PatchcoreFitter(SharedIllumination, Fitter):
         self.embedding = PatchcoreEmbedding(self.extractor.module, config.neighbourhood).eval()
         self.illumination = Illumination(config.illumination)
         self._module = self._new_module(torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long), {})
-        self.patches: list[torch.Tensor] = []  # patches not yet in a coreset
+        self.patches: list[np.ndarray] = []  # patches not yet in a coreset
         self.n_images = 0
         self.n_patches = 0  # every patch seen, in a coreset or not
-        self._bank: torch.Tensor | None = None  # the bank of an earlier finalize or combine
+        self._bank: np.ndarray | None = None  # the bank of an earlier finalize or combine
         self._radius: float | None = None
 
     def _new_module(self, bank, neighbors, info) -> PatchcoreModel:
@@ -209,27 +219,28 @@ class PatchcoreFitter(SharedIllumination, Fitter):
             self.illumination,
         ).eval()
         key = graph_key(self.config, self.embedding, self.extractor)
-        module.accelerate("embedding", self.hooks, key, self.config.input_shape)
+        meta = graph_meta(self.extractor)
+        module.accelerate("embedding", self.hooks, key, self.config.input_shape, meta)
         return module
 
     def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         self.illumination.calibrate(images)
         with torch.inference_mode():
             feats = self._module.patch_features(images)
-        self.patches.append(feats.reshape(-1, feats.shape[-1]).clone())
+        self.patches.append(feats.reshape(-1, feats.shape[-1]).numpy().copy())
         self.n_images += len(images)
         self.n_patches += feats.shape[0] * feats.shape[1]
 
-    def _take_patches(self) -> torch.Tensor | None:
+    def _take_patches(self) -> np.ndarray | None:
         if not self.patches:
             return None
-        patches = torch.cat(self.patches) if len(self.patches) > 1 else self.patches[0]
+        patches = np.concatenate(self.patches) if len(self.patches) > 1 else self.patches[0]
         self.patches = []
         release_free_memory()
         return patches
 
-    def _add_to_bank(self, part: torch.Tensor, radius: float | None) -> None:
-        self._bank = part if self._bank is None else torch.cat([self._bank, part])
+    def _add_to_bank(self, part: np.ndarray, radius: float | None) -> None:
+        self._bank = part if self._bank is None else np.concatenate([self._bank, part])
         radii = [r for r in (radius, self._radius) if r is not None]
         self._radius = max(radii) if radii else None
 
@@ -240,7 +251,7 @@ class PatchcoreFitter(SharedIllumination, Fitter):
             del patches
         if self._bank is None:
             raise ValueError("finalize before any update: no training patches")
-        bank, config = self._bank, self.config
+        bank, config = torch.from_numpy(self._bank), self.config
         neighbors = (
             bank_neighbors(bank, config.num_neighbors)
             if config.reweight
@@ -272,7 +283,7 @@ class PatchcoreFitter(SharedIllumination, Fitter):
         }
 
     def combine(self, partials: list[dict[str, Any]]) -> None:
-        union = torch.cat([p["bank"] for p in partials])
+        union = np.concatenate([np.asarray(p["bank"]) for p in partials])
         n_patches = sum(int(p["n_patches"]) for p in partials)
         k = max(1, round(self.config.coreset_ratio * n_patches))
         bank, radius = self._select(union, k / len(union))
@@ -283,28 +294,9 @@ class PatchcoreFitter(SharedIllumination, Fitter):
         self.n_patches += n_patches
         self.n_images += sum(int(p["n_images"]) for p in partials)
 
-    def _select(self, patches: torch.Tensor, ratio: float) -> tuple[torch.Tensor, float | None]:
-        """A coreset of ``ratio`` of ``patches``, and its covering radius (None unless greedy)."""
-        config = self.config
-        n = len(patches)
-        k = max(1, round(ratio * n))
-        gen = torch.Generator().manual_seed(config.seed)
-        radius = None
-        self.hooks.stage(f"selecting a {config.coreset_method} coreset of {k} of {n} patches")
-        if config.coreset_method == "none" or k >= n:
-            index = torch.arange(n)
-            radius = 0.0  # every patch is in the bank
-        elif config.coreset_method == "random":
-            index = torch.randperm(n, generator=gen)[:k]
-        else:
-            pool = torch.arange(n)
-            if config.coreset_method == "approximate":
-                pool = torch.randperm(n, generator=gen)[: max(k, round(config.presample * n))]
-            selected = greedy_coreset(
-                patches[pool], k, projection_dim=config.projection_dim, seed=config.seed
-            )
-            index, radius = pool[selected.indices], selected.radius
-        return patches[index].contiguous(), radius
+    def _select(self, patches: np.ndarray, ratio: float) -> tuple[np.ndarray, float | None]:
+        """A coreset of ``ratio`` of ``patches`` and its radius (:func:`.lean.select`)."""
+        return select(patches, ratio, self.config, self.hooks.on_stage)
 
 
 def make_fitter(config: PatchcoreConfig, hooks: Hooks) -> PatchcoreFitter:
@@ -334,7 +326,6 @@ def restore(
     module = PatchcoreModel(
         embedding, bank, neighbors, extractor.sizes[0], config, info, illumination
     ).eval()
-    module.accelerate(
-        "embedding", hooks, graph_key(config, embedding, extractor), config.input_shape
-    )
+    key = graph_key(config, embedding, extractor)
+    module.accelerate("embedding", hooks, key, config.input_shape, graph_meta(extractor))
     return module

@@ -1,0 +1,192 @@
+"""PatchCore without PyTorch: the fitter and the scoring module of the lean path
+(:mod:`defectscope.models.lean`), and the coreset selection both paths share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from defectscope.models.lean import LEAN_ILLUMINATION, LeanEmbedding, gain_target, graph_key
+from defectscope.models.patchcore.config import PatchcoreConfig
+from defectscope.ops.coreset import greedy_coreset
+from defectscope.ops.moments import resize_blur_matrix, upsample_maps
+from defectscope.ops.search import nearest
+from defectscope.specs import weights_identity
+
+#: a shard keeps this many times its share of the coreset; the driver's second selection over
+#: the union brings it down to the configured ratio (distributed k-center)
+SHARD_OVERSAMPLE = 2
+
+
+def embedding_key(config: PatchcoreConfig) -> str | None:
+    """The cache key of PatchCore's embedding graph (:func:`~defectscope.models.lean.graph_key`)."""
+    return graph_key("patchcore-embedding", config, config.neighbourhood)
+
+
+def lean_supported(config: PatchcoreConfig) -> bool:
+    """Whether the lean module computes what the PyTorch module would for ``config``: not the
+    re-weighting nor k > 1 (PyTorch only), and an illumination done in numpy."""
+    return (
+        not config.reweight and config.k_nearest == 1 and config.illumination in LEAN_ILLUMINATION
+    )
+
+
+def select(
+    patches: np.ndarray,
+    ratio: float,
+    config: PatchcoreConfig,
+    on_stage: Callable[[str], None] | None = None,
+) -> tuple[np.ndarray, float | None]:
+    """A coreset of ``ratio`` of ``patches (N, D)`` and its covering radius (None unless greedy:
+    random selections promise no radius)."""
+    n = len(patches)
+    k = max(1, round(ratio * n))
+    rng = np.random.default_rng(config.seed)
+    radius = None
+    if on_stage is not None:
+        on_stage(f"selecting a {config.coreset_method} coreset of {k} of {n} patches")
+    if config.coreset_method == "none" or k >= n:
+        index = np.arange(n)
+        radius = 0.0  # every patch is in the bank
+    elif config.coreset_method == "random":
+        index = rng.permutation(n)[:k]
+    else:
+        pool = np.arange(n)
+        if config.coreset_method == "approximate":
+            pool = rng.permutation(n)[: max(k, round(config.presample * n))]
+        selected = greedy_coreset(
+            patches[pool], k, projection_dim=config.projection_dim, seed=config.seed
+        )
+        index, radius = pool[selected.indices], selected.radius
+    return np.ascontiguousarray(patches[index]), radius
+
+
+class PatchcoreLean:
+    """uint8 images ``(B, H, W, 3)`` -> ``(scores (B,), maps (B, H, W))``: what
+    :class:`~defectscope.models.patchcore.model.PatchcoreModel` computes (without re-weighting,
+    k = 1), with numpy."""
+
+    lean = True
+    #: images per call: the nearest-neighbour temporaries grow with it (as the PyTorch module)
+    max_batch = 4
+
+    def __init__(
+        self,
+        embedding: LeanEmbedding,
+        bank: np.ndarray,
+        target: float,
+        config: PatchcoreConfig,
+        info: dict[str, Any],
+    ) -> None:
+        self.embedding = embedding
+        self.bank = bank
+        self.target = float(target)
+        self.info = info
+        (h, w), (height, width) = embedding.feature_size, config.input_shape
+        self.rows = resize_blur_matrix(h, height, config.sigma)
+        self.cols = resize_blur_matrix(w, width, config.sigma)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feats = self.embedding(images, self.target)
+        batch, positions, dim = feats.shape
+        dist, _ = nearest(feats.reshape(batch * positions, dim), self.bank)
+        patches = dist.reshape(batch, *self.embedding.feature_size).astype(np.float32)
+        maps = upsample_maps(patches, self.rows, self.cols).astype(np.float32, copy=False)
+        return maps.reshape(batch, -1).max(axis=1), maps
+
+    def fitted_state(self) -> dict[str, np.ndarray]:
+        """The model file's tensors, as :meth:`PatchcoreModel.fitted_state` names them."""
+        return {
+            "bank": self.bank,
+            "bank_neighbors": np.zeros((len(self.bank), 0), dtype=np.int64),
+            "illumination_target": np.asarray([self.target], dtype=np.float32),
+        }
+
+    def fit_info(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    @classmethod
+    def restore(
+        cls,
+        embedding: LeanEmbedding,
+        dim: int,
+        config: PatchcoreConfig,
+        tensors: dict[str, np.ndarray],
+        info: dict[str, Any],
+    ) -> PatchcoreLean:
+        """From a model file's tensors; ValueError on a shape or dtype mismatch."""
+        bank, neighbors = tensors["bank"], tensors["bank_neighbors"]
+        if bank.dtype != np.float32 or bank.ndim != 2 or bank.shape[1] != dim or not len(bank):
+            raise ValueError(f"bank must be float32 (M, {dim}), got {bank.dtype} {bank.shape}")
+        if neighbors.dtype != np.int64 or neighbors.shape != (len(bank), 0):
+            raise ValueError(
+                f"bank_neighbors must be int64 ({len(bank)}, 0), got {neighbors.shape}"
+            )
+        target = tensors.get("illumination_target")
+        if target is None or target.dtype != np.float32 or target.shape != (1,):
+            raise ValueError("illumination_target must be a float32 tensor of shape (1,)")
+        if not 0.0 < float(target[0]) <= 1.0:
+            raise ValueError(f"illumination_target must be in (0, 1], got {float(target[0])}")
+        return cls(embedding, bank, float(target[0]), config, info)
+
+
+class PatchcoreLeanFitter:
+    """:class:`~defectscope.models.patchcore.model.PatchcoreFitter` without PyTorch: uint8
+    batches in, a :class:`PatchcoreLean` out (the same bank, union of coresets, radius)."""
+
+    lean = True
+    supervised = False
+    merge_holdout = True
+    shardable = False
+
+    def __init__(
+        self,
+        config: PatchcoreConfig,
+        embedding: LeanEmbedding,
+        weights_source: str,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.embedding = embedding
+        self.weights_source = weights_source
+        self.on_stage = on_stage
+        self.patches: list[np.ndarray] = []
+        self.n_images = 0
+        self.n_patches = 0
+        self.target = float("nan")
+        self._bank: np.ndarray | None = None
+        self._radius: float | None = None
+
+    def update(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
+        if np.isnan(self.target):
+            self.target = gain_target(images)
+        feats = self.embedding(images, self.target)
+        self.patches.append(feats.reshape(-1, feats.shape[-1]))
+        self.n_images += len(images)
+        self.n_patches += feats.shape[0] * feats.shape[1]
+
+    def finalize(self) -> PatchcoreLean:
+        if self.patches:
+            patches = np.concatenate(self.patches)
+            self.patches = []
+            part, radius = select(patches, self.config.coreset_ratio, self.config, self.on_stage)
+            del patches
+            self._bank = part if self._bank is None else np.concatenate([self._bank, part])
+            radii = [r for r in (radius, self._radius) if r is not None]
+            self._radius = max(radii) if radii else None
+        if self._bank is None:
+            raise ValueError("finalize before any update: no training patches")
+        config = self.config
+        identity = weights_identity(config.backbone, config.weights)
+        info = {
+            "feature_size": list(self.embedding.feature_size),
+            "n_train": self.n_images,
+            "n_patches": self.n_patches,
+            "bank_size": len(self._bank),
+            "coreset_radius": self._radius,
+            "weights_source": self.weights_source,
+            "weights_sha256": identity[0] if config.weights and identity else None,
+        }
+        return PatchcoreLean(self.embedding, self._bank, self.target, config, info)
