@@ -1,13 +1,15 @@
-"""The lean path against the PyTorch path: PaDiM fit + evaluate + predict, side by side.
+"""The lean path against the PyTorch path: fit + evaluate + predict, side by side.
 
-Runs the child of ``compare_anomalib.py`` (efficientnet_lite0, 256 px, n_features 100, batch 32,
-illumination none; fit, evaluate, then predict of the test split) in fresh processes, this
-checkout (the lean path, its graph cached by a warm-up run) alternating with another checkout's
-``src`` (``--baseline-src``, e.g. a worktree of the commit before the lean path), and reports
-medians and ratios.
+Fresh processes, this checkout (the lean path, its graph cached by a warm-up run) alternating
+with another checkout's ``src`` (``--baseline-src``, e.g. a worktree of the commit before the
+lean path), medians and ratios. PaDiM runs the configuration of ``compare_anomalib.py``
+(efficientnet_lite0, 256 px, n_features 100, batch 32, illumination none); PatchCore its
+defaults.
 
     git worktree add /tmp/prelean b12dcd1
     python benchmarks/lean.py --data ../shared/datasets --baseline-src /tmp/prelean/src
+    python benchmarks/lean.py --data ../shared/datasets --baseline-src /tmp/prelean/src \
+        --model patchcore
 """
 
 from __future__ import annotations
@@ -24,12 +26,38 @@ HERE = Path(__file__).resolve().parent
 KEYS = ("fit_s", "evaluate_s", "predict_img_s", "peak_rss_mb", "image_auroc")
 
 
-def child(src: str | None, folder: Path, data: str) -> dict:
+PATCHCORE = """
+import json, resource, sys, time
+import defectscope
+from defectscope.data import load_category
+from defectscope.engine.evaluation import evaluate
+category = load_category(sys.argv[1], require_test=True)
+model = defectscope.PatchCore(progress=False)
+start = time.perf_counter()
+model.fit(category)
+fit_s = time.perf_counter() - start
+start = time.perf_counter()
+result = evaluate(model, category)
+evaluate_s = time.perf_counter() - start
+paths = [s.path for s in category.test_samples]
+start = time.perf_counter()
+model.predict(paths)
+predict = len(paths) / (time.perf_counter() - start)
+print("RESULT " + json.dumps({"fit_s": fit_s, "evaluate_s": evaluate_s, "predict_img_s": predict,
+      "image_auroc": result.metrics["image_auroc"],
+      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def child(src: str | None, folder: Path, data: str, model: str = "padim") -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if src:
         env["PYTHONPATH"] = src
-    cmd = [sys.executable, str(HERE / "compare_anomalib.py"), "--data", data]
-    cmd += ["--child", "defectscope:onnxruntime", "--child-category", str(folder)]
+    if model == "patchcore":
+        cmd = [sys.executable, "-c", PATCHCORE, str(folder)]
+    else:
+        cmd = [sys.executable, str(HERE / "compare_anomalib.py"), "--data", data]
+        cmd += ["--child", "defectscope:onnxruntime", "--child-category", str(folder)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -43,9 +71,10 @@ def main() -> None:
     parser.add_argument("--baseline-src", required=True, help="src folder of the PyTorch path")
     parser.add_argument("--categories", nargs="+", default=["bottle", "screw", "tire"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", choices=["padim", "patchcore"], default="padim")
     args = parser.parse_args()
     folders = [Path(args.data) / c for c in args.categories]
-    child(None, folders[0], args.data)  # warm-up: exports the graph the lean path needs
+    child(None, folders[0], args.data, args.model)  # warm-up: exports the lean path's graph
     impls = {"pytorch path": args.baseline_src, "lean path": None}
     print("| category | path | " + " | ".join(KEYS) + " |")
     print("|---" * (len(KEYS) + 2) + "|")
@@ -53,7 +82,7 @@ def main() -> None:
         runs: dict[str, list[dict]] = {name: [] for name in impls}
         for _ in range(args.repeats):
             for name, src in impls.items():  # alternate within each repeat
-                runs[name].append(child(src, folder, args.data))
+                runs[name].append(child(src, folder, args.data, args.model))
         medians = {
             name: {k: statistics.median(r[k] for r in results) for k in KEYS}
             for name, results in runs.items()

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from hashlib import sha256
+from typing import Any
 
 import numpy as np
 
+from defectscope.ops.moments import resize_blur_matrix, upsample_maps
 from defectscope.specs import IMAGENET_MEAN, IMAGENET_STD, weights_identity
 
 #: part of every cached graph key: a change to what the embedding graph computes bumps it
@@ -80,3 +82,41 @@ def gain_target(images: np.ndarray) -> float:
     """The mean intensity of uint8 ``images`` in 0..1: the gain target a fit takes from its
     first batch (as ``Illumination.calibrate``)."""
     return float(np.float32(to_float(images).mean()))
+
+
+class LeanPatchModule:
+    """What the lean modules share (as ``PatchMapModule`` for the PyTorch ones): uint8 images in,
+    patch scores upsampled and smoothed to maps at the input shape, the image score their
+    maximum."""
+
+    #: takes uint8 images as numpy arrays (the engine feeds it without PyTorch)
+    lean = True
+    max_batch: int | None = None
+
+    def __init__(self, embedding: LeanEmbedding, target: float, config, info: dict[str, Any]):
+        self.embedding = embedding
+        self.target = float(target)
+        self.info = info
+        (h, w), (height, width) = embedding.feature_size, config.input_shape
+        self.rows = resize_blur_matrix(h, height, config.sigma)
+        self.cols = resize_blur_matrix(w, width, config.sigma)
+
+    def scores_and_maps(self, patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, P)`` patch scores -> ``(scores (B,), maps (B, H, W))`` float32."""
+        grid = patch_scores.reshape(len(patch_scores), *self.embedding.feature_size)
+        maps = upsample_maps(grid.astype(np.float32, copy=False), self.rows, self.cols)
+        maps = maps.astype(np.float32, copy=False)
+        return maps.reshape(len(maps), -1).max(axis=1), maps
+
+    def fit_info(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
+def saved_target(tensors: dict[str, np.ndarray]) -> float:
+    """The gain target of a model file's tensors; ValueError if it is missing or bad."""
+    target = tensors.get("illumination_target")
+    if target is None or target.dtype != np.float32 or target.shape != (1,):
+        raise ValueError("illumination_target must be a float32 tensor of shape (1,)")
+    if not 0.0 < float(target[0]) <= 1.0:
+        raise ValueError(f"illumination_target must be in (0, 1], got {float(target[0])}")
+    return float(target[0])

@@ -8,14 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from defectscope.models.lean import LeanEmbedding, gain_target, graph_key
+from defectscope.models.lean import (
+    LeanEmbedding,
+    LeanPatchModule,
+    gain_target,
+    graph_key,
+    saved_target,
+)
 from defectscope.models.padim.config import PadimConfig
 from defectscope.ops.moments import (
     GaussianAccumulator,
     mahalanobis,
     precision_cholesky_of,
-    resize_blur_matrix,
-    upsample_maps,
 )
 from defectscope.specs import weights_identity
 
@@ -32,13 +36,9 @@ def embedding_key(config: PadimConfig) -> str | None:
     return graph_key("padim-embedding", config, config.n_features, config.seed)
 
 
-class PadimLean:
+class PadimLean(LeanPatchModule):
     """uint8 images ``(B, H, W, 3)`` -> ``(scores (B,), maps (B, H, W))``: what
     :class:`~defectscope.models.padim.model.PadimModel` computes, with numpy."""
-
-    #: takes uint8 images as numpy arrays (the engine feeds it without PyTorch)
-    lean = True
-    max_batch: int | None = None
 
     def __init__(
         self,
@@ -50,22 +50,14 @@ class PadimLean:
         config: PadimConfig,
         info: dict[str, Any],
     ) -> None:
-        self.embedding = embedding
+        super().__init__(embedding, target, config, info)
         self.mean = mean
         self.precision_chol = precision_chol
         self.feature_index = feature_index
-        self.target = float(target)
-        self.info = info
-        (h, w), (height, width) = embedding.feature_size, config.input_shape
-        self.rows = resize_blur_matrix(h, height, config.sigma)
-        self.cols = resize_blur_matrix(w, width, config.sigma)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        patches = mahalanobis(self.embedding(images, self.target), self.mean, self.precision_chol)
-        maps = upsample_maps(
-            patches.reshape(len(images), *self.embedding.feature_size), self.rows, self.cols
-        ).astype(np.float32, copy=False)
-        return maps.reshape(len(images), -1).max(axis=1), maps
+        emb = self.embedding(images, self.target)
+        return self.scores_and_maps(mahalanobis(emb, self.mean, self.precision_chol))
 
     def fitted_state(self) -> dict[str, np.ndarray]:
         """The model file's tensors, as :meth:`PadimModel.fitted_state` names them."""
@@ -76,9 +68,6 @@ class PadimLean:
             "feature_index": self.feature_index,
             "illumination_target": np.asarray([self.target], dtype=np.float32),
         }
-
-    def fit_info(self) -> dict[str, Any]:
-        return dict(self.info)
 
     @classmethod
     def restore(
@@ -101,15 +90,11 @@ class PadimLean:
             got = tensors[name]
             if got.shape != shape or got.dtype != np.float32:
                 raise ValueError(f"{name} must be float32 {shape}, got {got.dtype} {got.shape}")
-        target = tensors.get("illumination_target")
-        if target is None or target.dtype != np.float32 or target.shape != (1,):
-            raise ValueError("illumination_target must be a float32 tensor of shape (1,)")
-        if not 0.0 < float(target[0]) <= 1.0:
-            raise ValueError(f"illumination_target must be in (0, 1], got {float(target[0])}")
+        target = saved_target(tensors)
         factor = np.zeros((positions, dim, dim), dtype=np.float32)
         rows, cols = np.tril_indices(dim)
         factor[:, rows, cols] = tensors["precision_chol_lower"]
-        return cls(embedding, tensors["mean"], factor, index, float(target[0]), config, info)
+        return cls(embedding, tensors["mean"], factor, index, target, config, info)
 
 
 class PadimLeanFitter:

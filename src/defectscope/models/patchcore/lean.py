@@ -8,10 +8,16 @@ from typing import Any
 
 import numpy as np
 
-from defectscope.models.lean import LEAN_ILLUMINATION, LeanEmbedding, gain_target, graph_key
+from defectscope.models.lean import (
+    LEAN_ILLUMINATION,
+    LeanEmbedding,
+    LeanPatchModule,
+    gain_target,
+    graph_key,
+    saved_target,
+)
 from defectscope.models.patchcore.config import PatchcoreConfig
 from defectscope.ops.coreset import greedy_coreset
-from defectscope.ops.moments import resize_blur_matrix, upsample_maps
 from defectscope.ops.search import nearest
 from defectscope.specs import weights_identity
 
@@ -63,12 +69,11 @@ def select(
     return np.ascontiguousarray(patches[index]), radius
 
 
-class PatchcoreLean:
+class PatchcoreLean(LeanPatchModule):
     """uint8 images ``(B, H, W, 3)`` -> ``(scores (B,), maps (B, H, W))``: what
     :class:`~defectscope.models.patchcore.model.PatchcoreModel` computes (without re-weighting,
     k = 1), with numpy."""
 
-    lean = True
     #: images per call: the nearest-neighbour temporaries grow with it (as the PyTorch module)
     max_batch = 4
 
@@ -80,21 +85,14 @@ class PatchcoreLean:
         config: PatchcoreConfig,
         info: dict[str, Any],
     ) -> None:
-        self.embedding = embedding
+        super().__init__(embedding, target, config, info)
         self.bank = bank
-        self.target = float(target)
-        self.info = info
-        (h, w), (height, width) = embedding.feature_size, config.input_shape
-        self.rows = resize_blur_matrix(h, height, config.sigma)
-        self.cols = resize_blur_matrix(w, width, config.sigma)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feats = self.embedding(images, self.target)
         batch, positions, dim = feats.shape
         dist, _ = nearest(feats.reshape(batch * positions, dim), self.bank)
-        patches = dist.reshape(batch, *self.embedding.feature_size).astype(np.float32)
-        maps = upsample_maps(patches, self.rows, self.cols).astype(np.float32, copy=False)
-        return maps.reshape(batch, -1).max(axis=1), maps
+        return self.scores_and_maps(dist.reshape(batch, positions))
 
     def fitted_state(self) -> dict[str, np.ndarray]:
         """The model file's tensors, as :meth:`PatchcoreModel.fitted_state` names them."""
@@ -103,9 +101,6 @@ class PatchcoreLean:
             "bank_neighbors": np.zeros((len(self.bank), 0), dtype=np.int64),
             "illumination_target": np.asarray([self.target], dtype=np.float32),
         }
-
-    def fit_info(self) -> dict[str, Any]:
-        return dict(self.info)
 
     @classmethod
     def restore(
@@ -124,12 +119,7 @@ class PatchcoreLean:
             raise ValueError(
                 f"bank_neighbors must be int64 ({len(bank)}, 0), got {neighbors.shape}"
             )
-        target = tensors.get("illumination_target")
-        if target is None or target.dtype != np.float32 or target.shape != (1,):
-            raise ValueError("illumination_target must be a float32 tensor of shape (1,)")
-        if not 0.0 < float(target[0]) <= 1.0:
-            raise ValueError(f"illumination_target must be in (0, 1], got {float(target[0])}")
-        return cls(embedding, bank, float(target[0]), config, info)
+        return cls(embedding, bank, saved_target(tensors), config, info)
 
 
 class PatchcoreLeanFitter:
