@@ -53,6 +53,17 @@ def test_nearest_neighbour_search_is_chunked_and_exact():
     assert torch.equal(got_index, want.indices)
 
 
+def test_numpy_search_equals_the_pytorch_search():
+    """The lean path's search (numpy) finds what the exportable module's (PyTorch) finds."""
+    from defectscope.ops import search
+
+    gen = torch.Generator().manual_seed(2)
+    queries, bank = torch.randn(60, 12, generator=gen), torch.randn(333, 12, generator=gen)
+    want, _ = nearest(queries, bank, chunk=64)
+    got = search.nearest_distance(queries.numpy(), bank.numpy(), chunk=64)  # 333 = 5 x 64 + 13
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_k_nearest_search_is_chunked_and_exact():
     gen = torch.Generator().manual_seed(1)
     queries, bank = torch.randn(40, 10, generator=gen), torch.randn(250, 10, generator=gen)

@@ -9,24 +9,24 @@ import numpy as np
 BANK_CHUNK = 2048
 
 
-def nearest(
+def nearest_distance(
     queries: np.ndarray, bank: np.ndarray, *, chunk: int = BANK_CHUNK
-) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distance ``(Q,)`` and index ``(Q,)`` of the nearest ``bank (M, D)`` row of
-    every ``queries (Q, D)`` row; chunked as :func:`defectscope.ops.knn.nearest` (squared
-    distances ``|q|^2 - 2 q.b + |b|^2`` clamped at 0 before the square root)."""
+) -> np.ndarray:
+    """Euclidean distance ``(Q,)`` from every ``queries (Q, D)`` row to its nearest ``bank (M, D)``
+    row, chunked as :func:`defectscope.ops.knn.nearest` (squared distances
+    ``|q|^2 - 2 q.b + |b|^2`` formed in place in one ``(Q, chunk)`` buffer, clamped at 0 before
+    the square root). No index: the lean path does not need one, and finding it costs a second
+    pass over every chunk."""
     q2 = np.einsum("ij,ij->i", queries, queries)[:, None]
-    best = index = None
+    best = None
+    d2 = np.empty((len(queries), min(chunk, len(bank))), dtype=np.float32)
     for start in range(0, len(bank), chunk):
         part = bank[start : start + chunk]
-        d2 = q2 - 2.0 * (queries @ part.T) + np.einsum("ij,ij->i", part, part)
-        where = d2.argmin(axis=1)
-        value = np.take_along_axis(d2, where[:, None], axis=1)[:, 0]
-        where += start
-        if best is None:
-            best, index = value, where
-        else:
-            better = value < best
-            best = np.where(better, value, best)
-            index = np.where(better, where, index)
-    return np.sqrt(np.maximum(best, 0.0)), index
+        out = d2[:, : len(part)]
+        np.matmul(queries, part.T, out=out)
+        out *= -2.0
+        out += q2
+        out += np.einsum("ij,ij->i", part, part)
+        value = out.min(axis=1)
+        best = value if best is None else np.minimum(best, value, out=best)
+    return np.sqrt(np.maximum(best, 0.0))

@@ -18,7 +18,7 @@ from defectscope.models.lean import (
 )
 from defectscope.models.patchcore.config import PatchcoreConfig
 from defectscope.ops.coreset import greedy_coreset
-from defectscope.ops.search import nearest
+from defectscope.ops.search import nearest_distance
 from defectscope.specs import weights_identity
 
 #: a shard keeps this many times its share of the coreset; the driver's second selection over
@@ -91,7 +91,7 @@ class PatchcoreLean(LeanPatchModule):
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feats = self.embedding(images, self.target)
         batch, positions, dim = feats.shape
-        dist, _ = nearest(feats.reshape(batch * positions, dim), self.bank)
+        dist = nearest_distance(feats.reshape(batch * positions, dim), self.bank)
         return self.scores_and_maps(dist.reshape(batch, positions))
 
     def fitted_state(self) -> dict[str, np.ndarray]:
