@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from defectscope.errors import BackboneError
 from defectscope.models.lean import (
     LeanEmbedding,
     LeanPatchModule,
@@ -21,7 +22,7 @@ from defectscope.ops.moments import (
     mahalanobis,
     precision_cholesky_of,
 )
-from defectscope.specs import weights_identity
+from defectscope.specs import resolve_spec, weights_identity
 
 
 def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.ndarray:
@@ -32,8 +33,16 @@ def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.
 
 def embedding_key(config: PadimConfig) -> str | None:
     """The cache key of PaDiM's embedding graph (:func:`~defectscope.models.lean.graph_key`):
-    its kept channels follow from ``n_features`` and ``seed``."""
-    return graph_key("padim-embedding", config, config.n_features, config.seed)
+    its kept channels follow from ``n_features`` (None: the backbone's default, resolved so
+    that ``n_features=100`` and the default 100 share one graph) and ``seed``."""
+    n = config.n_features
+    if n is None:
+        try:
+            layers = tuple(config.layers) if config.layers else None
+            n = resolve_spec(config.backbone, layers).n_features  # 0: every channel
+        except BackboneError:
+            return None  # the PyTorch path says what is wrong with the name
+    return graph_key("padim-embedding", config, n, config.seed)
 
 
 class PadimLean(LeanPatchModule):
