@@ -207,17 +207,7 @@ class Detector(Scorer):
                 + ", ".join(n for n, i in DETECTORS.items() if i.shardable)
                 + " can"
             )
-        fitter = None
-        if shards == 1 and not self.info.supervised:
-            from defectscope.engine.lean import lean_fitter, lean_key
-
-            fitter = lean_fitter(self.name, config, engine, self._start_stages(engine))
-            if fitter is None and lean_key(self.name, config, engine) is not None:
-                # the graph is not cached yet: building the PyTorch fitter exports it
-                self.info.load().make_fitter(config, self._hooks(engine))
-                fitter = lean_fitter(self.name, config, engine, self._start_stages(engine))
-        if fitter is None:
-            fitter = self.info.load().make_fitter(config, self._hooks(engine))
+        fitter = self._make_fitter(config, engine, shards)
         n_holdout = 0
         scales: dict[str, Any] = {}
         self._intensity: list[tuple[np.ndarray, np.ndarray]] = []
@@ -274,6 +264,23 @@ class Detector(Scorer):
         self._end_stage()
         self._set_fitted(module, threshold, config, engine, info)
         return self
+
+    def _make_fitter(self, config, engine: EngineOptions, shards: int):
+        """The lean (torch-free, :mod:`defectscope.engine.lean`) fitter where it can run, else
+        the detector's PyTorch fitter. Where the lean path could run but its graph is not cached
+        yet, building the PyTorch fitter exports the graph and the fit goes on lean: every run
+        of one config then computes the same numbers."""
+        if shards > 1 or self.info.supervised:
+            return self.info.load().make_fitter(config, self._hooks(engine))
+        from defectscope.engine.lean import lean_fitter, lean_key
+
+        fitter = lean_fitter(self.name, config, engine, self._start_stages(engine))
+        if fitter is not None:
+            return fitter
+        built = self.info.load().make_fitter(config, self._hooks(engine))
+        if lean_key(self.name, config, engine) is None:
+            return built
+        return lean_fitter(self.name, config, engine, self._start_stages(engine)) or built
 
     def _check_training_data(self, data, labels) -> list[Path]:
         if self.info.supervised:
