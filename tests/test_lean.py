@@ -81,6 +81,22 @@ def test_files_cross_between_the_paths(pair, texture, tmp_path):
     np.testing.assert_allclose(exported.score(images).scores, first.score(images).scores, rtol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["none", "gain", "standardize"])
+def test_numpy_illumination_equals_the_module(mode):
+    """The lean path's corrections (numpy) equal the exportable module's (PyTorch)."""
+    import torch
+
+    from defectscope.models.features import Illumination
+    from defectscope.models.lean import illuminate, to_float
+
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(3, 40, 56, 3), dtype=np.uint8)
+    images[0] //= 8  # a dark image: the gain then clips
+    module = Illumination(mode, torch.tensor([0.45]))
+    want = module(torch.from_numpy(to_float(images))).numpy()
+    np.testing.assert_allclose(illuminate(to_float(images), mode, 0.45), want, atol=1e-6)
+
+
 def test_local_illumination_takes_the_pytorch_path(texture):
     assert not getattr(small(illumination="local").fit(texture).module_, "lean", False)
 

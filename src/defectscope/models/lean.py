@@ -32,8 +32,9 @@ Features = Callable[[np.ndarray], np.ndarray]
 
 def graph_key(tag: str, config, *extra) -> str | None:
     """The cache key of a detector's embedding graph from its config (backbone, layers, input
-    shape, seed) and the SHA-256 of the weights file, with no network built; None where the
-    weights are not a file (random, downloaded). ``extra``: what else the graph depends on."""
+    shape) and the SHA-256 of the weights file, with no network built; None where the weights
+    are not a file (random, downloaded). ``extra``: what else the graph depends on (PaDiM's
+    kept channels, PatchCore's neighbourhood)."""
     identity = weights_identity(config.backbone, config.weights)
     if identity is None:
         return None
