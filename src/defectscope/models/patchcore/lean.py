@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from defectscope.memory import release_free_memory
 from defectscope.models.lean import (
     LEAN_ILLUMINATION,
     LeanEmbedding,
@@ -21,6 +22,8 @@ from defectscope.ops.coreset import greedy_coreset
 from defectscope.ops.search import nearest_distance
 from defectscope.specs import weights_identity
 
+#: images per forward pass of either module: the nearest-neighbour temporaries grow with it
+MAX_BATCH = 4
 #: a shard keeps this many times its share of the coreset; the driver's second selection over
 #: the union brings it down to the configured ratio (distributed k-center)
 SHARD_OVERSAMPLE = 2
@@ -69,13 +72,76 @@ def select(
     return np.ascontiguousarray(patches[index]), radius
 
 
+class BankBuilder:
+    """Training patches -> the memory bank, for both fitters (PyTorch and lean).
+
+    Patches are kept until a coreset is taken from them (:meth:`finalize`, or a shard's
+    selection), then dropped. A later :meth:`finalize` after more patches (the engine's
+    held-out images, once they have set the threshold) selects a coreset of the new patches
+    only, at the same ratio, and appends it: the union of the coresets covers every patch, as
+    in distributed k-center. The reported radius is the largest of the selections'.
+    """
+
+    def __init__(self, config: PatchcoreConfig, on_stage: Callable[[str], None] | None) -> None:
+        self.config = config
+        self.on_stage = on_stage
+        self.patches: list[np.ndarray] = []  # patches not yet in a coreset
+        self.n_images = 0
+        self.n_patches = 0  # every patch seen, in a coreset or not
+        self.bank: np.ndarray | None = None  # the bank of an earlier finalize or combine
+        self.radius: float | None = None
+
+    def add(self, feats: np.ndarray) -> None:
+        """The ``(B, P, D)`` patch embeddings of ``B`` training images."""
+        self.patches.append(feats.reshape(-1, feats.shape[-1]))
+        self.n_images += feats.shape[0]
+        self.n_patches += feats.shape[0] * feats.shape[1]
+
+    def take_patches(self) -> np.ndarray | None:
+        """The patches not yet in a coreset (and forget them), or None."""
+        if not self.patches:
+            return None
+        patches = np.concatenate(self.patches) if len(self.patches) > 1 else self.patches[0]
+        self.patches = []
+        release_free_memory()
+        return patches
+
+    def select(self, patches: np.ndarray, ratio: float) -> tuple[np.ndarray, float | None]:
+        """:func:`select` with this builder's config and stage reporting."""
+        return select(patches, ratio, self.config, self.on_stage)
+
+    def extend(self, part: np.ndarray, radius: float | None) -> None:
+        """Append a coreset (and its radius) to the bank."""
+        self.bank = part if self.bank is None else np.concatenate([self.bank, part])
+        radii = [r for r in (radius, self.radius) if r is not None]
+        self.radius = max(radii) if radii else None
+
+    def finalize(self) -> np.ndarray:
+        """The bank of everything seen so far."""
+        patches = self.take_patches()
+        if patches is not None:
+            self.extend(*self.select(patches, self.config.coreset_ratio))
+            del patches
+        if self.bank is None:
+            raise ValueError("finalize before any update: no training patches")
+        return self.bank
+
+    def info(self) -> dict[str, Any]:
+        """The bank's facts for the model's fit info."""
+        return {
+            "n_train": self.n_images,
+            "n_patches": self.n_patches,
+            "bank_size": 0 if self.bank is None else len(self.bank),
+            "coreset_radius": self.radius,
+        }
+
+
 class PatchcoreLean(LeanPatchModule):
     """uint8 images ``(B, H, W, 3)`` -> ``(scores (B,), maps (B, H, W))``: what
     :class:`~defectscope.models.patchcore.model.PatchcoreModel` computes (without re-weighting,
     k = 1), with numpy."""
 
-    #: images per call: the nearest-neighbour temporaries grow with it (as the PyTorch module)
-    max_batch = 4
+    max_batch = MAX_BATCH
 
     def __init__(
         self,
@@ -141,42 +207,21 @@ class PatchcoreLeanFitter:
         self.config = config
         self.embedding = embedding
         self.weights_source = weights_source
-        self.on_stage = on_stage
-        self.patches: list[np.ndarray] = []
-        self.n_images = 0
-        self.n_patches = 0
+        self.builder = BankBuilder(config, on_stage)
         self.target = float("nan")
-        self._bank: np.ndarray | None = None
-        self._radius: float | None = None
 
     def update(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
         if np.isnan(self.target):
             self.target = gain_target(images)
-        feats = self.embedding(images, self.target)
-        self.patches.append(feats.reshape(-1, feats.shape[-1]))
-        self.n_images += len(images)
-        self.n_patches += feats.shape[0] * feats.shape[1]
+        self.builder.add(self.embedding(images, self.target))
 
     def finalize(self) -> PatchcoreLean:
-        if self.patches:
-            patches = np.concatenate(self.patches)
-            self.patches = []
-            part, radius = select(patches, self.config.coreset_ratio, self.config, self.on_stage)
-            del patches
-            self._bank = part if self._bank is None else np.concatenate([self._bank, part])
-            radii = [r for r in (radius, self._radius) if r is not None]
-            self._radius = max(radii) if radii else None
-        if self._bank is None:
-            raise ValueError("finalize before any update: no training patches")
-        config = self.config
+        bank, config = self.builder.finalize(), self.config
         identity = weights_identity(config.backbone, config.weights)
         info = {
             "feature_size": list(self.embedding.feature_size),
-            "n_train": self.n_images,
-            "n_patches": self.n_patches,
-            "bank_size": len(self._bank),
-            "coreset_radius": self._radius,
+            **self.builder.info(),
             "weights_source": self.weights_source,
             "weights_sha256": identity[0] if config.weights and identity else None,
         }
-        return PatchcoreLean(self.embedding, self._bank, self.target, config, info)
+        return PatchcoreLean(self.embedding, bank, self.target, config, info)

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectscope.errors import ConfigError
-from defectscope.memory import release_free_memory
 from defectscope.models.base import Fitter, Hooks
 from defectscope.models.features import (
     Extractor,
@@ -30,11 +29,13 @@ from defectscope.models.features import (
     restore_illumination,
 )
 from defectscope.models.patchcore.config import DEFAULT_LAYERS, PatchcoreConfig
-from defectscope.models.patchcore.lean import SHARD_OVERSAMPLE, embedding_key, select
+from defectscope.models.patchcore.lean import (
+    MAX_BATCH,
+    SHARD_OVERSAMPLE,
+    BankBuilder,
+    embedding_key,
+)
 from defectscope.ops import k_nearest, nearest
-
-#: images per forward pass of the module: the nearest-neighbour temporaries grow with it
-MAX_BATCH = 4
 
 
 class PatchcoreEmbedding(nn.Module):
@@ -202,11 +203,7 @@ class PatchcoreFitter(SharedIllumination, Fitter):
         self.embedding = PatchcoreEmbedding(self.extractor.module, config.neighbourhood).eval()
         self.illumination = Illumination(config.illumination)
         self._module = self._new_module(torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long), {})
-        self.patches: list[np.ndarray] = []  # patches not yet in a coreset
-        self.n_images = 0
-        self.n_patches = 0  # every patch seen, in a coreset or not
-        self._bank: np.ndarray | None = None  # the bank of an earlier finalize or combine
-        self._radius: float | None = None
+        self.builder = BankBuilder(config, hooks.on_stage)
 
     def _new_module(self, bank, neighbors, info) -> PatchcoreModel:
         module = PatchcoreModel(
@@ -227,31 +224,10 @@ class PatchcoreFitter(SharedIllumination, Fitter):
         self.illumination.calibrate(images)
         with torch.inference_mode():
             feats = self._module.patch_features(images)
-        self.patches.append(feats.reshape(-1, feats.shape[-1]).numpy().copy())
-        self.n_images += len(images)
-        self.n_patches += feats.shape[0] * feats.shape[1]
-
-    def _take_patches(self) -> np.ndarray | None:
-        if not self.patches:
-            return None
-        patches = np.concatenate(self.patches) if len(self.patches) > 1 else self.patches[0]
-        self.patches = []
-        release_free_memory()
-        return patches
-
-    def _add_to_bank(self, part: np.ndarray, radius: float | None) -> None:
-        self._bank = part if self._bank is None else np.concatenate([self._bank, part])
-        radii = [r for r in (radius, self._radius) if r is not None]
-        self._radius = max(radii) if radii else None
+        self.builder.add(feats.numpy().copy())
 
     def finalize(self) -> PatchcoreModel:
-        patches = self._take_patches()
-        if patches is not None:
-            self._add_to_bank(*self._select(patches, self.config.coreset_ratio))
-            del patches
-        if self._bank is None:
-            raise ValueError("finalize before any update: no training patches")
-        bank, config = torch.from_numpy(self._bank), self.config
+        bank, config = torch.from_numpy(self.builder.finalize()), self.config
         neighbors = (
             bank_neighbors(bank, config.num_neighbors)
             if config.reweight
@@ -259,10 +235,7 @@ class PatchcoreFitter(SharedIllumination, Fitter):
         )
         info = {
             "feature_size": list(self.extractor.sizes[0]),
-            "n_train": self.n_images,
-            "n_patches": self.n_patches,
-            "bank_size": len(bank),
-            "coreset_radius": self._radius,
+            **self.builder.info(),
             "weights_source": self.extractor.weights_source,
             "weights_sha256": self.extractor.weights_sha256,
         }
@@ -271,32 +244,28 @@ class PatchcoreFitter(SharedIllumination, Fitter):
 
     # -- shards ---------------------------------------------------------------------------------
     def partial(self) -> dict[str, Any]:
-        patches = self._take_patches()
+        patches = self.builder.take_patches()
         if patches is None:
             raise ValueError("partial before any update: no training patches")
-        bank, radius = self._select(patches, self.config.coreset_ratio * SHARD_OVERSAMPLE)
+        bank, radius = self.builder.select(patches, self.config.coreset_ratio * SHARD_OVERSAMPLE)
         return {
             "bank": bank,
             "radius": radius,
-            "n_patches": self.n_patches,
-            "n_images": self.n_images,
+            "n_patches": self.builder.n_patches,
+            "n_images": self.builder.n_images,
         }
 
     def combine(self, partials: list[dict[str, Any]]) -> None:
         union = np.concatenate([np.asarray(p["bank"]) for p in partials])
         n_patches = sum(int(p["n_patches"]) for p in partials)
         k = max(1, round(self.config.coreset_ratio * n_patches))
-        bank, radius = self._select(union, k / len(union))
+        bank, radius = self.builder.select(union, k / len(union))
         local = [p["radius"] for p in partials if p["radius"] is not None]
         if radius is not None and local:
             radius += max(local)
-        self._add_to_bank(bank, radius)
-        self.n_patches += n_patches
-        self.n_images += sum(int(p["n_images"]) for p in partials)
-
-    def _select(self, patches: np.ndarray, ratio: float) -> tuple[np.ndarray, float | None]:
-        """A coreset of ``ratio`` of ``patches`` and its radius (:func:`.lean.select`)."""
-        return select(patches, ratio, self.config, self.hooks.on_stage)
+        self.builder.extend(bank, radius)
+        self.builder.n_patches += n_patches
+        self.builder.n_images += sum(int(p["n_images"]) for p in partials)
 
 
 def make_fitter(config: PatchcoreConfig, hooks: Hooks) -> PatchcoreFitter:
