@@ -23,14 +23,9 @@ from typing import Any
 import numpy as np
 
 from defectscope.config import Options
+from defectscope.engine.exported import run_micro_batches, session_options
 from defectscope.engine.options import EngineOptions
-from defectscope.engine.runtime import (
-    cached_graph,
-    graph_metadata,
-    resolve_runtime,
-    run_micro_batches,
-    session_options,
-)
+from defectscope.engine.runtime import cached_graph, graph_metadata, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +71,7 @@ def _embedding(name: str, config: Options, engine: EngineOptions, on_stage: Call
     if meta is None:
         return None
     embedding = LeanEmbedding(
-        lambda images: run_micro_batches(session, images),
+        lambda images: run_micro_batches(session, images)[0],
         config.illumination,
         tuple(meta["feature_size"]),
     )

@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:  # torch is imported where a module is exported or checked, never to run one
     import torch
     from torch import nn
 
+from defectscope.engine.exported import run_micro_batches, session_options
 from defectscope.engine.options import RUNTIMES
 from defectscope.errors import ConfigError, unknown_name
 
@@ -29,11 +28,6 @@ log = logging.getLogger(__name__)
 # Relative tolerance for the exported graph against PyTorch: float32 kernels reorder sums, so
 # outputs differ in the last bits; a wrong export differs at the level of the values themselves.
 EXPORT_RTOL = 1e-3
-# ONNX Runtime is fed this many images per call, whatever the caller's batch. Measured for
-# efficientnet_lite0 at 256x256 on the 2-core CPU (img/s, median of 5): batch 32: 119,
-# 8: 148, 4: 290, 2: 219, 1: 194, identical outputs. Small batches keep the activations in
-# cache, and they also cut the peak memory of a forward pass by about 8x.
-MICRO_BATCH = 4
 
 
 def cache_dir() -> Path:
@@ -67,24 +61,6 @@ def resolve_runtime(name: str) -> str:
 GRAPH_METADATA_KEY = "defectscope-graph"
 
 
-def session_options():
-    """ONNX Runtime session options of every defectscope session (threads, no arena, quiet)."""
-    import onnxruntime as ort
-
-    from defectscope.engine.exported import thread_limit
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # The arena keeps the largest batch's activations (hundreds of MB) for the process's
-    # life; without it they are returned after every batch, at no measurable speed cost.
-    options.enable_cpu_mem_arena = False
-    # Spinning worker threads burn the cores that image decoding needs between batches.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.intra_op_num_threads = thread_limit()
-    return options
-
-
 def cached_graph(key: str) -> Path:
     """Where the graph cached under ``key`` lives (it may not exist)."""
     return cache_dir() / "onnx" / f"{key}.onnx"
@@ -95,15 +71,6 @@ def graph_metadata(session) -> dict[str, Any] | None:
     :class:`OnnxModule` when it was exported), or None for graphs cached without it."""
     raw = session.get_modelmeta().custom_metadata_map.get(GRAPH_METADATA_KEY)
     return json.loads(raw) if raw else None
-
-
-def run_micro_batches(session, array: np.ndarray) -> np.ndarray:
-    """``session`` on ``array`` (its one input) :data:`MICRO_BATCH` images at a time."""
-    outs = [
-        session.run(None, {"images": array[start : start + MICRO_BATCH]})[0]
-        for start in range(0, len(array), MICRO_BATCH)
-    ]
-    return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
 class OnnxModule:
@@ -136,7 +103,7 @@ class OnnxModule:
         import torch
 
         return torch.from_numpy(
-            run_micro_batches(self.session, images.detach().contiguous().numpy())
+            run_micro_batches(self.session, images.detach().contiguous().numpy())[0]
         )
 
     def _verify(self, module: nn.Module, input_shape: tuple[int, int]) -> None:
