@@ -83,15 +83,24 @@ def lean_fitter(name: str, config: Options, engine: EngineOptions, on_stage: Cal
     found = _embedding(name, config, engine, on_stage)
     if found is None:
         return None
+    from defectscope.specs import weights_identity
+
     embedding, meta = found
+    # as the PyTorch fitters: the digest is recorded for a weights file given by path (the
+    # key above was made from it, so it is remembered, not read again)
+    identity = weights_identity(config.backbone, config.weights) if config.weights else None
+    weights = {
+        "weights_source": meta["weights_source"],
+        "weights_sha256": identity[0] if identity else None,
+    }
     if name == "patchcore":
         from defectscope.models.patchcore.lean import PatchcoreLeanFitter
 
-        return PatchcoreLeanFitter(config, embedding, meta["weights_source"], on_stage)
+        return PatchcoreLeanFitter(config, embedding, weights, on_stage)
     from defectscope.models.padim.lean import PadimLeanFitter
 
     index = np.asarray(meta["feature_index"], dtype=np.int64)
-    return PadimLeanFitter(config, embedding, index, meta["weights_source"])
+    return PadimLeanFitter(config, embedding, index, weights)
 
 
 def lean_module(

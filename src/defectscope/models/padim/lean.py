@@ -22,7 +22,7 @@ from defectscope.ops.moments import (
     mahalanobis,
     precision_cholesky_of,
 )
-from defectscope.specs import resolve_spec, weights_identity
+from defectscope.specs import resolve_spec
 
 
 def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.ndarray:
@@ -120,12 +120,12 @@ class PadimLeanFitter:
         config: PadimConfig,
         embedding: LeanEmbedding,
         feature_index: np.ndarray,
-        weights_source: str,
+        weights: dict[str, str | None],
     ) -> None:
         self.config = config
         self.embedding = embedding
         self.feature_index = feature_index
-        self.weights_source = weights_source
+        self.weights = weights  # weights_source and weights_sha256, for the fit info
         h, w = embedding.feature_size
         self.accumulator = GaussianAccumulator(h * w, len(feature_index))
         self.target = float("nan")
@@ -138,13 +138,10 @@ class PadimLeanFitter:
     def finalize(self) -> PadimLean:
         acc, config = self.accumulator, self.config
         precision = precision_cholesky_of(acc, config.regularization)
-        identity = weights_identity(config.backbone, config.weights)
         info = {
             "feature_size": list(self.embedding.feature_size),
             "n_train": acc.count,
-            "weights_source": self.weights_source,
-            # as the PyTorch fitter: the digest is recorded for a weights file given by path
-            "weights_sha256": identity[0] if config.weights and identity else None,
+            **self.weights,
         }
         mean = acc.mean.astype(np.float32)
         return PadimLean(

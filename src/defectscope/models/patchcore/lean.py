@@ -20,7 +20,6 @@ from defectscope.models.lean import (
 from defectscope.models.patchcore.config import PatchcoreConfig
 from defectscope.ops.coreset import greedy_coreset
 from defectscope.ops.search import nearest_distance
-from defectscope.specs import weights_identity
 
 #: images per forward pass of either module: the nearest-neighbour temporaries grow with it
 MAX_BATCH = 4
@@ -201,12 +200,12 @@ class PatchcoreLeanFitter:
         self,
         config: PatchcoreConfig,
         embedding: LeanEmbedding,
-        weights_source: str,
+        weights: dict[str, str | None],
         on_stage: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.embedding = embedding
-        self.weights_source = weights_source
+        self.weights = weights  # weights_source and weights_sha256, for the fit info
         self.builder = BankBuilder(config, on_stage)
         self.target = float("nan")
 
@@ -217,11 +216,9 @@ class PatchcoreLeanFitter:
 
     def finalize(self) -> PatchcoreLean:
         bank, config = self.builder.finalize(), self.config
-        identity = weights_identity(config.backbone, config.weights)
         info = {
             "feature_size": list(self.embedding.feature_size),
             **self.builder.info(),
-            "weights_source": self.weights_source,
-            "weights_sha256": identity[0] if config.weights and identity else None,
+            **self.weights,
         }
         return PatchcoreLean(self.embedding, bank, self.target, config, info)
