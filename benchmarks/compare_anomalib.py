@@ -34,20 +34,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_defectscope(category_dir: Path, runtime: str) -> dict:
-    from defectscope import PaDiM
+def run_defectscope(category_dir: Path, runtime: str, detector: str = "padim") -> dict:
+    """Fit, evaluate and predict one category: PaDiM in the configuration compared with
+    anomalib, or (``detector="patchcore"``, for ``lean.py``) PatchCore's defaults."""
+    from defectscope import PaDiM, PatchCore
     from defectscope.data import load_category
     from defectscope.engine.evaluation import evaluate
 
     category = load_category(category_dir, require_test=True)
-    model = PaDiM(
-        n_features=N_FEATURES,
-        image_size=IMAGE_SIZE,
-        batch_size=BATCH,
-        runtime=runtime,
-        num_workers=2,
-        illumination="none",  # anomalib has no lighting correction: compare like with like
-    )
+    if detector == "patchcore":
+        model = PatchCore(runtime=runtime, num_workers=2, progress=False)
+    else:
+        model = PaDiM(
+            n_features=N_FEATURES,
+            image_size=IMAGE_SIZE,
+            batch_size=BATCH,
+            runtime=runtime,
+            num_workers=2,
+            illumination="none",  # anomalib has no lighting correction: compare like with like
+        )
     start = time.perf_counter()
     model.fit(category)
     fit_s = time.perf_counter() - start
@@ -145,7 +150,9 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "anomalib":
         out = run_anomalib(category_dir)
     else:
-        out = run_defectscope(category_dir, args.child.split(":")[1])
+        # defectscope:RUNTIME[:DETECTOR]
+        _, runtime, *detector = args.child.split(":")
+        out = run_defectscope(category_dir, runtime, *detector)
     out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(out))
 

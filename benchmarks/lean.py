@@ -26,38 +26,12 @@ HERE = Path(__file__).resolve().parent
 KEYS = ("fit_s", "evaluate_s", "predict_img_s", "peak_rss_mb", "image_auroc")
 
 
-PATCHCORE = """
-import json, resource, sys, time
-import defectscope
-from defectscope.data import load_category
-from defectscope.engine.evaluation import evaluate
-category = load_category(sys.argv[1], require_test=True)
-model = defectscope.PatchCore(progress=False)
-start = time.perf_counter()
-model.fit(category)
-fit_s = time.perf_counter() - start
-start = time.perf_counter()
-result = evaluate(model, category)
-evaluate_s = time.perf_counter() - start
-paths = [s.path for s in category.test_samples]
-start = time.perf_counter()
-model.predict(paths)
-predict = len(paths) / (time.perf_counter() - start)
-print("RESULT " + json.dumps({"fit_s": fit_s, "evaluate_s": evaluate_s, "predict_img_s": predict,
-      "image_auroc": result.metrics["image_auroc"],
-      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
 def child(src: str | None, folder: Path, data: str, model: str = "padim") -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if src:
         env["PYTHONPATH"] = src
-    if model == "patchcore":
-        cmd = [sys.executable, "-c", PATCHCORE, str(folder)]
-    else:
-        cmd = [sys.executable, str(HERE / "compare_anomalib.py"), "--data", data]
-        cmd += ["--child", "defectscope:onnxruntime", "--child-category", str(folder)]
+    cmd = [sys.executable, str(HERE / "compare_anomalib.py"), "--data", data]
+    cmd += ["--child", f"defectscope:onnxruntime:{model}", "--child-category", str(folder)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
