@@ -56,11 +56,28 @@ SETTINGS = [
         "patchcore",
         {"layers": ["blocks.2", "blocks.3", "blocks.4"]},
     ),
-    # 22-: non-square inputs (tire is 512x384: 4:3); screw and bottle are square already
-    ("patchcore 384x288 (4:3 kept)", "patchcore", {"image_size": 384, "image_height": 288}),
-    ("patchcore 448x336 (4:3 kept)", "patchcore", {"image_size": 448, "image_height": 336}),
-    ("patchcore 512x384 (tire's own size)", "patchcore", {"image_size": 512, "image_height": 384}),
-    ("patchcore 320x240 (4:3 kept)", "patchcore", {"image_size": 320, "image_height": 240}),
+    # 22-25: landscape 4:3 inputs (width x height). Tire's images are portrait, 384 wide and 512
+    # high, so these squeeze its height further than a square does: its aspect is NOT kept
+    (
+        "patchcore 384x288 (landscape; tire is portrait)",
+        "patchcore",
+        {"image_size": 384, "image_height": 288},
+    ),
+    (
+        "patchcore 448x336 (landscape; tire is portrait)",
+        "patchcore",
+        {"image_size": 448, "image_height": 336},
+    ),
+    (
+        "patchcore 512x384 (landscape; tire is portrait)",
+        "patchcore",
+        {"image_size": 512, "image_height": 384},
+    ),
+    (
+        "patchcore 320x240 (landscape; tire is portrait)",
+        "patchcore",
+        {"image_size": 320, "image_height": 240},
+    ),
     ("patchcore k_nearest 3", "patchcore", {"k_nearest": 3}),
     ("patchcore k_nearest 9", "patchcore", {"k_nearest": 9}),
     # 28-: the coreset's projection and first pick drawn with numpy (the lean path), seeds 0-3
@@ -68,6 +85,11 @@ SETTINGS = [
     ("patchcore default, numpy coreset draws, seed 1", "patchcore", {"seed": 1}),
     ("patchcore default, numpy coreset draws, seed 2", "patchcore", {"seed": 2}),
     ("patchcore default, numpy coreset draws, seed 3", "patchcore", {"seed": 3}),
+    # 32-35: tire's 3:4 (portrait, width x height) kept
+    ("patchcore 240x320 (3:4 kept)", "patchcore", {"image_size": 240, "image_height": 320}),
+    ("patchcore 288x384 (3:4 kept)", "patchcore", {"image_size": 288, "image_height": 384}),
+    ("patchcore 336x448 (3:4 kept)", "patchcore", {"image_size": 336, "image_height": 448}),
+    ("patchcore 384x512 (tire's own size)", "patchcore", {"image_size": 384, "image_height": 512}),
 ]
 
 CHILD = """

@@ -59,8 +59,8 @@ class BackboneOptions(ImageOptions):
     image_height: int | None = option(
         None,
         "input height in pixels when it differs from image_size, which is then the width: keeps "
-        "a non-square camera's aspect ratio (e.g. image_size 384, image_height 288 for 512x384 "
-        "images); None: square inputs of image_size",
+        "a non-square camera's aspect ratio (e.g. image_size 288, image_height 384 for images 384 "
+        "wide and 512 high); None: square inputs of image_size",
     )
     illumination: str = option(
         "none",
