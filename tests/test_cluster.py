@@ -47,17 +47,22 @@ def test_padim_shards_equal_the_serial_fit(texture):
     # grouping differ in the last bits, which the inverse amplifies a little
     torch.testing.assert_close(b.precision_chol, a.precision_chol, rtol=1e-3, atol=1e-3)
     assert float(b.illumination.target) == float(a.illumination.target)
-    assert sharded.fit_info_["intensity"] == serial.fit_info_["intensity"]
-    assert sharded.threshold_ == pytest.approx(serial.threshold_, rel=1e-4)
+    # the same images' statistics, summed in another order
+    assert sharded.fit_info_["intensity"] == pytest.approx(serial.fit_info_["intensity"], rel=1e-6)
+    # a sharded fit takes its threshold from held-out images, a serial one from out-of-fold
+    # scores: other rules, so only the statistics and the scores are compared
+    assert "held-out" in sharded.fit_info_["threshold_source"]["rule"]
+    assert "out-of-fold" in serial.fit_info_["threshold_source"]["rule"]
     test = [s.path for s in load_category(texture).test_samples]
     np.testing.assert_allclose(sharded.score(test).scores, serial.score(test).scores, rtol=1e-4)
 
 
 def test_patchcore_shards_cover_every_patch_and_detect(texture):
-    model = small_patchcore(runtime="torch", holdout=0.0).fit(texture, shards=3)
+    model = small_patchcore(runtime="torch").fit(texture, shards=3)
     info = model.fit_info_
     bank = model.module_.bank
-    assert len(bank) == round(0.05 * info["n_patches"])
+    # the shards' selection and the held-out images' own coreset, each rounded
+    assert abs(len(bank) - 0.05 * info["n_patches"]) <= 1
     # every training patch lies within the reported radius of the bank (projected space)
     feats = []
     for path in load_category(texture).train_paths:
@@ -120,7 +125,22 @@ def _executor():
     return RayExecutor(task_cpus=1)
 
 
-def test_ray_benchmark_equals_serial(local_ray, mvtec_root, tmp_path):
+@pytest.fixture
+def one_thread(monkeypatch):
+    """The serial side computes with one thread, as a Ray task declaring one CPU does
+    (``OMP_NUM_THREADS=1``: torch and ONNX Runtime): a network trained with other thread counts
+    sums in another order and its rounding grows with every step, so the comparison would
+    depend on the machine's cores and load. With one thread on both sides it does not."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_ray_benchmark_equals_serial(local_ray, one_thread, mvtec_root, tmp_path):
     (tmp_path / "data").mkdir()
     for name in ("texture", "object"):
         (tmp_path / "data" / name).symlink_to(mvtec_root / name)

@@ -102,6 +102,10 @@ def test_constructor_signature_is_explicit(name):
     kinds = {p.kind for p in parameters.values()}
     assert kinds == {inspect.Parameter.KEYWORD_ONLY}  # no **kwargs, no positionals
     assert set(parameters) == set(DETECTORS[name].config.names()) | {
+        "threshold_folds",
+        "synthetic",
+        "threshold_rule",
+        "max_false_reject",
         "holdout",
         "threshold_quantile",
         "runtime",

@@ -38,8 +38,18 @@ def test_lean_fits_equal_the_pytorch_fit(pair, texture):
     assert not getattr(reference.module_, "lean", False)
     assert lean.module_.lean  # also the first fit, which exported the graph
     assert lean.threshold_ == pytest.approx(reference.threshold_, rel=1e-4)
-    for key in ("n_train", "feature_size", "weights_source", "weights_sha256", "n_holdout"):
+    for key in ("n_train", "feature_size", "weights_source", "weights_sha256"):
         assert lean.fit_info_[key] == reference.fit_info_[key], key
+    source, lean_source = (
+        reference.fit_info_["threshold_source"],
+        lean.fit_info_["threshold_source"],
+    )
+    assert (
+        lean_source["n_out_of_fold"]
+        == source["n_out_of_fold"]
+        == len(reference.out_of_fold_scores_)
+    )
+    np.testing.assert_allclose(lean.out_of_fold_scores_, reference.out_of_fold_scores_, rtol=1e-4)
     a = {k: v.numpy() for k, v in reference.module_.fitted_state().items()}
     b = lean.module_.fitted_state()
     assert a.keys() == b.keys()

@@ -116,11 +116,17 @@ def test_fit_memory_does_not_keep_embeddings(texture, tmp_path, n_train):
     for extra in sorted((folder / "train" / "good").iterdir())[n_train:]:
         extra.unlink()
     model = small_padim(runtime="torch").fit(folder)
-    held = _tensor_bytes(model)
+    # besides the module, the fit keeps one float32 score per training image (out of fold)
+    # and per synthetic defect, and a fixed number of synthetic examples for the report
+    diagnostics = (model.out_of_fold_scores_, model.synthetic_scores_, model.synthetic_examples_)
+    assert model.out_of_fold_scores_.nbytes == 4 * n_train
+    assert model.synthetic_scores_.nbytes == 4 * min(200, 8 * n_train)
+    assert len(model.synthetic_examples_) == 12
+    held = _tensor_bytes(model) - _tensor_bytes(diagnostics)
     module = model.module_
     tensors = [*module.parameters(), *module.buffers()]  # non-persistent buffers included
     fitted = sum(t.numel() * t.element_size() for t in tensors)
-    assert held == fitted  # nothing outside the module's own tensors
+    assert held == fitted  # nothing else outside the module's own tensors
     positions, dim = (SIZE // 4) ** 2, 50
     gaussian = 4 * positions * dim * (dim + 1)
     backbone = sum(
@@ -171,7 +177,15 @@ def test_save_is_atomic(fitted, tmp_path, monkeypatch):
     "kwargs, message",
     [
         ({"n_features": 10_000}, "n_features must be between 1 and 176"),
-        ({"regularization": 0.0}, "regularization must be > 0"),
+        ({"regularization": 0.0}, r"regularization must be in \[1e-8, 1e4\]"),
+        ({"regularization": 1e-300}, r"regularization must be in \[1e-8, 1e4\]"),
+        ({"regularization": float("inf")}, "regularization: expected a finite number, got inf"),
+        ({"sigma": float("nan")}, "sigma: expected a finite number, got nan"),
+        ({"seed": -1}, r"seed must be an int in \[0, 2\*\*32\)"),
+        ({"holdout": 0.0}, "holdout must be in"),
+        ({"threshold_folds": 1}, "threshold_folds must be an int >= 2"),
+        ({"max_false_reject": 1.0}, r"max_false_reject must be in \[0, 1\)"),
+        ({"threshold_rule": "median"}, "unknown threshold_rule 'median'"),
         ({"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
         ({"image_size": 8}, "image_size must be an int >= 32"),
         ({"threshold_quantile": 0.2}, r"threshold_quantile must be in \[0.5, 1\], got 0.2"),

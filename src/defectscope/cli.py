@@ -405,6 +405,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
         f"in {seconds:.1f} s; threshold {detector.threshold_:.4g}; saved {path}"
     )
+    point = detector.fit_info_.get("threshold_source", {}).get("operating_point")
+    if point:
+        from defectscope.engine.operating import OperatingPoint
+
+        print(OperatingPoint(**point).summary())
     return 0
 
 

@@ -11,6 +11,7 @@ This module imports neither torch nor numpy: ``defectscope --help`` reads it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -86,6 +87,10 @@ class Options:
                 raise ConfigError(
                     f"{self.scope} option {f.name}: expected {_describe(hints[f.name])}, "
                     f"got {value!r}"
+                )
+            if isinstance(coerced, float) and not math.isfinite(coerced):
+                raise ConfigError(
+                    f"{self.scope} option {f.name}: expected a finite number, got {value!r}"
                 )
             choices = f.metadata.get("choices")
             if choices and coerced is not None and coerced not in choices:

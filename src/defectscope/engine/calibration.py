@@ -148,6 +148,7 @@ def calibrate(
     after = outcome(labels, scores, threshold)
     source = {
         "rule": f"calibrated on labelled images: {rule}",
+        "threshold": threshold,
         "data": str(category.root),
         "good": after.good,
         "defective": after.defective,

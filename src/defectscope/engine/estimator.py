@@ -46,7 +46,12 @@ def training_paths(data: str | Path | Category | Sequence[str | Path]) -> list[P
     return paths
 
 
-def fixed_scales(scores: np.ndarray, maps: np.ndarray, threshold: float) -> dict[str, Any]:
+def fixed_scales(
+    scores: np.ndarray,
+    maps: np.ndarray,
+    threshold: float,
+    map_scores: np.ndarray | None = None,
+) -> dict[str, Any]:
     """The scales fixed at fit time from the held-out defect-free images, saved with the model.
 
     ``score_scale``: the normalised score is a logistic curve through 0.5 at the threshold, 0.1
@@ -55,7 +60,8 @@ def fixed_scales(scores: np.ndarray, maps: np.ndarray, threshold: float) -> dict
     good part scores about 0.1 at the threshold chosen at fit time. ``colour_scale``: heatmaps
     run from the median held-out pixel score (blue) to twice the distance to the highest
     held-out pixel score (red), so the hottest spot of a typical good part is mid-scale; every
-    figure, overlay and page uses the same colours for the same score.
+    figure, overlay and page uses the same colours for the same score. ``maps`` may be a sample
+    of the images: ``map_scores`` are then the scores of the sampled ones (default ``scores``).
     """
     median = float(np.median(scores))
     mad = 1.4826 * float(np.median(np.abs(scores - median)))
@@ -66,7 +72,8 @@ def fixed_scales(scores: np.ndarray, maps: np.ndarray, threshold: float) -> dict
     low = float(np.median(flat))
     high = float(np.quantile(flat.max(axis=1), 0.99))
     top = low + 2 * max(high - low, 1e-6)
-    on_map = bool(np.allclose(scores, flat.max(axis=1), rtol=1e-4, atol=1e-6))
+    paired = scores if map_scores is None else map_scores
+    on_map = bool(np.allclose(paired, flat.max(axis=1), rtol=1e-4, atol=1e-6))
     return {
         "score_scale": {"good_median": median, "spread": spread},
         "colour_scale": [low, top],
@@ -104,6 +111,29 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     order = np.random.default_rng(seed).permutation(n)
     k = min(EngineOptions.max_holdout, n - 2, max(1, round(fraction * n)))
     return sorted(order[:k].tolist()), sorted(order[k:].tolist())
+
+
+def fold_split(n: int, folds: int) -> list[list[int]]:
+    """``folds`` contiguous runs of ``range(n)`` whose sizes differ by at most one.
+
+    Contiguous in the files' order, not shuffled: images taken one after another (often alike)
+    are held out together, so an out-of-fold score is closer to that of a later batch of parts
+    than a random split would make it; and the first batch a fit sees (its gain target) is the
+    same as without folds.
+    """
+    k = max(1, min(folds, n))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
+
+
+#: synthetic defects per training image at most (few images: several defects from each)
+SYNTHETIC_PER_IMAGE = 8
+#: out-of-fold maps kept to fix the colour scale (their scores set the score scale with all)
+MAX_SAMPLE_MAPS = 64
+#: synthetic examples kept (with their maps) for the report's grid
+MAX_EXAMPLES = 12
+#: the folds' statistics may take this much memory together (PaDiM keeps one Gaussian per fold)
+FOLD_MEMORY = 1 << 30
 
 
 class Detector(Scorer):
@@ -208,8 +238,8 @@ class Detector(Scorer):
                 + " can"
             )
         fitter = self._make_fitter(config, engine, shards)
-        n_holdout = 0
         scales: dict[str, Any] = {}
+        source: dict[str, Any] = {"rule": "probability 0.5 of the classifier"}
         self._intensity: list[tuple[np.ndarray, np.ndarray]] = []
         if self.info.supervised:
             y = np.asarray(labels, dtype=bool)
@@ -217,46 +247,21 @@ class Detector(Scorer):
             with self._epochs(engine):
                 module = fitter.finalize()
             threshold = 0.5  # a probability
+        elif fitter.out_of_fold and shards == 1:
+            module, threshold, scales, source = self._fit_out_of_fold(fitter, paths, config, engine)
         else:
-            held, rest = holdout_split(len(paths), engine.holdout, config.seed)
-            if shards > 1:
-                self._feed_shards(fitter, [paths[i] for i in rest], shards, executor)
-            else:
-                self._feed(fitter, [paths[i] for i in rest], engine, config.input_shape)
-            with self._epochs(engine):
-                module = fitter.finalize()
-            if held:
-                held_paths = [paths[i] for i in held]
-                self._end_stage()
-                runs = list(self._run(module, held_paths, engine, config.input_shape))
-                scores = np.concatenate([s for _, _, s, _ in runs])
-                maps = np.concatenate([m for _, _, _, m in runs])
-                self._intensity += [batch_stats(batch) for _, batch, _, _ in runs]
-                del runs
-                threshold = float(np.quantile(scores, engine.threshold_quantile))
-                scales = fixed_scales(scores, maps, threshold)
-                del maps
-                if fitter.merge_holdout:
-                    # The held-out images join the final model: it uses every image. Their
-                    # intensity statistics were recorded when they were scored above.
-                    self._feed(fitter, held_paths, engine, config.input_shape, record=False)
-                    module = fitter.finalize()
-                n_holdout = len(held)
-            else:
-                threshold = float("inf")
-                log.warning("holdout=0: no threshold was chosen; every image will pass")
+            module, threshold, scales, source = self._fit_holdout(
+                fitter, paths, config, engine, shards, executor
+            )
         means, stds = (np.concatenate(parts) for parts in zip(*self._intensity))
         del self._intensity
         info = {
             **scales,
             "threshold_source": {
-                "rule": f"quantile {engine.threshold_quantile} of {n_holdout} held-out "
-                "training images"
-                if n_holdout
-                else "none (no held-out images)",
+                **source,
+                "threshold": float(threshold),
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
-            "n_holdout": n_holdout,
             "shards": shards,
             "intensity": IntensitySummary.of(means, stds).to_dict(),
             "formats": image_formats(paths),
@@ -264,6 +269,150 @@ class Detector(Scorer):
         self._end_stage()
         self._set_fitted(module, threshold, config, engine, info)
         return self
+
+    def _fit_out_of_fold(self, fitter, paths: list[Path], config, engine: EngineOptions):
+        """Every training image in one of ``threshold_folds`` folds; each is scored (and
+        synthetic defects made from it are scored) by the model of the other folds, the
+        threshold comes from those scores (:mod:`defectscope.engine.operating`), and the final
+        model keeps every image. Returns ``(module, threshold, scales, source)``."""
+        from defectscope.data.anomalies import check_size, make_defects
+        from defectscope.engine.operating import FEW_GOOD, choose
+
+        n = len(paths)
+        folds = fold_split(n, self._fold_count(fitter, engine, n))
+        # the gain target from the first images, as an unsharded fit without folds takes it
+        _, first = next(iter_batches(paths[: engine.batch_size], config.input_shape, n, 0))
+        fitter.shared_state(first if getattr(fitter, "lean", False) else to_tensor(first))
+        for k, members in enumerate(folds):
+            fitter.start_fold(k)
+            self._feed(fitter, [paths[i] for i in members], engine, config.input_shape)
+        n_synthetic = min(engine.synthetic, SYNTHETIC_PER_IMAGE * n)
+        if n_synthetic:
+            try:
+                check_size(config.input_shape)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"synthetic={engine.synthetic}: {exc}; or set synthetic=0"
+                ) from None
+        good = np.empty(n, dtype=np.float32)
+        syn_scores: list[np.ndarray] = []
+        sample_scores: list[np.ndarray] = []
+        sample_maps: list[np.ndarray] = []
+        examples: list[tuple] = []
+        done = 0
+        for k, members in enumerate(folds):
+            module = fitter.without_fold(k)
+            step = module.max_batch or engine.batch_size
+            score = _lean_scores if getattr(module, "lean", False) else _torch_scores
+            self._end_stage()
+            desc = f"out-of-fold {k + 1}/{len(folds)}"
+            fold_paths = [paths[i] for i in members]
+            for idx, batch, scores, maps in self._run(
+                module, fold_paths, engine, config.input_shape, desc
+            ):
+                good[[members[i] for i in idx]] = scores
+                room = MAX_SAMPLE_MAPS - sum(len(m) for m in sample_maps)
+                if room > 0:
+                    sample_scores.append(scores[:room])
+                    sample_maps.append(maps[:room])
+                del maps
+                count = (done + len(idx)) * n_synthetic // n - done * n_synthetic // n
+                done += len(idx)
+                if not count:
+                    continue
+                defects, masks, _, kinds = make_defects(batch, count, seed=config.seed + done)
+                parts = list(score(module, defects, step))
+                d_scores = np.concatenate([p[0] for p in parts]).astype(np.float32)
+                syn_scores.append(d_scores)
+                if len(examples) < MAX_EXAMPLES:
+                    d_maps = np.concatenate([p[1] for p in parts]).astype(np.float32)
+                    for j in range(min(count, MAX_EXAMPLES - len(examples))):
+                        examples.append((defects[j], masks[j], d_maps[j], kinds[j], d_scores[j]))
+            del module
+        synthetic = np.concatenate(syn_scores) if syn_scores else None
+        point = choose(
+            good,
+            synthetic,
+            rule=engine.threshold_rule,
+            quantile=engine.threshold_quantile,
+            max_false_reject=engine.max_false_reject,
+        )
+        if n < FEW_GOOD:
+            log.warning(
+                "only %d training images: the threshold rests on %d out-of-fold scores; %s",
+                n,
+                n,
+                point.summary(),
+            )
+        self.synthetic_examples_ = examples
+        self.out_of_fold_scores_ = good
+        self.synthetic_scores_ = synthetic
+        scales = fixed_scales(
+            good, np.concatenate(sample_maps), point.threshold, np.concatenate(sample_scores)
+        )
+        source = {
+            "rule": point.description,
+            "n_out_of_fold": n,
+            "folds": len(folds),
+            "operating_point": point.to_dict(),
+        }
+        self._end_stage()
+        return fitter.finalize(), point.threshold, scales, source
+
+    def _fold_count(self, fitter, engine: EngineOptions, n: int) -> int:
+        """``engine.threshold_folds`` (at most one per image), fewer where the folds'
+        statistics would not fit in :data:`FOLD_MEMORY` (never fewer than 2)."""
+        k = min(engine.threshold_folds, n)
+        cost = fitter.fold_bytes()
+        if cost and k * cost > FOLD_MEMORY:
+            fewer = max(2, FOLD_MEMORY // cost)
+            if fewer < k:
+                log.info(
+                    "%d folds instead of %d: each fold's statistics take %d MB",
+                    fewer,
+                    k,
+                    cost >> 20,
+                )
+                k = fewer
+        return k
+
+    def _fit_holdout(self, fitter, paths, config, engine: EngineOptions, shards: int, executor):
+        """For fitters without folds (and sharded fits): a held-out slice of the training images
+        sets the threshold, then joins the model where the fitter allows it."""
+        held, rest = holdout_split(len(paths), engine.holdout, config.seed)
+        if shards > 1:
+            # the shared gain target comes from the first images, as in an unsharded fit
+            first = paths[: engine.batch_size]
+            self._feed_shards(fitter, [paths[i] for i in rest], shards, executor, first)
+        else:
+            self._feed(fitter, [paths[i] for i in rest], engine, config.input_shape)
+        with self._epochs(engine):
+            module = fitter.finalize()
+        held_paths = [paths[i] for i in held]
+        self._end_stage()
+        runs = list(self._run(module, held_paths, engine, config.input_shape))
+        scores = np.concatenate([s for _, _, s, _ in runs])
+        maps = np.concatenate([m for _, _, _, m in runs])
+        self._intensity += [batch_stats(batch) for _, batch, _, _ in runs]
+        del runs
+        if not np.isfinite(scores).all():
+            raise ConfigError(
+                "the held-out training images score as infinite or NaN: the model's options "
+                "(regularization, sigma) make every score meaningless"
+            )
+        threshold = float(np.quantile(scores, engine.threshold_quantile))
+        scales = fixed_scales(scores, maps, threshold)
+        del maps
+        if fitter.merge_holdout:
+            # The held-out images join the final model: it uses every image. Their
+            # intensity statistics were recorded when they were scored above.
+            self._feed(fitter, held_paths, engine, config.input_shape, record=False)
+            module = fitter.finalize()
+        source = {
+            "rule": f"quantile {engine.threshold_quantile} of {len(held)} held-out training images",
+            "n_holdout": len(held),
+        }
+        return module, threshold, scales, source
 
     def _make_fitter(self, config, engine: EngineOptions, shards: int):
         """The lean (torch-free, :mod:`defectscope.engine.lean`) fitter where it can run, else
@@ -365,14 +514,15 @@ class Detector(Scorer):
                     self._intensity.append(batch_stats(batch))
                 bar.update(len(idx))
 
-    def _feed_shards(self, fitter, paths: list[Path], shards: int, executor) -> None:
-        """Fit ``paths`` in shards through ``executor`` and combine them into ``fitter``."""
+    def _feed_shards(self, fitter, paths: list[Path], shards: int, executor, first) -> None:
+        """Fit ``paths`` in shards through ``executor`` and combine them into ``fitter``;
+        ``first``: the images whose mean sets the shared gain target."""
         from defectscope.engine.sharding import SerialExecutor, ShardJob, fit_shard, split_evenly
 
         config, engine = self.options()
         # Every shard shares what a serial fit takes from its first batch (the illumination
         # target): the same images, so the same value.
-        first = next(iter_batches(paths[: engine.batch_size], config.input_shape, len(paths), 0))
+        first = next(iter_batches(first, config.input_shape, len(first), 0))
         shared = fitter.shared_state(to_tensor(first[1]))
         params = {**self.get_params(), "progress": False}
         parts = split_evenly([str(p) for p in paths], shards)

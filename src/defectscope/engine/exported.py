@@ -9,6 +9,7 @@ config, and the SHA-256 of the model file it came from.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,13 +22,27 @@ import numpy as np
 
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.digest import file_sha256
+from defectscope.engine.operating import check_threshold_source, checked_threshold
 from defectscope.engine.scoring import Scorer
 from defectscope.errors import ConfigError, ModelFileError
 from defectscope.progress import progress_bar
 
 METADATA_KEY = "defectscope"
 EXPORT_FORMAT = "defectscope-onnx"
-EXPORT_VERSION = 1
+#: 2: the graph and metadata carry a SHA-256 (``defectscope_sha256``), checked on load
+EXPORT_VERSION = 2
+#: the metadata key of the SHA-256 over the graph and the ``defectscope`` metadata
+DIGEST_KEY = "defectscope_sha256"
+
+
+def export_digest(graph_bytes: bytes, meta_text: str) -> str:
+    """SHA-256 over an exported file's serialised graph and its metadata text: an edited
+    threshold, a zeroed weight or a swapped node changes it."""
+    digest = hashlib.sha256(hashlib.sha256(graph_bytes).digest())
+    digest.update(meta_text.encode())
+    return digest.hexdigest()
+
+
 #: ONNX files are one protobuf message, which cannot exceed 2 GiB
 MAX_ONNX_BYTES = 1_900_000_000
 #: exported and PyTorch outputs must agree within this relative tolerance
@@ -117,8 +132,12 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
                 else None
             ),
         }
+        text = json.dumps(meta)
         entry = graph.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+        entry.key, entry.value = METADATA_KEY, text
+        entry = graph.metadata_props.add()
+        entry.key = DIGEST_KEY
+        entry.value = export_digest(graph.graph.SerializeToString(), text)
         onnx.save(graph, tmp)
         _check_parity(wrapper, tmp, (height, width))
         os.replace(tmp, path)
@@ -211,7 +230,8 @@ class ExportedModel(Scorer):
             self.session = ort.InferenceSession(
                 str(self.path), session_options(), providers=["CPUExecutionProvider"]
             )
-            raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+            props = self.session.get_modelmeta().custom_metadata_map
+            raw = props.get(METADATA_KEY)
             meta = json.loads(raw) if raw else None
         except Exception as exc:  # noqa: BLE001 - every reader failure means a damaged file
             raise ModelFileError(
@@ -226,13 +246,15 @@ class ExportedModel(Scorer):
                 f"{self.path} has export format version {meta.get('format_version')}; this "
                 f"defectscope reads version {EXPORT_VERSION}: export it again"
             )
+        self._check_digest(raw, props.get(DIGEST_KEY))
         try:
-            self.threshold_ = float(meta["threshold"])
+            self.threshold_ = checked_threshold(meta["threshold"])
+            check_threshold_source(meta.get("threshold_source"), self.threshold_)
             width = int(meta["image_size"])
             # files exported before non-square inputs have no input_shape: square
             self.input_shape = tuple(int(v) for v in meta.get("input_shape", (width, width)))
             self.name = str(meta["detector"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelFileError(f"{self.path} has damaged metadata ({exc})") from exc
         if np.isnan(self.threshold_):
             raise ModelFileError(f"{self.path} has a NaN threshold; export it again")
@@ -242,6 +264,20 @@ class ExportedModel(Scorer):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
+
+    def _check_digest(self, meta_text: str, recorded: str | None) -> None:
+        """ModelFileError unless the graph and metadata hash to the digest stored with them."""
+        import onnx
+
+        try:
+            graph = onnx.load(str(self.path), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - every reader failure means a damaged file
+            raise ModelFileError(f"{self.path} is not a readable ONNX model ({exc})") from exc
+        if not recorded or export_digest(graph.graph.SerializeToString(), meta_text) != recorded:
+            raise ModelFileError(
+                f"{self.path}: its graph or metadata does not match the SHA-256 stored with it "
+                "(edited or damaged after export); export it again"
+            )
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(B, H, W, 3)`` uint8 -> ``(scores (B,), maps (B, H, W))``, in micro-batches."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from defectscope.config import Options, field_help, field_types, option
+from defectscope.engine.operating import RULES
 from defectscope.errors import ConfigError, unknown_name
 from defectscope.models import DETECTORS, detector_info
 
@@ -31,11 +32,31 @@ class EngineOptions(Options):
 
     scope: ClassVar[str] = "engine"
 
+    threshold_folds: int = option(
+        5,
+        "folds of the training images: each image is scored by a model fitted on the other "
+        "folds (PaDiM, PatchCore), and those out-of-fold scores set the threshold",
+    )
+    synthetic: int = option(
+        200, "synthetic defects made from the training images to choose the threshold (0: none)"
+    )
+    threshold_rule: str = option(
+        "synthetic",
+        "how the threshold is chosen: synthetic (best F1 of synthetic defects against the "
+        "out-of-fold good scores within max_false_reject) or quantile (threshold_quantile of "
+        "the good scores)",
+        choices=RULES,
+    )
+    max_false_reject: float = option(
+        0.1, "largest fraction of out-of-fold good images the synthetic rule may reject"
+    )
     holdout: float = option(
-        0.1, "fraction of the training images held out to choose the threshold (at most 32)"
+        0.1,
+        "fraction of the training images held out to choose the threshold (at most 32), for "
+        "detectors without folds",
     )
     threshold_quantile: float = option(
-        0.95, "quantile of the held-out good images' scores used as pass/fail threshold"
+        0.95, "quantile of the good images' scores used as threshold by the quantile rule"
     )
     runtime: str = option("auto", "where the feature extractor runs", choices=RUNTIMES)
     batch_size: int = option(32, "images per scoring batch")
@@ -46,7 +67,12 @@ class EngineOptions(Options):
     max_holdout: ClassVar[int] = 32
 
     def validate(self) -> None:
-        self.require(0 <= self.holdout < 0.5, "holdout", "in [0, 0.5)")
+        self.require(
+            0 < self.holdout < 0.5, "holdout", "in (0, 0.5): without held-out images no threshold"
+        )
+        self.require(self.threshold_folds >= 2, "threshold_folds", "an int >= 2")
+        self.require(0 <= self.synthetic <= 100_000, "synthetic", "an int in [0, 100000]")
+        self.require(0 <= self.max_false_reject < 1, "max_false_reject", "in [0, 1)")
         self.require(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile", "in [0.5, 1]")
         self.require(self.batch_size >= 1, "batch_size", "a positive int")
         self.require(self.num_workers >= 0, "num_workers", ">= 0")

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from defectscope.engine.operating import check_threshold_source, checked_threshold
 from defectscope.errors import ConfigError, DefectscopeError, ModelFileError, unknown_name
 
 FORMAT = "defectscope-model"
-FORMAT_VERSION = 2
+#: 3: checksums required, the threshold recorded twice (value and its source)
+FORMAT_VERSION = 3
 SUFFIX = ".safetensors"
 
 
@@ -134,11 +135,14 @@ def read_header(path: str | Path) -> dict[str, Any]:
             f"{FORMAT_VERSION}: "
             + ("upgrade defectscope to read it" if newer else "re-fit the model with this version")
         )
-    expected = metadata.get("config_sha256")  # absent in files of defectscope 0.2.0
-    if (
-        expected is not None
-        and expected != hashlib.sha256(metadata.get("config", "").encode()).hexdigest()
-    ):
+    expected = metadata.get("config_sha256")
+    if expected is None or "tensors_sha256" not in metadata:
+        raise ModelFileError(
+            f"{path}: its header has no checksum (config_sha256 and tensors_sha256 are "
+            "required: the file was edited, or written by defectscope 0.2.0); re-run "
+            "`defectscope fit`"
+        )
+    if expected != hashlib.sha256(metadata.get("config", "").encode()).hexdigest():
         raise ModelFileError(
             f"{path}: its header does not match the checksum stored with it (the file was "
             "edited or damaged after it was saved); re-run `defectscope fit`"
@@ -204,9 +208,8 @@ def load(
     try:
         config = cls.info.config.from_dict(header["config"], where=f"{file}: ")
         engine = EngineOptions.from_dict(header["engine"], where=f"{file}: ")
-        threshold = float(header["fitted"]["threshold"])
-        if math.isnan(threshold):
-            raise ConfigError("its threshold is NaN")
+        threshold = checked_threshold(header["fitted"]["threshold"])
+        check_threshold_source(header["fitted"].get("threshold_source"), threshold)
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(
             f"{file} has an invalid config ({exc}); a newer defectscope may have written it, or "

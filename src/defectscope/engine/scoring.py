@@ -155,8 +155,11 @@ class Scorer(ABC):
         model's); ``stats`` as for :meth:`iter_scores`."""
         self.check_fitted()
         t = float(self.threshold_ if threshold is None else threshold)
-        if np.isnan(t):
-            raise ScoringError("the threshold is NaN; no verdict can be given")
+        if not np.isfinite(t):
+            raise ScoringError(
+                f"the threshold is {t}; no verdict can be given (every part would "
+                f"{'pass' if t > 0 else 'fail'}): give a finite threshold"
+            )
         items = as_image_list(images)
         scored = self.score(items, stats=stats)
         normalized = self.normalize(scored.scores, t)

@@ -123,6 +123,21 @@ class Fitter(ABC):
     def finalize(self) -> AnomalyModule:
         """The module fitted on everything seen so far."""
 
+    #: whether the fitter keeps the training images' folds apart, so that the engine can score
+    #: every training image with a model that did not see it: :meth:`start_fold` before a
+    #: fold's first :meth:`update`, :meth:`without_fold` for the model of the other folds
+    #: (exact, not retrained), :meth:`fold_bytes` for the memory a fold costs
+    out_of_fold: bool = False
+
+    def start_fold(self, fold: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps no folds")
+
+    def without_fold(self, fold: int) -> AnomalyModule:
+        raise NotImplementedError(f"{type(self).__name__} keeps no folds")
+
+    def fold_bytes(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} keeps no folds")
+
     #: whether the training images may be split across shards (processes or machines): each
     #: shard's fitter gets :meth:`update` calls and returns :meth:`partial`, and one fitter
     #: :meth:`combine` s them before :meth:`finalize`

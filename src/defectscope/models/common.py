@@ -26,6 +26,7 @@ class ImageOptions(Options):
         return (self.image_size, self.image_size)
 
     def validate(self) -> None:
+        self.require(0 <= self.seed < 2**32, "seed", "an int in [0, 2**32) (numpy's seeds)")
         for name in ("image_size", "image_height"):
             value = getattr(self, name, None)
             if value is None:

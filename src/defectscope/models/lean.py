@@ -113,6 +113,20 @@ class LeanPatchModule:
         return dict(self.info)
 
 
+class LeanGain:
+    """The gain target of the lean fitters: taken from the first images they see, or set
+    before by :meth:`shared_state` (as :class:`~defectscope.models.features.SharedIllumination`
+    does for the PyTorch fitters)."""
+
+    target: float
+
+    def shared_state(self, first_batch: np.ndarray) -> dict[str, float]:
+        """Take the target from uint8 ``first_batch`` unless it is already set."""
+        if np.isnan(self.target):
+            self.target = gain_target(first_batch)
+        return {"illumination_target": self.target}
+
+
 def saved_target(tensors: dict[str, np.ndarray]) -> float:
     """The gain target of a model file's tensors; ValueError if it is missing or bad."""
     target = tensors.get("illumination_target")

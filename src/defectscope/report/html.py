@@ -134,6 +134,21 @@ def chance_warnings(row: dict[str, Any]) -> list[str]:
     return out
 
 
+def _expected(point: dict[str, Any]) -> str:
+    """What the fit's operating point promised, in words."""
+    lo, hi = point["false_reject_interval"]
+    text = (
+        f"{point['expected_false_reject']:.1%} of good parts rejected (95% interval "
+        f"{lo:.1%}-{hi:.1%}, {point['n_good']} out-of-fold training images)"
+    )
+    if point.get("synthetic_catch_rate") is not None:
+        text += (
+            f", {point['synthetic_catch_rate']:.1%} of {point['n_synthetic']} synthetic defects "
+            f"caught (synthetic AUROC {point['synthetic_auroc']:.3f})"
+        )
+    return text
+
+
 def _summary(result: dict[str, Any]) -> list[str]:
     s = result.get("summary") or outcome_summary(result["images"])
     defective, good = s["caught"] + s["missed"], s["rejected"] + s["passed"]
@@ -141,11 +156,13 @@ def _summary(result: dict[str, Any]) -> list[str]:
     threshold = result["threshold"]
     model = result.get("model") or {}
     source = (model.get("threshold_source") or {}).get("rule")
+    point = (model.get("threshold_source") or {}).get("operating_point")
     parts = [
         f'<p class="summary"><b>{html.escape(name)}</b>: at the model\'s threshold '
         f"{threshold:.4g}, caught <b>{s['caught']} of {defective}</b> defective parts and "
         f"rejected <b>{s['rejected']} of {good}</b> good parts."
         + (f" Threshold from: {html.escape(source)}." if source else "")
+        + (f" Expected at fit, before any label: {html.escape(_expected(point))}." if point else "")
         + "</p>",
         "<table><caption>confusion matrix (test images)</caption>"
         "<tr><th></th><th>failed</th><th>passed</th></tr>"

@@ -33,6 +33,8 @@ class PadimConfig(BackboneOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.regularization > 0, "regularization", "> 0")
+        # below 1e-8 the float32 factor of a flat patch's covariance overflows; above 1e4 the
+        # regularisation outweighs every feature's variance and the model sees nothing
+        self.require(1e-8 <= self.regularization <= 1e4, "regularization", "in [1e-8, 1e4]")
         self.require(self.sigma >= 0, "sigma", ">= 0")
         self.require(self.n_features is None or self.n_features >= 0, "n_features", ">= 0")

@@ -11,6 +11,7 @@ import numpy as np
 from defectscope.errors import BackboneError
 from defectscope.models.lean import (
     LeanEmbedding,
+    LeanGain,
     LeanPatchModule,
     gain_target,
     graph_key,
@@ -18,6 +19,7 @@ from defectscope.models.lean import (
 )
 from defectscope.models.padim.config import PadimConfig
 from defectscope.ops.moments import (
+    FoldAccumulators,
     GaussianAccumulator,
     mahalanobis,
     precision_cholesky_of,
@@ -106,7 +108,34 @@ class PadimLean(LeanPatchModule):
         return cls(embedding, tensors["mean"], factor, index, target, config, info)
 
 
-class PadimLeanFitter:
+class FoldedStatistics:
+    """The out-of-fold protocol of both PaDiM fitters (:class:`~defectscope.models.base.Fitter`):
+    one Gaussian accumulator per fold, merged exactly for the final model and for the model
+    that did not see a fold. Memory: one accumulator (:meth:`fold_bytes`) per fold."""
+
+    folds: FoldAccumulators
+    #: scores each training image with a model that did not see it (see the engine)
+    out_of_fold = True
+
+    def start_fold(self, fold: int) -> None:
+        """Later :meth:`update` calls belong to ``fold``."""
+        self.folds.start(fold)
+
+    def fold_bytes(self) -> int:
+        """Memory one more fold takes."""
+        return self.folds.current.nbytes
+
+    def finalize(self):
+        return self._module_from(self.folds.merged())
+
+    def without_fold(self, fold: int):
+        """The module fitted on every fold but ``fold`` (exact: the merge of the others)."""
+        return self._module_from(self.folds.merged(without=fold))
+
+    def _module_from(self, acc: GaussianAccumulator): ...
+
+
+class PadimLeanFitter(FoldedStatistics, LeanGain):
     """:class:`~defectscope.models.padim.model.PadimFitter` without PyTorch: uint8 batches in,
     a :class:`PadimLean` out."""
 
@@ -127,16 +156,16 @@ class PadimLeanFitter:
         self.feature_index = feature_index
         self.weights = weights  # weights_source and weights_sha256, for the fit info
         h, w = embedding.feature_size
-        self.accumulator = GaussianAccumulator(h * w, len(feature_index))
+        self.folds = FoldAccumulators(h * w, len(feature_index))
         self.target = float("nan")
 
     def update(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
         if np.isnan(self.target):  # the first images seen set the gain target, as in PyTorch
             self.target = gain_target(images)
-        self.accumulator.update(self.embedding(images, self.target))
+        self.folds.current.update(self.embedding(images, self.target))
 
-    def finalize(self) -> PadimLean:
-        acc, config = self.accumulator, self.config
+    def _module_from(self, acc: GaussianAccumulator) -> PadimLean:
+        config = self.config
         precision = precision_cholesky_of(acc, config.regularization)
         info = {
             "feature_size": list(self.embedding.feature_size),

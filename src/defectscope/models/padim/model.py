@@ -29,9 +29,9 @@ from defectscope.models.features import (
     restore_illumination,
 )
 from defectscope.models.padim.config import PadimConfig
-from defectscope.models.padim.lean import channel_subset, embedding_key
+from defectscope.models.padim.lean import FoldedStatistics, channel_subset, embedding_key
 from defectscope.ops.gaussian import mahalanobis, pack_lower, unpack_lower
-from defectscope.ops.moments import GaussianAccumulator, precision_cholesky_of
+from defectscope.ops.moments import FoldAccumulators, GaussianAccumulator, precision_cholesky_of
 
 
 class PadimEmbedding(nn.Module):
@@ -156,8 +156,9 @@ def _n_features(config: PadimConfig, extractor: Extractor) -> int:
     return n
 
 
-class PadimFitter(SharedIllumination, Fitter):
-    """Streams embeddings into a per-position Gaussian accumulator (float64, Chan merge)."""
+class PadimFitter(FoldedStatistics, SharedIllumination, Fitter):
+    """Streams embeddings into a per-position Gaussian accumulator (float64, Chan merge), one
+    per fold of the training images (:class:`~defectscope.models.padim.lean.FoldedStatistics`)."""
 
     merge_holdout = True
 
@@ -174,7 +175,7 @@ class PadimFitter(SharedIllumination, Fitter):
             self.extractor.module, self.feature_index, self.extractor.channels
         ).eval()
         h, w = self.extractor.sizes[0]
-        self.accumulator = GaussianAccumulator(h * w, n)
+        self.folds = FoldAccumulators(h * w, n)
         self.illumination = Illumination(config.illumination)
         # A module for embedding only until finalize: no factor yet.
         self._module = self._new_module(torch.zeros(h * w, n), torch.empty(0), {})
@@ -198,21 +199,20 @@ class PadimFitter(SharedIllumination, Fitter):
     def update(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         self.illumination.calibrate(images)
         with torch.inference_mode():
-            self.accumulator.update(self._module.embed(images).numpy())
+            self.folds.current.update(self._module.embed(images).numpy())
         release_free_memory()  # keeps the per-batch temporaries from piling up
 
     # -- shards: each accumulates its images; the accumulators merge exactly (Chan et al.) --
     shardable = True
 
     def partial(self) -> dict[str, Any]:
-        return self.accumulator.state()
+        return self.folds.merged().state()
 
     def combine(self, partials: list[dict[str, Any]]) -> None:
         for part in partials:
-            self.accumulator.merge(GaussianAccumulator.from_state(part))
+            self.folds.current.merge(GaussianAccumulator.from_state(part))
 
-    def finalize(self) -> PadimModel:
-        acc = self.accumulator
+    def _module_from(self, acc: GaussianAccumulator) -> PadimModel:
         # Drop the previous factor first: old and new together would double the largest tensor.
         self._module.precision_chol = torch.empty(0)
         release_free_memory()

@@ -12,6 +12,7 @@ from defectscope.memory import release_free_memory
 from defectscope.models.lean import (
     LEAN_ILLUMINATION,
     LeanEmbedding,
+    LeanGain,
     LeanPatchModule,
     gain_target,
     graph_key,
@@ -74,8 +75,12 @@ def select(
 class BankBuilder:
     """Training patches -> the memory bank, for both fitters (PyTorch and lean).
 
-    Patches are kept until a coreset is taken from them (:meth:`finalize`, or a shard's
-    selection), then dropped. A later :meth:`finalize` after more patches (the engine's
+    Patches are kept until a coreset is taken from them (:meth:`finalize`, :meth:`start_fold`,
+    or a shard's selection), then dropped. With folds (the engine's out-of-fold scores), each
+    fold's patches get a coreset of their own at the configured ratio when the next fold
+    starts, and the bank is the union of the folds' coresets: :meth:`rows_without` is then
+    exactly the bank of a fit that did not see that fold, and only one fold's patches are ever
+    held at once. A later :meth:`finalize` after more patches (the engine's
     held-out images, once they have set the threshold) selects a coreset of the new patches
     only, at the same ratio, and appends it: the union of the coresets covers every patch, as
     in distributed k-center. The reported radius is the largest of the selections'.
@@ -88,6 +93,8 @@ class BankBuilder:
         self.n_images = 0
         self.n_patches = 0  # every patch seen, in a coreset or not
         self.bank: np.ndarray | None = None  # the bank of an earlier finalize or combine
+        self.bank_fold: np.ndarray = np.zeros(0, dtype=np.int32)  # the fold of each bank row
+        self.fold = 0  # the fold of the patches not yet in a coreset
         self.radius: float | None = None
 
     def add(self, feats: np.ndarray) -> None:
@@ -110,20 +117,39 @@ class BankBuilder:
         return select(patches, ratio, self.config, self.on_stage)
 
     def extend(self, part: np.ndarray, radius: float | None) -> None:
-        """Append a coreset (and its radius) to the bank."""
+        """Append a coreset (and its radius) to the bank, as rows of the current fold."""
         self.bank = part if self.bank is None else np.concatenate([self.bank, part])
+        fold = np.full(len(part), self.fold, dtype=np.int32)
+        self.bank_fold = np.concatenate([self.bank_fold, fold])
         radii = [r for r in (radius, self.radius) if r is not None]
         self.radius = max(radii) if radii else None
 
     def finalize(self) -> np.ndarray:
         """The bank of everything seen so far."""
-        patches = self.take_patches()
-        if patches is not None:
-            self.extend(*self.select(patches, self.config.coreset_ratio))
-            del patches
+        self._reduce()
         if self.bank is None:
             raise ValueError("finalize before any update: no training patches")
         return self.bank
+
+    def _reduce(self) -> None:
+        """Move the patches not yet in a coreset into the bank, as a coreset of their own."""
+        patches = self.take_patches()
+        if patches is not None:
+            self.extend(*self.select(patches, self.config.coreset_ratio))
+
+    def start_fold(self, fold: int) -> None:
+        """Later patches belong to ``fold``; the previous fold's get their coreset now."""
+        self._reduce()
+        self.fold = fold
+
+    def rows_without(self, fold: int) -> np.ndarray:
+        """The bank of every fold but ``fold`` (after :meth:`finalize`)."""
+        if self.bank is None:
+            raise ValueError("rows_without before finalize: no bank yet")
+        rows = self.bank[self.bank_fold != fold]
+        if not len(rows):
+            raise ValueError(f"every bank row comes from fold {fold}: nothing to score it with")
+        return np.ascontiguousarray(rows)
 
     def info(self) -> dict[str, Any]:
         """The bank's facts for the model's fit info."""
@@ -187,7 +213,35 @@ class PatchcoreLean(LeanPatchModule):
         return cls(embedding, bank, saved_target(tensors), config, info)
 
 
-class PatchcoreLeanFitter:
+class FoldedBank:
+    """The out-of-fold protocol of both PatchCore fitters (:class:`~defectscope.models.base.
+    Fitter`): each fold's patches get their own coreset (:class:`BankBuilder`), the final bank
+    is their union, and the bank without a fold is that of a fit that never saw it."""
+
+    builder: BankBuilder
+    #: scores each training image with a model that did not see it (see the engine)
+    out_of_fold = True
+
+    def start_fold(self, fold: int) -> None:
+        """Later :meth:`update` calls belong to ``fold``."""
+        self.builder.start_fold(fold)
+
+    def fold_bytes(self) -> int:
+        """Memory one more fold takes: a few bank rows, nothing that matters."""
+        return 0
+
+    def finalize(self):
+        return self._module_from(self.builder.finalize())
+
+    def without_fold(self, fold: int):
+        """The module whose bank holds every fold's coreset but ``fold``'s."""
+        self.builder.finalize()
+        return self._module_from(self.builder.rows_without(fold))
+
+    def _module_from(self, bank: np.ndarray): ...
+
+
+class PatchcoreLeanFitter(FoldedBank, LeanGain):
     """:class:`~defectscope.models.patchcore.model.PatchcoreFitter` without PyTorch: uint8
     batches in, a :class:`PatchcoreLean` out (the same bank, union of coresets, radius)."""
 
@@ -214,8 +268,8 @@ class PatchcoreLeanFitter:
             self.target = gain_target(images)
         self.builder.add(self.embedding(images, self.target))
 
-    def finalize(self) -> PatchcoreLean:
-        bank, config = self.builder.finalize(), self.config
+    def _module_from(self, bank: np.ndarray) -> PatchcoreLean:
+        config = self.config
         info = {
             "feature_size": list(self.embedding.feature_size),
             **self.builder.info(),

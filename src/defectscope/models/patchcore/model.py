@@ -33,6 +33,7 @@ from defectscope.models.patchcore.lean import (
     MAX_BATCH,
     SHARD_OVERSAMPLE,
     BankBuilder,
+    FoldedBank,
     embedding_key,
 )
 from defectscope.ops import k_nearest, nearest
@@ -178,7 +179,7 @@ def _layers(config: PatchcoreConfig) -> tuple[str, ...] | None:
     return DEFAULT_LAYERS[config.backbone]
 
 
-class PatchcoreFitter(SharedIllumination, Fitter):
+class PatchcoreFitter(FoldedBank, SharedIllumination, Fitter):
     """Collects training patches (float32) and selects the coreset in :meth:`finalize`.
 
     A second :meth:`finalize` after more :meth:`update` calls (the engine's held-out images,
@@ -226,8 +227,8 @@ class PatchcoreFitter(SharedIllumination, Fitter):
             feats = self._module.patch_features(images)
         self.builder.add(feats.numpy().copy())
 
-    def finalize(self) -> PatchcoreModel:
-        bank, config = torch.from_numpy(self.builder.finalize()), self.config
+    def _module_from(self, bank: np.ndarray) -> PatchcoreModel:
+        bank, config = torch.from_numpy(bank), self.config
         neighbors = (
             bank_neighbors(bank, config.num_neighbors)
             if config.reweight

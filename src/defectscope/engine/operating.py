@@ -1,0 +1,197 @@
+"""The label-free operating point: a threshold chosen from out-of-fold good scores and
+synthetic-defect scores, with the rates it is expected to give (torch-free).
+
+A model's threshold decides every part, and most users run the one it comes with. Every
+training image is scored by a model that did not see it (its out-of-fold score), and synthetic
+defects made from each fold's images (:mod:`defectscope.data.anomalies`) are scored by the same
+models; :func:`choose` then picks the threshold by a rule recorded in the model:
+
+- ``synthetic`` (default): the best F1 of synthetic defects against the good images, the two
+  classes weighted equally (a line's defect rate is unknown at fit time), among the thresholds
+  whose false-reject rate on the good images stays within ``max_false_reject``; of equal F1 the
+  lowest threshold (the one that catches the most of what is unlike the training images).
+  Without synthetic scores it falls back to ``quantile`` and says so.
+- ``quantile``: the ``quantile`` of the good images' scores (the rule of earlier releases,
+  now over every training image rather than 32 held out).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from defectscope.errors import ConfigError
+
+RULES = ("synthetic", "quantile")
+#: below this many good scores the expected false-reject rate is too uncertain to trust alone
+FEW_GOOD = 8
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold and what it is expected to do, recorded in the model's fit info."""
+
+    threshold: float
+    rule: str
+    #: the rule in words, for the report, ``/model`` and ``threshold_source``
+    description: str
+    n_good: int
+    n_synthetic: int
+    #: the fraction of out-of-fold good scores above the threshold
+    expected_false_reject: float
+    #: its 95% Wilson interval: what the number of good images allows one to say
+    false_reject_interval: tuple[float, float]
+    #: the fraction of synthetic defects above the threshold (None without them)
+    synthetic_catch_rate: float | None
+    #: AUROC of synthetic defects against out-of-fold good scores (None without them)
+    synthetic_auroc: float | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "false_reject_interval", tuple(self.false_reject_interval))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["false_reject_interval"] = list(self.false_reject_interval)
+        return out
+
+    def summary(self) -> str:
+        """One line: the expected rates."""
+        lo, hi = self.false_reject_interval
+        text = (
+            f"threshold {self.threshold:.4g} ({self.rule}): expected false rejects "
+            f"{self.expected_false_reject:.1%} of good parts (95% interval {lo:.1%}-{hi:.1%}, "
+            f"from {self.n_good} out-of-fold scores)"
+        )
+        if self.synthetic_catch_rate is not None:
+            text += (
+                f", catches {self.synthetic_catch_rate:.1%} of {self.n_synthetic} synthetic "
+                f"defects (synthetic AUROC {self.synthetic_auroc:.3f})"
+            )
+        return text
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (0..1 both ends for n = 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def auroc_of(good: np.ndarray, defective: np.ndarray) -> float:
+    """The probability that a defective score exceeds a good one (ties count half)."""
+    scores = np.concatenate([good, defective])
+    ranks = _average_ranks(scores)
+    n_good, n_bad = len(good), len(defective)
+    return float((ranks[n_good:].sum() - n_bad * (n_bad + 1) / 2) / (n_good * n_bad))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    for stop in range(1, len(values) + 1):
+        if stop == len(values) or sorted_values[stop] != sorted_values[start]:
+            ranks[order[start:stop]] = (start + stop + 1) / 2  # 1-based average rank
+            start = stop
+    return ranks
+
+
+def choose(
+    good: np.ndarray,
+    synthetic: np.ndarray | None,
+    *,
+    rule: str = "synthetic",
+    quantile: float = 0.95,
+    max_false_reject: float = 0.1,
+) -> OperatingPoint:
+    """The operating point of out-of-fold ``good`` scores and ``synthetic``-defect scores.
+
+    A part fails when its score is above the threshold. Raises ValueError on an unknown rule,
+    no good scores, or scores that are not finite.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; valid rules: {', '.join(RULES)}")
+    good = np.asarray(good, dtype=np.float64)
+    syn = np.asarray(synthetic if synthetic is not None else [], dtype=np.float64)
+    if not len(good):
+        raise ValueError("an operating point needs at least one out-of-fold good score")
+    if not (np.isfinite(good).all() and np.isfinite(syn).all()):
+        raise ValueError(
+            "out-of-fold or synthetic scores are not finite: the model's options make it "
+            "score images as infinite or NaN; check regularization and sigma"
+        )
+    if rule == "synthetic" and len(syn):
+        threshold, description = _best_f1(good, syn, max_false_reject)
+    else:
+        threshold = float(np.quantile(good, quantile))
+        description = f"quantile {quantile} of {len(good)} out-of-fold good scores"
+        if rule == "synthetic":
+            description += " (no synthetic defects to choose with)"
+            rule = "quantile"
+    rejects = int((good > threshold).sum())
+    catch = float((syn > threshold).mean()) if len(syn) else None
+    return OperatingPoint(
+        threshold=float(threshold),
+        rule=rule,
+        description=description,
+        n_good=len(good),
+        n_synthetic=len(syn),
+        expected_false_reject=rejects / len(good),
+        false_reject_interval=wilson_interval(rejects, len(good)),
+        synthetic_catch_rate=catch,
+        synthetic_auroc=auroc_of(good, syn) if len(syn) else None,
+    )
+
+
+def _best_f1(good: np.ndarray, syn: np.ndarray, budget: float) -> tuple[float, str]:
+    """The lowest threshold of the best equal-weight F1 whose false-reject rate is within
+    ``budget``; candidates are the scores themselves (a score equal to it passes)."""
+    candidates = np.unique(np.concatenate([good, syn]))
+    good_sorted, syn_sorted = np.sort(good), np.sort(syn)
+    # fraction strictly above each candidate
+    frr = 1.0 - np.searchsorted(good_sorted, candidates, side="right") / len(good)
+    catch = 1.0 - np.searchsorted(syn_sorted, candidates, side="right") / len(syn)
+    f1 = 2 * catch / (1 + catch + frr)  # equal class weights: TP=catch, FP=frr, FN=1-catch
+    allowed = frr <= budget + 1e-12
+    f1 = np.where(allowed, f1, -1.0)
+    best = int(np.argmax(f1))  # the first (lowest) of the maxima
+    if f1[best] <= 0:  # nothing caught within the budget: the budget's own quantile
+        threshold = float(candidates[allowed][0])
+    else:
+        threshold = float(candidates[best])
+    return threshold, (
+        f"best equal-weight F1 of {len(syn)} synthetic defects against {len(good)} out-of-fold "
+        f"good scores, false rejects at most {budget:.0%}"
+    )
+
+
+def checked_threshold(value: Any, what: str = "its threshold") -> float:
+    """A threshold read from a file or given by a user, as a float; ConfigError unless it is a
+    finite real number (a boolean, a string, NaN or an infinity would pass or fail every
+    part)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} must be finite, got {value!r}: every part would pass or fail")
+    return float(value)
+
+
+def check_threshold_source(source: Any, threshold: float) -> None:
+    """ConfigError unless ``source`` (a model's ``threshold_source``) is a record whose
+    ``threshold`` equals ``threshold``: a threshold edited alone does not match it."""
+    if not isinstance(source, dict) or not isinstance(source.get("rule"), str):
+        raise ConfigError("its threshold_source is missing or not a record with a rule")
+    recorded = checked_threshold(source.get("threshold"), "threshold_source.threshold")
+    if recorded != threshold:
+        raise ConfigError(
+            f"its threshold {threshold!r} differs from the {recorded!r} its threshold_source "
+            "records (edited by hand?)"
+        )
