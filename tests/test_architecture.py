@@ -32,6 +32,7 @@ LAYERS = {
     "memory": 0,
     "runs": 0,
     "digest": 0,
+    "atomic": 0,
     "regions": 0,
 }
 

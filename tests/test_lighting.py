@@ -92,9 +92,36 @@ def test_predict_notices_another_mode_and_size(shifted, tmp_path, capsys):
     assert main(["predict", "--model", str(model), str(grey), "--project", str(project), "-q"]) == 0
     err = capsys.readouterr().err
     assert (
-        "shift: 3 of 3 predicted images are mode L (grayscale); the model was fitted on RGB" in err
+        "shift: 3 of 3 predicted images are in modes the training images were not: 3 L "
+        "(grayscale); the model was fitted on RGB" in err
     )
-    assert f"shift: 1 of 3 predicted images are {2 * SIZE}x{SIZE}; the training images were" in err
+    assert (
+        f"shift: 1 of 3 predicted images have sizes outside the training images' {SIZE}x{SIZE}: "
+        f"{2 * SIZE}x{SIZE} (1) (all are resized" in err
+    )
+
+
+def test_many_sizes_give_one_line_with_counts_and_ranges():
+    from defectscope.engine.shortcuts import format_notices
+
+    train = {"modes": {"RGB": 50}, "sizes": {f"{w}x{2 * w}": 1 for w in range(100, 150)}}
+    seen = {
+        "modes": {"RGB": 500, "L": 60, "I;16": 3, "P": 2, "CMYK": 1},
+        "sizes": {f"{w}x{2 * w}": 1 for w in range(90, 656)},
+    }
+    lines = format_notices("test ", seen, train)
+    assert len(lines) == 2
+    assert lines[0].startswith(
+        "shift: 66 of 566 test images are in modes the training images were not: 60 L "
+        "(grayscale), 3 I;16"
+    )
+    assert "and 1 more modes" in lines[0]
+    # inside the training range (100-149 wide, 200-298 high) is no news; outside it is counted
+    assert lines[1].startswith(
+        "shift: 516 of 566 test images have sizes outside the training images' 100-149 wide "
+        "and 200-298 high (50 sizes): "
+    )
+    assert "and 513 more sizes" in lines[1] and len(lines[1]) < 400
 
 
 @pytest.mark.parametrize("mode", ["none", "gain", "standardize", "local"])

@@ -95,17 +95,28 @@ def test_synthetic_rule_is_the_best_equal_weight_f1_within_the_budget():
     assert quantile.synthetic_auroc == pytest.approx(auroc_of(good, synthetic))
 
 
-def test_separable_synthetic_defects_put_the_threshold_at_the_top_good_score():
+def test_separable_synthetic_defects_put_the_synthetic_threshold_at_the_top_good_score():
     good = np.linspace(0, 1, 50)
-    point = choose(good, np.linspace(5, 6, 30))
+    point = choose(good, np.linspace(5, 6, 30), rule="synthetic")
     assert point.threshold == 1.0 and point.expected_false_reject == 0.0
     assert point.synthetic_catch_rate == 1.0 and point.synthetic_auroc == 1.0
 
 
-def test_without_synthetic_defects_the_rule_falls_back_to_the_quantile_and_says_so():
-    point = choose(np.arange(10.0), None, rule="synthetic", quantile=0.9)
-    assert point.rule == "quantile" and "no synthetic defects" in point.description
-    assert point.synthetic_catch_rate is None
+def test_budget_rule_catches_the_most_within_the_false_reject_budget():
+    good = np.arange(1.0, 101.0)  # 1..100
+    point = choose(good, np.arange(50.0, 150.0), max_false_reject=0.1)  # the default rule
+    assert point.rule == "budget"
+    assert point.threshold == 90.0  # 91..100 fail: 10 of 100
+    assert point.expected_false_reject == pytest.approx(0.1)
+    assert point.synthetic_catch_rate == pytest.approx(0.59)  # 91..149 of 50..149
+    few = choose(np.arange(5.0), None, max_false_reject=0.1)
+    assert few.threshold == 4.0 and few.expected_false_reject == 0.0  # 10% of 5 is no image
+
+
+def test_without_synthetic_defects_the_synthetic_rule_falls_back_and_says_so():
+    point = choose(np.arange(10.0), None, rule="synthetic", max_false_reject=0.2)
+    assert point.rule == "budget" and "no synthetic defects" in point.description
+    assert point.threshold == 7.0 and point.synthetic_catch_rate is None
 
 
 def test_operating_point_refuses_what_would_mislead():
@@ -169,9 +180,9 @@ def test_patchcore_out_of_fold_scores_do_not_see_their_own_patches(texture):
     model = PatchCore(**params).fit(texture)
     train = load_category(texture).train_paths
     own = model.score(train).scores
-    # the final model holds every image's patches: its own training images score lower than
-    # they did out of fold, where their patches were not in the bank
-    assert (own <= model.out_of_fold_scores_ * (1 + 1e-5)).all()
+    # the final bank was selected from every image's patches: its own training images score
+    # lower than they did out of fold, where their patches were not among the candidates
+    assert (own <= model.out_of_fold_scores_ * (1 + 1e-5)).mean() >= 0.8
     assert own.mean() < model.out_of_fold_scores_.mean()
     point = model.fit_info_["threshold_source"]["operating_point"]
     assert point["n_good"] == len(train) and point["n_synthetic"] == min(200, 8 * len(train))

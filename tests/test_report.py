@@ -38,9 +38,9 @@ def run(mvtec_root, tmp_path_factory):
 
 def test_every_figure_is_written_and_decodes(run):
     figures = json.loads((run / "figures.json").read_text())
-    assert set(figures["texture (padim)"]) == {"roc", "pro", "histogram", "examples"}
+    assert set(figures["texture (padim)"]) == {"roc", "pro", "histogram", "examples", "synthetic"}
     # no masks: no PRO curve, and the example grid has no ground-truth column
-    assert set(figures["object (padim)"]) == {"roc", "histogram", "examples"}
+    assert set(figures["object (padim)"]) == {"roc", "histogram", "examples", "synthetic"}
     for name in (
         "padim_rank_pixel_f1_best",
         "padim_rank_image_auroc",

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import logging
+import re
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,11 @@ def model_params(args: argparse.Namespace, models: list[str]) -> dict[str, dict[
 def _from_config(args: argparse.Namespace, key: str, default: Any = None) -> Any:
     """A run key (``model``, ``data``...) from the command line, else from --config."""
     value = getattr(args, key, None)
+    positional = getattr(args, "data_dir", None) if key == "data" else None
+    if positional is not None:
+        if value is not None and value != positional:
+            raise ConfigError(f"two data folders given: --data {value} and {positional}")
+        value = positional
     if value is None and getattr(args, "config", None):
         from defectscope.engine.options import read_config_file
 
@@ -159,6 +167,51 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the mistake, the close matches of a mistyped flag, and
+    where the help is (never the whole usage, which runs to dozens of lines for fit)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        hints = []
+        if message.startswith("unrecognized arguments:"):
+            known = self._flags()
+            previous = ""
+            for token in message.split(":", 1)[1].split():
+                name = token.split("=", 1)[0]
+                if name.startswith("-"):
+                    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+                    if close:
+                        hints.append(f"{name}: did you mean {' or '.join(close)}?")
+                elif "--data" in known and not previous.startswith("-") and Path(token).is_dir():
+                    hints.append(f"{token}: give folders as --data {token}")
+                previous = token if "=" not in token else ""
+        elif "invalid choice:" in message:
+            given = message.split("invalid choice:", 1)[1].split("'")[1:2]
+            choices = re.findall(r"'([^']+)'", message.split("choose from", 1)[-1])
+            close = difflib.get_close_matches(given[0], choices, n=2) if given else []
+            if close:
+                hints.append(f"did you mean {' or '.join(close)}?")
+        prog = self.prog if " " in self.prog else f"{self.prog} {getattr(self, 'verb_hint', '')}"
+        text = " ".join(message.split())
+        print(
+            f"{prog.strip()}: error: {text}"
+            + "".join(f"; {h}" for h in hints)
+            + f" (see {prog.strip()} --help)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+    def _flags(self) -> list[str]:
+        """The option strings of this parser, or of the verb being parsed."""
+        parsers = [self]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                verb = getattr(self, "verb_hint", None)
+                parsers = [action.choices[verb]] if verb in action.choices else []
+                parsers += [] if parsers else list(action.choices.values())
+        return sorted({o for p in parsers for o in p._option_string_actions if o.startswith("--")})
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command's parser; with ``only`` (a verb, or ``""`` for none), the detector options of
     the other verbs are left out (every call is a new process: a one-image predict should not
@@ -168,7 +221,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is None or sub.prog.split()[-1] == only:
             _add_model_options(sub)
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="defectscope",
         description="Visual anomaly detection and localisation on MVTec-layout data.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -197,6 +250,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         models_help = "; ".join(f"{n}: {i.summary}" for n, i in DETECTORS.items())
     fit = verb("fit", "fit a detector on one category's train/good images and save it")
     fit.add_argument("--data", help="category folder (MVTec layout); or `data` in --config")
+    fit.add_argument("data_dir", nargs="?", metavar="DATA", help="the same as --data DATA")
     fit.add_argument("--model", help=f"detector (default {DEFAULT_DETECTOR}). {models_help}")
     fit.add_argument("--categories", nargs="+", help="with a root as --data: only these")
     fit.add_argument(
@@ -283,6 +337,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     bench = verb("benchmark", "fit and evaluate every category under a root; table + rankings")
     bench.add_argument("--data", help="MVTec root or one category folder; or `data` in --config")
+    bench.add_argument("data_dir", nargs="?", metavar="DATA", help="the same as --data DATA")
     bench.add_argument("--categories", nargs="+", help="only these categories")
     bench.add_argument(
         "--model",
@@ -443,18 +498,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_results(results, run: Path, args: argparse.Namespace) -> None:
-    from defectscope.report.table import markdown_rankings, markdown_table, rankings, result_rows
+    from defectscope.report.table import markdown_rankings, rankings, result_rows, terminal_table
 
     for notice in dict.fromkeys(n for r in results for n in r.notices):
         if notice.startswith(("warning:", "shift:")):
             print(notice, file=sys.stderr)  # even with -q: they change what a number means
         else:
             _say(args, f"notice: {notice}")
-    print(markdown_table(result_rows(results)))
+    print(terminal_table(result_rows(results)))
     if len(results) > 1:
         print()
         print(markdown_rankings(rankings(results)))
-    print(f"results written to {run}")
+    print(f"results written to {run} (every column: results.md, results.csv)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -537,8 +592,8 @@ def _predict_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from defectscope.engine.calibration import calibrate
-    from defectscope.engine.persistence import model_path
+    from defectscope.engine.calibration import MOST_GOOD, calibrate, trade_off_lines
+    from defectscope.engine.persistence import keep_previous, model_path
     from defectscope.runs import check_output_file
 
     if str(args.model).endswith(".onnx"):
@@ -555,9 +610,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         false_reject_rate=args.false_reject_rate,
         escape_rate=args.escape_rate,
     )
+    for line in trade_off_lines(source["trade_off"]):
+        print(line)
+    if after.false_reject_rate > MOST_GOOD:
+        print(
+            f"warning: this threshold rejects {after.rejected} of {after.good} good parts "
+            f"({after.false_reject_rate:.0%}); rejecting nearly every part scores almost the same "
+            "F1 when defective parts outnumber good ones. To reject fewer, choose a rule from "
+            "the table: --false-reject-rate 0.1 (or --escape-rate 0.05)",
+            file=sys.stderr,
+        )
+    kept = keep_previous(out)
     path = detector.save(out)
     print(f"before: {before.sentence()}")
     print(f"after:  {after.sentence()}")
+    if kept is not None:
+        print(f"the previous model is kept as {kept} (copy it back to undo)")
     print(
         f"threshold set by {source['rule'].split(': ', 1)[1]} on {source['good']} good and "
         f"{source['defective']} defective images of {args.data}; saved {path}"
@@ -722,7 +790,9 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(verb if verb in COMMANDS else "").parse_args(argv)
+    parser = build_parser(verb if verb in COMMANDS else "")
+    parser.verb_hint = verb if verb in COMMANDS else ""
+    args = parser.parse_args(argv)
     args.command = ["defectscope", *argv]
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,

@@ -99,9 +99,12 @@ class CategoryResult:
     extra: dict[str, Any] = field(default_factory=dict)
     colour_scale: tuple[float, float] | None = None
     model: dict[str, Any] | None = None
+    #: synthetic defects the fit chose its threshold with: ``(image, mask, map, kind, score)``
+    #: each, for the report's grid (in memory only, like ``example_maps``)
+    synthetic_examples: list[tuple] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        skip = ("example_maps", "example_masks", "curves", "images")
+        skip = ("example_maps", "example_masks", "curves", "images", "synthetic_examples")
         out = {k: v for k, v in asdict(self).items() if k not in skip}
         out["n_test"] = len(self.images)
         out["images"] = [asdict(r) for r in self.images]

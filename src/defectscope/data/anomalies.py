@@ -31,6 +31,9 @@ from scipy import ndimage
 MIN_SIDE = 32
 #: the kinds of synthetic defect, in the order :func:`make_defects` cycles through them
 KINDS = ("cutpaste", "noise", "scratch", "spot", "blur", "brightness")
+#: how strongly a defect is painted: its change from the good image is scaled by a factor
+#: drawn uniformly from this range (1: as generated)
+STRENGTH = (0.2, 1.0)
 #: a defect must change at least this fraction of its mask's pixels' values by 8 grey levels,
 #: or it is drawn again (an invisible defect would teach the operating point nothing)
 MIN_VISIBLE = 0.3
@@ -223,11 +226,18 @@ def make_defect(
     if other.shape != image.shape:
         raise ValueError(f"other image shape {other.shape} differs from {image.shape}")
     check_size(image.shape)
+    strength = rng.uniform(*STRENGTH)
     for _ in range(8):
         out, mask = GENERATORS[kind](image, other, rng)
+        # graded: real defects run from barely visible to obvious, and a threshold chosen
+        # against obvious ones only would sit at the top of the good scores
+        base = image.astype(np.float32)
+        out = _to_uint8(base + strength * (out.astype(np.float32) - base))
         changed = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) >= 8
         if mask.any() and changed[mask].mean() >= MIN_VISIBLE:
             break
+        strength = min(1.0, strength * 1.5)
+    out[~(mask & changed)] = image[~(mask & changed)]
     return out, mask & changed
 
 

@@ -56,6 +56,26 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def folder_images(folder: Path) -> tuple[list[Path], list[Path], str | None]:
+    """The images under ``folder`` (recursively, sorted), the other files found, and a notice.
+
+    A category folder in MVTec layout (``train/`` and ``test/`` inside) gives its ``test/``
+    images only: its training images and ``ground_truth`` masks are not parts to judge.
+    """
+    notice = None
+    if (folder / "test").is_dir() and (
+        (folder / "train").is_dir() or (folder / "ground_truth").is_dir()
+    ):
+        notice = (
+            f"{folder} is a category folder: scoring its test/ images only (not train/ or "
+            "ground_truth/)"
+        )
+        folder = folder / "test"
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images = [p for p in found if is_image_file(p)]
+    return images, [p for p in found if not is_image_file(p)], notice
+
+
 def _open(path: Path | io.BytesIO, what: str, name: str | None = None) -> Image.Image:
     """Open and fully decode an image (a file, or bytes in memory named ``name``), turning every
     PIL failure into a :class:`DataError`."""

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from defectscope.data.images import load_image
+from defectscope.data.images import MIN_IMAGE_SIDE, load_image
+from defectscope.errors import DataError
 
 ImageInput = str | Path | np.ndarray
 
@@ -25,10 +26,17 @@ def _prepare(item: ImageInput, size: int | tuple[int, int]) -> np.ndarray:
         from PIL import Image
 
         array = item if item.ndim == 3 else np.repeat(item[..., None], 3, axis=2)
-        if array.shape[2] == 4:
+        if array.ndim == 3 and array.shape[2] == 4:
             array = array[..., :3]
+        elif array.ndim == 3 and array.shape[2] == 1:
+            array = np.repeat(array, 3, axis=2)
         if array.dtype != np.uint8:
-            raise TypeError(f"image arrays must be uint8 (H, W[, 3]); got {array.dtype}")
+            raise DataError(f"image arrays must be uint8 (H, W[, 3]); got {array.dtype}")
+        if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < MIN_IMAGE_SIDE:
+            raise DataError(
+                f"an image array must be (H, W[, 3]) with both sides at least {MIN_IMAGE_SIDE} "
+                f"px; got shape {item.shape}"
+            )
         height, width = (size, size) if isinstance(size, int) else size
         if array.shape[:2] != (height, width):
             array = np.asarray(

@@ -126,6 +126,48 @@ def choose_threshold(
     return float(candidates[best]), "best F1"
 
 
+#: the rows of the trade-off table calibrate shows before it writes: (label, rule arguments)
+TRADE_OFF_RULES = (
+    ("best F1", {}),
+    ("false rejects <= 1%", {"false_reject_rate": 0.01}),
+    ("false rejects <= 5%", {"false_reject_rate": 0.05}),
+    ("false rejects <= 10%", {"false_reject_rate": 0.1}),
+    ("false rejects <= 20%", {"false_reject_rate": 0.2}),
+    ("escapes <= 5%", {"escape_rate": 0.05}),
+)
+#: calibrate warns when its threshold rejects more than this fraction of the good parts
+MOST_GOOD = 0.5
+
+
+def trade_off(
+    labels: np.ndarray, scores: np.ndarray, extra: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """What each of :data:`TRADE_OFF_RULES` (and the ``extra`` named thresholds) would do on
+    these labelled scores, lowest threshold first: ``{"rule", **Outcome.to_dict()}`` each."""
+    rows = []
+    for label, rule in TRADE_OFF_RULES:
+        try:
+            threshold, _ = choose_threshold(labels, scores, **rule)
+        except DataError:
+            continue
+        rows.append({"rule": label, **outcome(labels, scores, threshold).to_dict()})
+    for label, threshold in (extra or {}).items():
+        rows.append({"rule": label, **outcome(labels, scores, threshold).to_dict()})
+    return sorted(rows, key=lambda r: r["threshold"])
+
+
+def trade_off_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The trade-off table as text (at most 80 characters a line)."""
+    out = [f"{'rule':22} {'threshold':>10} {'caught':>11} {'rejected':>11} {'F1':>6}"]
+    for r in rows:
+        out.append(
+            f"{r['rule'][:22]:22} {r['threshold']:10.4g} "
+            f"{str(r['caught']) + '/' + str(r['defective']):>11} "
+            f"{str(r['rejected']) + '/' + str(r['good']):>11} {r['f1']:6.3f}"
+        )
+    return out
+
+
 def calibrate(
     detector: Any,
     data: str | Path | Category,
@@ -146,6 +188,7 @@ def calibrate(
         labels, scores, false_reject_rate=false_reject_rate, escape_rate=escape_rate
     )
     after = outcome(labels, scores, threshold)
+    table = trade_off(labels, scores, {"model's before": before.threshold, "chosen": threshold})
     source = {
         "rule": f"calibrated on labelled images: {rule}",
         "threshold": threshold,
@@ -156,6 +199,7 @@ def calibrate(
         "previous_threshold": detector.threshold_,
         "previous_source": detector.fit_info_.get("threshold_source"),
         "achieved": after.to_dict(),
+        "trade_off": table,
     }
     detector.threshold_ = threshold
     detector.fit_info_ = {**detector.fit_info_, "threshold_source": source}

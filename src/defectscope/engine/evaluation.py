@@ -203,4 +203,7 @@ def fit_and_evaluate(
     result = evaluate(detector, category)
     history = detector.fit_info_.get("history")
     extra = {**result.extra, "history": history} if history else result.extra
-    return detector, replace(result, fit_seconds=fit_seconds, extra=extra)
+    examples = getattr(detector, "synthetic_examples_", None) or []
+    return detector, replace(
+        result, fit_seconds=fit_seconds, extra=extra, synthetic_examples=examples
+    )

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from defectscope.atomic import publish
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.digest import file_sha256
 from defectscope.engine.operating import check_threshold_source, checked_threshold
@@ -140,7 +141,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
         entry.value = export_digest(graph.graph.SerializeToString(), text)
         onnx.save(graph, tmp)
         _check_parity(wrapper, tmp, (height, width))
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

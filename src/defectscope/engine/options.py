@@ -41,14 +41,14 @@ class EngineOptions(Options):
         200, "synthetic defects made from the training images to choose the threshold (0: none)"
     )
     threshold_rule: str = option(
-        "synthetic",
-        "how the threshold is chosen: synthetic (best F1 of synthetic defects against the "
-        "out-of-fold good scores within max_false_reject) or quantile (threshold_quantile of "
-        "the good scores)",
+        "budget",
+        "how the threshold is chosen from the out-of-fold scores: budget (reject at most "
+        "max_false_reject of the good ones, catch the most), synthetic (best F1 of synthetic "
+        "defects against them within that budget) or quantile (threshold_quantile of them)",
         choices=RULES,
     )
     max_false_reject: float = option(
-        0.1, "largest fraction of out-of-fold good images the synthetic rule may reject"
+        0.1, "the false-reject budget: largest fraction of out-of-fold good images rejected"
     )
     holdout: float = option(
         0.1,

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from defectscope.atomic import publish
 from defectscope.engine.operating import check_threshold_source, checked_threshold
 from defectscope.errors import ConfigError, DefectscopeError, ModelFileError, unknown_name
 
@@ -62,6 +63,26 @@ def _remove_stale_temp_files(folder: Path, name: str) -> None:
             pass
 
 
+def keep_previous(path: str | Path) -> Path | None:
+    """Copy an existing model file to ``<stem>.previous.safetensors`` beside it (replacing an
+    older copy), before it is overwritten; returns the copy, or None if there was no file."""
+    import shutil
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    kept = path.with_name(f"{path.stem}.previous{path.suffix}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{kept.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(path, tmp)
+        publish(tmp, kept)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return kept
+
+
 def save_detector(detector: Any, path: str | Path) -> Path:
     """Write a fitted estimator atomically; returns the file written."""
     from safetensors.numpy import save_file
@@ -96,11 +117,7 @@ def save_detector(detector: Any, path: str | Path) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
-        # mkstemp creates 0600; a model file is read by services and colleagues.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from defectscope.data.images import is_image_file, load_image
+from defectscope.data.images import folder_images, is_image_file, load_image
 from defectscope.engine.scoring import Scorer
 from defectscope.errors import DataError
 from defectscope.results import Prediction
@@ -40,11 +40,12 @@ def expand_inputs(
     notices: list[str] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
-            images = [p for p in found if is_image_file(p)]
-            clips = [p for p in found if videos is not None and is_video_file(p)]
-            if len(images) + len(clips) < len(found):
-                skipped = len(found) - len(images) - len(clips)
+            images, others, notice = folder_images(item)
+            if notice:
+                notices.append(notice)
+            clips = [p for p in others if videos is not None and is_video_file(p)]
+            if len(clips) < len(others):
+                skipped = len(others) - len(clips)
                 notices.append(f"skipped {skipped} non-image files in {item}")
             files += images
             if videos is not None:

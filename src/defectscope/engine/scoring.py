@@ -15,13 +15,27 @@ from defectscope.results import Prediction, ScoredImages
 
 
 def as_image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
-    """One image (a path or an ``(H, W[, C])`` array) or a sequence of them, as a list.
+    """One image (a path, an ``(H, W[, C])`` array or a PIL image), a folder of images, or a
+    sequence of these, as a list of paths and arrays.
 
     A single path string or a single array is one image, never a sequence of characters or
-    of rows.
+    of rows. A folder gives its image files (recursively, sorted; a category folder its
+    ``test/`` images only). PIL images become uint8 RGB arrays as files are decoded (16-bit
+    by the bits they use).
     """
+    from PIL import Image
+
+    from defectscope.data.images import folder_images, to_rgb8
+
     if isinstance(images, (str, Path)):
+        if Path(images).is_dir():
+            files, _, _ = folder_images(Path(images))
+            if not files:
+                raise DataError(f"no image files in {images}")
+            return list(files)
         return [images]
+    if isinstance(images, Image.Image):
+        return [np.asarray(to_rgb8(images))]
     if isinstance(images, np.ndarray):
         if images.ndim in (2, 3) and (images.ndim == 2 or images.shape[-1] in (1, 3, 4)):
             return [images]
@@ -31,7 +45,18 @@ def as_image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]
             f"an image array must be (H, W), (H, W, 3) or a batch (N, H, W, 3); got shape "
             f"{images.shape}"
         )
-    return list(images)
+    out: list[ImageInput] = []
+    for item in images:
+        if isinstance(item, Image.Image):
+            out.append(np.asarray(to_rgb8(item)))
+        elif isinstance(item, (str, Path, np.ndarray)):
+            out.append(item)
+        else:
+            raise DataError(
+                f"cannot score a {type(item).__name__}: give image paths, folders, PIL images "
+                "or uint8 arrays (H, W[, 3])"
+            )
+    return out
 
 
 class Scorer(ABC):

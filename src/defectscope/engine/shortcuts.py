@@ -179,24 +179,59 @@ def image_formats(items: Sequence) -> dict[str, dict[str, int]]:
 def format_notices(
     where: str, seen: dict[str, dict[str, int]], train: dict[str, dict[str, int]] | None
 ) -> list[str]:
-    """One line per image mode or size that the training images did not have."""
+    """At most one line for the image modes and one for the sizes that the training images did
+    not have, with counts and ranges (a data set of many sizes gets one line, not one per
+    size)."""
     if not train:
         return []
     out = []
     total = sum(seen["modes"].values())
-    for mode, n in seen["modes"].items():
-        if mode not in train["modes"]:
-            known = ", ".join(f"{m} ({MODE_NAMES.get(m, m)})" for m in train["modes"])
-            out.append(
-                f"shift: {n} of {total} {where}images are mode {mode} "
-                f"({MODE_NAMES.get(mode, mode)}); the model was fitted on {known} images"
-            )
-    for size, n in seen["sizes"].items():
-        if size not in train["sizes"]:
-            known = ", ".join(sorted(train["sizes"]))
-            out.append(
-                f"shift: {n} of {total} {where}images are {size}; the training images were "
-                f"{known} (all are resized to the model's input, so parts appear at another "
-                "scale unless the camera set-up changed in proportion)"
-            )
+    new_modes = {m: n for m, n in seen["modes"].items() if m not in train["modes"]}
+    if new_modes:
+        known = ", ".join(f"{m} ({MODE_NAMES.get(m, m)})" for m in train["modes"])
+        listed = ", ".join(
+            f"{n} {m} ({MODE_NAMES.get(m, m)})" for m, n in _most(new_modes, MAX_LISTED)
+        )
+        more = len(new_modes) - MAX_LISTED
+        out.append(
+            f"shift: {sum(new_modes.values())} of {total} {where}images are in modes the "
+            f"training images were not: {listed}{f' and {more} more modes' if more > 0 else ''}; "
+            f"the model was fitted on {known} images"
+        )
+    trained = [_size(k) for k in train["sizes"]]
+    if not trained:
+        return out
+    (w0, w1), (h0, h1) = ((min(v), max(v)) for v in zip(*trained))
+    outside = {
+        k: n
+        for k, n in seen["sizes"].items()
+        if k not in train["sizes"] and not (w0 <= _size(k)[0] <= w1 and h0 <= _size(k)[1] <= h1)
+    }
+    if outside:
+        known = (
+            f"{w0}x{h0}"
+            if len(trained) == 1
+            else f"{w0}-{w1} wide and {h0}-{h1} high ({len(trained)} sizes)"
+        )
+        listed = ", ".join(f"{k} ({n})" for k, n in _most(outside, MAX_LISTED))
+        more = len(outside) - MAX_LISTED
+        out.append(
+            f"shift: {sum(outside.values())} of {total} {where}images have sizes outside the "
+            f"training images' {known}: {listed}{f' and {more} more sizes' if more > 0 else ''}"
+            " (all are resized to the model's input, so parts appear at another scale unless "
+            "the camera set-up changed in proportion)"
+        )
     return out
+
+
+#: sizes or modes named in a notice; the rest are counted
+MAX_LISTED = 3
+
+
+def _size(key: str) -> tuple[int, int]:
+    width, _, height = key.partition("x")
+    return int(width), int(height)
+
+
+def _most(counts: dict[str, int], n: int) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from defectscope.report.table import COLUMNS, RANKED_BY
+from defectscope.report.table import RANKED_BY, SHOWN, shown
 from defectscope.results import METRIC_LABELS, CategoryResult, outcome_summary
 
 STYLE = """
@@ -54,6 +54,9 @@ CAPTIONS = {
     "examples": "Examples: the most confident detections, the missed defects and the false "
     "alarms, each with its ground truth, heatmap (the model's fixed colour scale) and the "
     "pixels above the threshold.",
+    "synthetic": "Synthetic defects made from training images (outlined in yellow), each scored "
+    "by the model of the folds that did not hold its source image, over its heatmap: with the "
+    "out-of-fold scores of the training images, they chose the threshold without a label.",
     "loss": "Training and validation loss per epoch.",
     "fit_time": "Seconds to fit each category.",
     "evaluate_time": "Seconds to score each category's test split and compute its metrics.",
@@ -107,7 +110,7 @@ def _embed(run: Path | None, path: str) -> str:
 
 
 def _figure(src: str, name: str) -> str:
-    cls = ' class="wide-fig"' if name == "examples" else ""
+    cls = ' class="wide-fig"' if name in ("examples", "synthetic") else ""
     caption = _caption(name)
     return (
         f'<figure{cls}><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
@@ -225,13 +228,13 @@ def render(
     parts.append("<h2>Results</h2>")
     parts.append(
         '<div class="wide"><table class="results"><thead><tr>'
-        + "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in COLUMNS)
+        + "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in SHOWN)
         + "</tr></thead><tbody>"
     )
     for row in rows:
         cls = ' class="mean"' if row["category"] == "mean" else ""
         parts.append(
-            f"<tr{cls}>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in COLUMNS) + "</tr>"
+            f"<tr{cls}>" + "".join(f"<td>{_fmt(shown(row, c))}</td>" for c in SHOWN) + "</tr>"
         )
     parts.append("</tbody></table></div>")
     parts.append(

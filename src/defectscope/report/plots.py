@@ -160,6 +160,39 @@ def example_grid(result: CategoryResult, path: Path, per_group: int = 3) -> Path
     return _save(fig, path)
 
 
+def synthetic_grid(result: CategoryResult, path: Path, columns: int = 4) -> Path | None:
+    """The synthetic defects the fit chose its threshold with: each image over its heatmap
+    (the model's fixed colour scale), the defect's outline in the mask, titled with its kind
+    and whether it fails at the threshold."""
+    examples = result.synthetic_examples[: 2 * columns]
+    if not examples:
+        return None
+    vmin, vmax = color_scale(result)
+    height, width = examples[0][0].shape[:2]
+    rows = 2 * -(-len(examples) // columns)
+    cell = 2.2
+    fig = Figure(figsize=(cell * columns * width / max(width, height) + 0.8, cell * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i, (image, mask, amap, kind, score) in enumerate(examples):
+        top, bottom = (
+            axes[2 * (i // columns), i % columns],
+            axes[2 * (i // columns) + 1, i % columns],
+        )
+        top.imshow(image)
+        top.contour(mask, levels=[0.5], colors="yellow", linewidths=0.6)
+        verdict = "FAIL" if score > result.threshold else "pass"
+        top.set_title(f"{kind}: {score:.3g} {verdict}", fontsize=8)
+        bottom.imshow(overlay(image, amap, vmin, vmax))
+    fig.suptitle(
+        f"{result.category} ({result.detector}): synthetic defects (outlined), scored by the "
+        f"model of the other folds; threshold {result.threshold:.3g}",
+        fontsize=9,
+    )
+    return _save(fig, path)
+
+
 def category_figures(result: CategoryResult, out: Path) -> dict[str, Path]:
     """Every per-category figure that the data allow, in ``out``; returns them by kind."""
     stem = f"{result.detector}_{result.category}"
@@ -170,6 +203,7 @@ def category_figures(result: CategoryResult, out: Path) -> dict[str, Path]:
         "examples": example_grid(result, out / f"{stem}_examples.png")
         if result.example_maps
         else None,
+        "synthetic": synthetic_grid(result, out / f"{stem}_synthetic.png"),
     }
     if result.extra.get("history"):
         made["loss"] = loss_figure(result.extra["history"], result, out / f"{stem}_loss.png")

@@ -20,9 +20,12 @@ COLUMNS = (
     *METRICS,
     "shortcut_auroc",
     "shortcut",
+    "shortcut_beats_detector",
     "fit_s",
     "evaluate_s",
 )
+#: the columns shown in Markdown and HTML: the flag is drawn as ``!`` before the shortcut's name
+SHOWN = tuple(c for c in COLUMNS if c != "shortcut_beats_detector")
 RANKED_BY = {
     "pixel_f1_best": "pixel F1",
     "image_auroc": "image AUROC",
@@ -51,7 +54,7 @@ def result_rows(results: Sequence[CategoryResult]) -> list[dict[str, Any]]:
             continue
         mean: dict[str, Any] = {"category": "mean", "detector": detector}
         for key in COLUMNS[2:]:
-            if key == "shortcut":
+            if key in ("shortcut", "shortcut_beats_detector"):
                 continue
             values = [r[key] for r in own if r[key] is not None]
             if key in ("n_train", "n_test"):
@@ -63,15 +66,24 @@ def result_rows(results: Sequence[CategoryResult]) -> list[dict[str, Any]]:
 
 
 def _shortcut(result: CategoryResult) -> dict[str, Any]:
-    """The best trivial score of a result (see engine/shortcuts.py), flagged ``!`` when it
-    matches or beats the detector's image AUROC."""
+    """The best trivial score of a result (see engine/shortcuts.py), and whether it matches or
+    beats the detector's image AUROC (a column of its own: CSV cells stay plain values)."""
     shortcuts = result.extra.get("shortcuts") or {}
     if not shortcuts:
-        return {"shortcut_auroc": None, "shortcut": None}
+        return {"shortcut_auroc": None, "shortcut": None, "shortcut_beats_detector": None}
     name, best = max(shortcuts.items(), key=lambda kv: kv[1])
     auroc = result.metrics.get("image_auroc")
-    flag = "! " if auroc is not None and best >= auroc else ""
-    return {"shortcut_auroc": best, "shortcut": flag + name}
+    beats = auroc is not None and best >= auroc
+    return {"shortcut_auroc": best, "shortcut": name, "shortcut_beats_detector": beats}
+
+
+def shown(row: dict[str, Any], column: str) -> Any:
+    """A cell as Markdown and HTML show it: the shortcut's name with ``!`` when it beats the
+    detector."""
+    value = row.get(column)
+    if column == "shortcut" and value and row.get("shortcut_beats_detector"):
+        return "! " + str(value)
+    return value
 
 
 def rankings(results: Sequence[CategoryResult]) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -81,6 +93,8 @@ def rankings(results: Sequence[CategoryResult]) -> dict[str, dict[str, list[dict
         own = [r for r in results if r.detector == detector]
         out[detector] = {}
         for key in RANKED_BY:
+            if all(r.metrics.get(key) is None for r in own):
+                continue  # a metric this detector does not have (the classifier's pixel F1)
             ordered = sorted(
                 own, key=lambda r: (r.metrics[key] is None, -(r.metrics[key] or 0.0), r.category)
             )
@@ -103,11 +117,56 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: ``|`` escaped and line breaks joined, so every row keeps its
+    columns whatever a name holds."""
+    return " ".join(text.replace("\\", "\\\\").replace("|", "\\|").split())
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    header = "| " + " | ".join(COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    header = "| " + " | ".join(SHOWN) + " |"
+    rule = "|" + "|".join("---" for _ in SHOWN) + "|"
+    body = ["| " + " | ".join(_cell(_fmt(shown(row, c))) for c in SHOWN) + " |" for row in rows]
     return "\n".join([header, rule, *body])
+
+
+#: the terminal's table: what fits 100 columns (every column is in results.md and .csv)
+TERMINAL = (
+    ("category", "category", 14),
+    ("detector", "detector", 11),
+    ("image_auroc", "img AUROC", 9),
+    ("pixel_auroc", "pix AUROC", 9),
+    ("aupro_30", "AUPRO", 6),
+    ("image_f1_fixed", "F1 model", 8),
+    ("image_f1_best", "F1 best", 7),
+    ("fit_s", "fit s", 7),
+    ("evaluate_s", "eval s", 7),
+)
+
+
+def terminal_table(rows: list[dict[str, Any]]) -> str:
+    """The main columns of the results as fixed-width text, at most 100 characters wide."""
+
+    def cell(row: dict[str, Any], key: str, width: int) -> str:
+        value = row.get(key)
+        if isinstance(value, float) and key.endswith("_s"):
+            text = f"{value:.1f}"
+        else:
+            text = _fmt(value)
+        return (
+            text[:width].rjust(width)
+            if key not in ("category", "detector")
+            else (text if len(text) <= width else text[: width - 1] + "~").ljust(width)
+        )
+
+    lines = [
+        "  ".join(
+            label.ljust(w) if i < 2 else label.rjust(w) for i, (_, label, w) in enumerate(TERMINAL)
+        )
+    ]
+    for row in rows:
+        lines.append("  ".join(cell(row, key, w) for key, _, w in TERMINAL))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def markdown_rankings(ranks: dict[str, dict[str, list[dict[str, Any]]]]) -> str:

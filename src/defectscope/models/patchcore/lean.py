@@ -76,14 +76,17 @@ class BankBuilder:
     """Training patches -> the memory bank, for both fitters (PyTorch and lean).
 
     Patches are kept until a coreset is taken from them (:meth:`finalize`, :meth:`start_fold`,
-    or a shard's selection), then dropped. With folds (the engine's out-of-fold scores), each
-    fold's patches get a coreset of their own at the configured ratio when the next fold
-    starts, and the bank is the union of the folds' coresets: :meth:`rows_without` is then
-    exactly the bank of a fit that did not see that fold, and only one fold's patches are ever
-    held at once. A later :meth:`finalize` after more patches (the engine's
-    held-out images, once they have set the threshold) selects a coreset of the new patches
-    only, at the same ratio, and appends it: the union of the coresets covers every patch, as
-    in distributed k-center. The reported radius is the largest of the selections'.
+    or a shard's selection), then dropped. A later :meth:`finalize` after more patches (the
+    engine's held-out images, once they have set the threshold) selects a coreset of the new
+    patches only, at the same ratio, and appends it: the union of the coresets covers every
+    patch, as in distributed k-center. The reported radius is the largest of the selections'.
+
+    With folds (the engine's out-of-fold scores, :meth:`start_fold`), each fold's patches are
+    reduced to a coreset of ``SHARD_OVERSAMPLE`` times the ratio as soon as the next fold
+    starts, so only one fold's patches are ever held; the bank is then the configured ratio
+    selected from the union of the folds' coresets (distributed k-center, as a sharded fit
+    does), and :meth:`rows_without` is the same selection from every fold but one: the bank a
+    fit that never saw that fold would have.
     """
 
     def __init__(self, config: PatchcoreConfig, on_stage: Callable[[str], None] | None) -> None:
@@ -93,15 +96,18 @@ class BankBuilder:
         self.n_images = 0
         self.n_patches = 0  # every patch seen, in a coreset or not
         self.bank: np.ndarray | None = None  # the bank of an earlier finalize or combine
-        self.bank_fold: np.ndarray = np.zeros(0, dtype=np.int32)  # the fold of each bank row
-        self.fold = 0  # the fold of the patches not yet in a coreset
         self.radius: float | None = None
+        self.fold: int | None = None  # the fold of the patches not yet in a coreset
+        #: per fold: its oversampled coreset, that selection's radius, its number of patches
+        self.folds: dict[int, tuple[np.ndarray, float | None, int]] = {}
+        self._fold_patches = 0
 
     def add(self, feats: np.ndarray) -> None:
         """The ``(B, P, D)`` patch embeddings of ``B`` training images."""
         self.patches.append(feats.reshape(-1, feats.shape[-1]))
         self.n_images += feats.shape[0]
         self.n_patches += feats.shape[0] * feats.shape[1]
+        self._fold_patches += feats.shape[0] * feats.shape[1]
 
     def take_patches(self) -> np.ndarray | None:
         """The patches not yet in a coreset (and forget them), or None."""
@@ -117,39 +123,64 @@ class BankBuilder:
         return select(patches, ratio, self.config, self.on_stage)
 
     def extend(self, part: np.ndarray, radius: float | None) -> None:
-        """Append a coreset (and its radius) to the bank, as rows of the current fold."""
+        """Append a coreset (and its radius) to the bank."""
         self.bank = part if self.bank is None else np.concatenate([self.bank, part])
-        fold = np.full(len(part), self.fold, dtype=np.int32)
-        self.bank_fold = np.concatenate([self.bank_fold, fold])
         radii = [r for r in (radius, self.radius) if r is not None]
         self.radius = max(radii) if radii else None
 
     def finalize(self) -> np.ndarray:
         """The bank of everything seen so far."""
-        self._reduce()
+        if self.fold is not None:
+            self._close_fold()
+            self.bank, self.radius = self._merge(list(self.folds))
+            return self.bank
+        patches = self.take_patches()
+        if patches is not None:
+            self.extend(*self.select(patches, self.config.coreset_ratio))
+            del patches
         if self.bank is None:
             raise ValueError("finalize before any update: no training patches")
         return self.bank
 
-    def _reduce(self) -> None:
-        """Move the patches not yet in a coreset into the bank, as a coreset of their own."""
-        patches = self.take_patches()
-        if patches is not None:
-            self.extend(*self.select(patches, self.config.coreset_ratio))
-
     def start_fold(self, fold: int) -> None:
-        """Later patches belong to ``fold``; the previous fold's get their coreset now."""
-        self._reduce()
+        """Later patches belong to ``fold``; the previous fold's are reduced now."""
+        if self.fold is None and self.patches:
+            raise ValueError("start_fold after patches outside any fold")
+        self._close_fold()
         self.fold = fold
 
+    def _close_fold(self) -> None:
+        patches = self.take_patches()
+        if self.fold is None or patches is None:
+            return
+        ratio = self.config.coreset_ratio * SHARD_OVERSAMPLE
+        part, radius = self.select(patches, ratio)
+        del patches
+        self.folds[self.fold] = (part, radius, self._fold_patches)
+        self._fold_patches = 0
+
+    def _merge(self, folds: list[int]) -> tuple[np.ndarray, float | None]:
+        """The configured ratio of the patches of ``folds``, selected from their coresets; the
+        radius covers every patch (the folds' radius plus the selection's: triangle
+        inequality)."""
+        if not folds:
+            raise ValueError("finalize before any update: no training patches")
+        parts = [self.folds[f] for f in sorted(folds)]
+        union = np.concatenate([p[0] for p in parts])
+        k = max(1, round(self.config.coreset_ratio * sum(p[2] for p in parts)))
+        bank, radius = self.select(union, k / len(union))
+        local = [p[1] for p in parts if p[1] is not None]
+        if radius is not None and local:
+            radius += max(local)
+        return bank, radius
+
     def rows_without(self, fold: int) -> np.ndarray:
-        """The bank of every fold but ``fold`` (after :meth:`finalize`)."""
-        if self.bank is None:
-            raise ValueError("rows_without before finalize: no bank yet")
-        rows = self.bank[self.bank_fold != fold]
-        if not len(rows):
-            raise ValueError(f"every bank row comes from fold {fold}: nothing to score it with")
-        return np.ascontiguousarray(rows)
+        """The bank of every fold but ``fold`` (after every fold was fed)."""
+        self._close_fold()
+        others = [f for f in self.folds if f != fold]
+        if not others:
+            raise ValueError(f"only fold {fold} holds patches: nothing to score it with")
+        return self._merge(others)[0]
 
     def info(self) -> dict[str, Any]:
         """The bank's facts for the model's fit info."""
@@ -215,8 +246,8 @@ class PatchcoreLean(LeanPatchModule):
 
 class FoldedBank:
     """The out-of-fold protocol of both PatchCore fitters (:class:`~defectscope.models.base.
-    Fitter`): each fold's patches get their own coreset (:class:`BankBuilder`), the final bank
-    is their union, and the bank without a fold is that of a fit that never saw it."""
+    Fitter`): each fold's patches are reduced on their own (:class:`BankBuilder`), the final
+    bank is selected from all folds' coresets, and the bank without a fold from the others'."""
 
     builder: BankBuilder
     #: scores each training image with a model that did not see it (see the engine)
@@ -234,8 +265,7 @@ class FoldedBank:
         return self._module_from(self.builder.finalize())
 
     def without_fold(self, fold: int):
-        """The module whose bank holds every fold's coreset but ``fold``'s."""
-        self.builder.finalize()
+        """The module whose bank is selected from every fold's patches but ``fold``'s."""
         return self._module_from(self.builder.rows_without(fold))
 
     def _module_from(self, bank: np.ndarray): ...
