@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -217,8 +218,33 @@ def test_overlays_named_by_relative_path(fitted, texture, tmp_path):
     inputs = [tmp_path / "d1" / "a.png", tmp_path / "d1" / "a_2.png", tmp_path / "d2" / "a.png"]
     out = tmp_path / "out"
     out.mkdir()
-    predictions, _ = predict_to_folder(fitted, inputs, out)
-    assert len(predictions) == 3
+    rows, _ = predict_to_folder(fitted, inputs, out)
+    assert len(rows) == 3 and [r["index"] for r in rows] == [0, 1, 2]
     folder = out / "overlays"
     overlays = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
     assert overlays == ["d1/a.png", "d1/a_2.png", "d2/a.png"]
+
+
+def test_an_unreadable_image_is_an_error_row_and_the_others_are_scored(fitted, texture, tmp_path):
+    from defectscope.cli import main
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = sorted((texture / "test" / "good").glob("*.png"))[:2]
+    for i, src in enumerate(good):
+        shutil.copy(src, folder / f"{i}.png")
+    (folder / "1b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    model = fitted.save(tmp_path / "m.safetensors")
+    argv = ["predict", "--model", str(model), str(folder), "--project", str(tmp_path), "-q"]
+    assert main(argv) == 1  # errors: exit code 1, the run still written
+    rows = list(csv.DictReader(open(tmp_path / "predict" / "predict" / "predictions.csv")))
+    assert [r["name"] for r in rows] == ["0.png", "1.png", "1b_broken.png"]
+    assert [r["verdict"] for r in rows][2] == "error" and "1b_broken.png" in rows[2]["error"]
+    assert all(r["verdict"] in ("pass", "fail") and r["error"] == "" for r in rows[:2])
+    from defectscope.cluster.predict import COLUMNS
+
+    assert tuple(rows[0]) == COLUMNS  # the Ray path writes the same columns
+    meta = json.loads((tmp_path / "predict" / "predict" / "run.json").read_text())
+    assert meta["errors"] == 1 and meta["images"] == 3
+    data = json.loads((tmp_path / "predict" / "predict" / "predictions.json").read_text())
+    assert data[2]["score"] is None

@@ -88,7 +88,7 @@ def test_predict_matches_the_library(client, onnx_model, texture):
     "kwargs, status, message",
     [
         ({"content": b""}, 400, "no image in the request"),
-        ({"content": b"not an image at all"}, 415, "not an image PIL can read"),
+        ({"content": b"not an image at all"}, 415, "not an image file this service reads"),
         ({"files": [("files", ("a.txt", b"hello", "text/plain"))]}, 415, "not an image"),
         ({"content": b"\x89PNG\r\n\x1a\n" + b"\0" * 40}, 415, "not an image"),
         ({"params": {"threshold": "abc"}, "content": b"x"}, 422, "invalid request"),
@@ -114,6 +114,52 @@ def test_tiny_image_and_limits(onnx_model, texture):
         assert r.status_code == 413 and "the limit is 2" in r.json()["error"]
         big = c.post("/predict", content=b"\0" * 40_000)
         assert big.status_code == 413 and "over the limit" in big.json()["error"]
+
+
+def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_only_the_cli_formats_and_decoded_sizes_within_budget(onnx_model):
+    # a small file that decodes big: 16-bit grey, 1500 x 1500, mostly zeros
+    big = _encoded(Image.new("I;16", (1500, 1500)), "PNG")
+    pages = [Image.new("RGB", (32, 32), c) for c in ("red", "blue")]
+    tiff = _encoded(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    gif = _encoded(Image.new("RGB", (32, 32)), "GIF")
+    limits = Limits(max_decoded_bytes=16 * 1024 * 1024)
+    with TestClient(create_app(onnx_model, limits=limits)) as c:
+        r = c.post("/predict", content=big)
+        assert r.status_code == 413 and "needs about" in r.json()["error"], r.text
+        assert len(big) < 100_000  # the budget is on the decoded size, not the upload
+        r = c.post("/predict", content=gif)
+        assert r.status_code == 415 and "GIF images are not accepted" in r.json()["error"]
+        r = c.post("/predict", content=tiff)
+        assert r.status_code == 422 and "2 frames" in r.json()["error"]
+        for route in ("/docs", "/redoc", "/openapi.json"):
+            assert c.get(route).status_code == 404
+        page = c.get("/")
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_api_key_is_redacted_from_access_log_lines():
+    import logging
+
+    from defectscope.serve.app import RedactKey
+
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        "",
+        0,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/?api_key=s3cret&x=1", "1.1", 200),
+        None,
+    )
+    assert RedactKey().filter(record)
+    assert "s3cret" not in record.getMessage() and "api_key=[redacted]&x=1" in record.getMessage()
 
 
 def test_queue_full_is_503_with_retry_after(onnx_model, texture):

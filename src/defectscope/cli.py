@@ -527,7 +527,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     detector = _load_model(args)
     save = "none" if args.no_images else args.save
     with run_folder(Path(args.project) / "predict", args.name or "predict") as run:
-        predictions, notices = predict_to_folder(
+        rows, notices = predict_to_folder(
             detector,
             args.inputs,
             run,
@@ -541,18 +541,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(notice, file=sys.stderr)
         else:
             _say(args, f"notice: {notice}")
-    flagged = sum(p.is_anomalous for p in predictions)
-    threshold = predictions[0].threshold
+    flagged = sum(r["verdict"] == "fail" for r in rows)
+    errors = [r for r in rows if r["verdict"] == "error"]
+    threshold = detector.threshold_ if args.threshold is None else args.threshold
     print(f"{'verdict':7}  {'score':>10}  {'0-1':>5}  path")
-    for p in predictions:
-        verdict = "FAIL" if p.is_anomalous else "pass"
-        print(f"{verdict:7}  {p.score:10.4g}  {p.normalized_score:5.2f}  {p.path}")
+    for r in rows:
+        if r["verdict"] == "error":
+            print(f"{'ERROR':7}  {'':>10}  {'':>5}  {r['path']}: {r['error']}")
+            continue
+        verdict = "FAIL" if r["verdict"] == "fail" else "pass"
+        print(f"{verdict:7}  {r['score']:10.4g}  {r['normalized_score']:5.2f}  {r['path']}")
     source = "given with --threshold" if args.threshold is not None else "the model's"
     print(
-        f"{flagged} of {len(predictions)} images failed at threshold {threshold:.4g} ({source}; "
-        f"0.50 on the 0-1 scale); results in {run}"
+        f"{flagged} of {len(rows)} images failed at threshold {threshold:.4g} ({source}; "
+        f"0.50 on the 0-1 scale)"
+        + (f", {len(errors)} could not be read (error rows)" if errors else "")
+        + f"; results in {run}"
     )
-    return 0
+    return 1 if errors else 0
 
 
 def _predict_ray(args: argparse.Namespace) -> int:
@@ -750,11 +756,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"serve needs the optional packages fastapi, uvicorn and python-multipart ({exc}); "
             "pip install 'defectscope[serve]'"
         ) from exc
-    for name in ("max_upload_mb", "max_images", "max_queue", "max_batch"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    if args.max_wait_ms < 0:
-        raise ConfigError("--max-wait-ms must be >= 0")
+    import math
+
+    ranges = {
+        "max_upload_mb": (1e-3, 1024),
+        "max_images": (1, 256),
+        "max_queue": (1, 4096),
+        "max_batch": (1, 256),
+        "max_wait_ms": (0, 10_000),
+        "port": (1, 65535),
+    }
+    for name, (low, high) in ranges.items():
+        value = getattr(args, name)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_images=args.max_images,

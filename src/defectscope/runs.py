@@ -65,12 +65,21 @@ def next_run_dir(project: str | Path, name: str, *, exist_ok: bool = False) -> P
     writable."""
     project = Path(project)
     candidate = project / name
-    if not exist_ok:
+    if exist_ok:
+        _create(candidate)
+    else:
+        _create(project)
         n = 2
-        while candidate.exists():
-            candidate = project / f"{name}{n}"
-            n += 1
-    _create(candidate)
+        while True:
+            try:
+                candidate.mkdir()  # atomic: of two processes naming one folder, one gets it
+                break
+            except FileExistsError:
+                candidate = project / f"{name}{n}"
+                n += 1
+            except OSError:
+                _create(candidate)  # says what is wrong in one line
+                raise
     check_writable(candidate)
     return candidate
 

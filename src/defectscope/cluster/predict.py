@@ -26,6 +26,8 @@ COLUMN_TYPES = (
     ("index", "int64"),
     ("path", "string"),
     ("name", "string"),
+    ("frame", "string"),  # a local predict's video columns: empty here (images only)
+    ("time_s", "string"),
     ("score", "float64"),
     ("normalized_score", "float64"),
     ("verdict", "string"),
@@ -91,8 +93,10 @@ class PredictActor:
             "index": list(batch["index"]),
             "path": paths,
             "name": names,
+            "frame": [""] * len(paths),
+            "time_s": [""] * len(paths),
         }
-        for key in COLUMNS[3:]:
+        for key in COLUMNS[5:]:
             out[key] = [row[key] for row in rows]
         return out
 

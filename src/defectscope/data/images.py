@@ -91,6 +91,12 @@ def _open(path: Path | io.BytesIO, what: str, name: str | None = None) -> Image.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(source)
             width, height = image.size
+            frames = getattr(image, "n_frames", 1)
+            if frames != 1:
+                raise DataError(
+                    f"{what} {path} holds {frames} images (pages or frames); defectscope scores "
+                    "one image per file: save each page as its own file"
+                )
             if width * height > MAX_IMAGE_PIXELS:
                 raise DataError(
                     f"{what} {path} is {width}x{height} pixels, over the limit of "

@@ -118,11 +118,35 @@ def catalogue() -> dict[str, tuple[Any, str]]:
     }
 
 
+#: a config file holds a few dozen options: anything larger is refused before it is parsed
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML without aliases: an option value never needs one, and nested aliases expand to
+    gigabytes from a few hundred bytes (the "billion laughs")."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in config files")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A config file as a dict: JSON, TOML (``.toml``) or YAML (``.yaml``/``.yml``)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file not found: {file}")
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {file} is {file.stat().st_size:,} bytes; a config file is at most "
+            f"{MAX_CONFIG_BYTES:,}"
+        )
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -139,9 +163,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _load_yaml(text)
         else:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - every parser failure means the same to the user
@@ -152,6 +174,21 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             f"config file {file} must hold a mapping of option names to values, "
             f"got a {type(data).__name__}"
         )
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config file {file}: key {key!r} is not an option name (a string)")
+        if key == "model" and not isinstance(value, str):
+            raise ConfigError(f"config file {file}: model must be a detector name, got {value!r}")
+        if key == "data" and not isinstance(value, str):
+            raise ConfigError(f"config file {file}: data must be a folder path, got {value!r}")
+        if key in ("models", "categories") and not (
+            isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+        ):
+            raise ConfigError(f"config file {file}: {key} must be a list of names, got {value!r}")
+        if key in DETECTORS and isinstance(value, dict):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise ConfigError(f"config file {file}: [{key}] key {bad[0]!r} is not a name")
     return data
 
 

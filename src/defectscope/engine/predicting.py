@@ -141,6 +141,21 @@ def verdict_fields(p: Prediction, regions: list, overlay: str) -> dict[str, Any]
     }
 
 
+def error_fields(message: str) -> dict[str, Any]:
+    """The verdict columns of an image that could not be read or scored."""
+    return {
+        "score": float("nan"),
+        "normalized_score": float("nan"),
+        "verdict": "error",
+        "is_anomalous": None,
+        "threshold": float("nan"),
+        "n_regions": 0,
+        "regions": [],
+        "overlay": "",
+        "error": message,
+    }
+
+
 SAVE_CHOICES = ("all", "fail", "none")
 #: images in ``most_anomalous.png``
 SHEET_SIZE = 12
@@ -155,9 +170,11 @@ def predict_to_folder(
     threshold: float | None = None,
     command: Sequence[str] | None = None,
     every: int = 1,
-) -> tuple[list[Prediction], list[str]]:
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Predict every image under ``inputs``; write CSV, JSON, ``run.json``, overlays and a
-    contact sheet of the most anomalous images.
+    contact sheet of the most anomalous images. Returns the rows written (one per image, in
+    input order; an unreadable image is a row with verdict ``error`` and its message) and the
+    notices.
 
     Args:
         save: which overlays to write: ``all``, ``fail`` (failed parts only) or ``none``.
@@ -193,16 +210,38 @@ def predict_to_folder(
                 files.append(frame.path)
                 names.append(f"{video_name}/{frame.path.name}")
     stats: list[tuple[np.ndarray, np.ndarray]] = []
-    predictions = detector.predict(files, threshold=threshold, stats=stats)
-    t = predictions[0].threshold
-    means, stds = (np.concatenate(parts) for parts in zip(*stats))
-    notices += shift_notices(
-        "", {"the predicted images": (means, stds)}, detector.training_intensity
-    )
+    errors: dict[int, str] = {}
+    try:
+        scored = detector.predict(files, threshold=threshold, stats=stats)
+    except DataError:
+        # one unreadable image fails the call: find every such image, keep them as error rows
+        # and score the others (as the Ray path does)
+        for i, file in enumerate(files):
+            try:
+                load_image(file, detector.input_shape)
+            except DataError as exc:
+                errors[i] = str(exc)
+        if not errors or len(errors) == len(files):
+            raise  # nothing to score: one line, no run folder
+        readable = [f for i, f in enumerate(files) if i not in errors]
+        stats = []
+        scored = detector.predict(readable, threshold=threshold, stats=stats)
+        notices.append(f"{len(errors)} of {len(files)} images could not be read: error rows")
+    it = iter(scored)
+    results: list[Prediction | None] = [
+        None if i in errors else next(it) for i in range(len(files))
+    ]
+    predictions = [p for p in results if p is not None]
+    t = float(detector.threshold_ if threshold is None else threshold)
+    if stats:
+        means, stds = (np.concatenate(parts) for parts in zip(*stats))
+        notices += shift_notices(
+            "", {"the predicted images": (means, stds)}, detector.training_intensity
+        )
     train_formats = detector.fit_info_.get("formats")
     notices += format_notices("predicted ", image_formats(files), train_formats)
     scale = detector.colour_scale
-    if scale is None:
+    if scale is None and predictions:
         maps = np.stack([p.anomaly_map for p in predictions])
         scale = (float(maps.min()), float(max(maps.max(), t)))
         notices.append(
@@ -211,30 +250,38 @@ def predict_to_folder(
         )
     on_map = bool(detector.fit_info_.get("threshold_on_map", True))
     rows = []
-    top = set(sorted(range(len(predictions)), key=lambda i: -predictions[i].score)[:SHEET_SIZE])
+    ranked = sorted(
+        (i for i, p in enumerate(results) if p is not None), key=lambda i: -results[i].score
+    )
+    top = set(ranked[:SHEET_SIZE])
     sheet: dict[int, np.ndarray] = {}
-    for i, (p, rel) in enumerate(zip(predictions, names)):
+    for i, (p, rel, file) in enumerate(zip(results, names, files)):
+        frame = frames.get(Path(file))
+        where = {
+            "index": i,
+            "path": str(frame.video) if frame else str(file),
+            "name": rel,
+            "frame": frame.index if frame else "",
+            "time_s": round(frame.seconds, 3) if frame and frame.seconds is not None else "",
+        }
+        if p is None:
+            rows.append({**where, **error_fields(errors[i])})
+            continue
         regions, overlay_file, picture = annotate(
             p, rel, scale, on_map, out, save=save, keep=save != "none" and i in top
         )
         if picture is not None and i in top:
             sheet[i] = picture
-        frame = frames.get(Path(p.path))
-        rows.append(
-            {
-                "path": str(frame.video) if frame else p.path,
-                "name": rel,
-                "frame": frame.index if frame else "",
-                "time_s": round(frame.seconds, 3) if frame and frame.seconds is not None else "",
-                **verdict_fields(p, regions, overlay_file),
-            }
-        )
+        rows.append({**where, **verdict_fields(p, regions, overlay_file), "error": ""})
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "regions": json.dumps(row["regions"])})
-    (out / "predictions.json").write_text(json.dumps(rows, indent=2))
+    plain = [
+        {k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows
+    ]
+    (out / "predictions.json").write_text(json.dumps(plain, indent=2))  # NaN is not JSON: null
     if sheet:
         order = sorted(sheet, key=lambda i: -predictions[i].score)
         title = f"the {len(order)} highest scores (threshold {t:.4g})"
@@ -248,9 +295,10 @@ def predict_to_folder(
         "threshold_used": t,
         "threshold_given": threshold,
         "colour_scale": list(scale),
-        "images": len(predictions),
+        "images": len(files),
         "failed": sum(p.is_anomalous for p in predictions),
+        "errors": len(errors),
         "notices": notices,
     }
     write_meta(out, meta)
-    return predictions, notices
+    return rows, notices

@@ -99,14 +99,21 @@ def _caption(name: str) -> str:
 
 
 def _embed(run: Path | None, path: str) -> str:
-    """A figure as a ``data:`` URI (the page stands alone); its path if it cannot be read."""
+    """A figure as a ``data:`` URI (the page stands alone); its path if it cannot be read.
+
+    Only PNG files inside the run folder are read: ``figures.json`` is data, and a path in it
+    that leaves the folder (``/etc/passwd``, ``../../x``) is shown as text, never embedded."""
     if run is not None:
         try:
-            data = (run / path).read_bytes()
-            return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        except OSError:
+            root = run.resolve()
+            file = (run / path).resolve()
+            if file.is_relative_to(root) and file.suffix.lower() == ".png":
+                data = file.read_bytes()
+                if data.startswith(b"\x89PNG\r\n\x1a\n"):
+                    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        except (OSError, ValueError):
             pass
-    return path
+    return html.escape(path)
 
 
 def _figure(src: str, name: str) -> str:
@@ -317,7 +324,7 @@ def rebuild_report(run: Path, meta: dict[str, Any] | None = None) -> Path:
     needed = [run / "results.json"] + ([run / "run.json"] if meta is None else [])
     missing = [p for p in needed if not p.is_file()]
     if missing == [run / "results.json"] and (run / "run.json").is_file():
-        status = json.loads((run / "run.json").read_text()).get("status")
+        status = _read_json(run / "run.json", dict, ()).get("status")
         if status in ("interrupted", "running", "failed"):
             raise DataError(
                 f"{run} holds no results: its run was {status} before any category finished "
@@ -327,11 +334,35 @@ def rebuild_report(run: Path, meta: dict[str, Any] | None = None) -> Path:
         raise DataError(
             f"{missing[0]} not found: {run} is not a run folder written by evaluate or benchmark"
         )
-    payload = json.loads(needed[0].read_text())
+    payload = _read_json(needed[0], dict, ("rows",))
     if meta is None:
-        meta = json.loads(needed[1].read_text())
+        meta = _read_json(needed[1], dict, ())
     figures_file = run / "figures.json"
-    figures = json.loads(figures_file.read_text()) if figures_file.is_file() else {}
+    figures = _read_json(figures_file, dict, ()) if figures_file.is_file() else {}
+    if not all(isinstance(v, dict) for v in figures.values()):
+        raise DataError(f"{figures_file} is damaged (not a table of figures); run again")
     path = run / "report.html"
-    path.write_text(render(payload, figures, meta, run))
+    try:
+        text = render(payload, figures, meta, run)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(
+            f"{needed[0]} or its run.json is damaged ({type(exc).__name__}: {exc}); run the "
+            "evaluation or benchmark again"
+        ) from exc
+    tmp = run / ".report.html.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
     return path
+
+
+def _read_json(path: Path, kind: type, keys: tuple[str, ...]) -> Any:
+    """A JSON file of a run folder; DataError naming it when it is damaged."""
+    from defectscope.errors import DataError
+
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is damaged or unreadable ({exc}); run again") from exc
+    if not isinstance(value, kind) or any(k not in value for k in keys):
+        raise DataError(f"{path} is damaged (not the record defectscope writes); run again")
+    return value

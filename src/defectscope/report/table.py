@@ -205,7 +205,9 @@ def write_tables(results: Sequence[CategoryResult], out_dir: Path) -> dict[str, 
         "notices": notices,
         "results": [r.to_dict() for r in results],
     }
-    paths["json"].write_text(json.dumps(payload, indent=2))
+    tmp = paths["json"].with_name(".results.json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(paths["json"])  # a damaged results.json never replaces a good one
     md = ["# Results", "", markdown_table(rows), "", "## Rankings", "", markdown_rankings(ranks)]
     if notices:
         md += ["## Notices", "", *[f"- {n}" for n in dict.fromkeys(notices)], ""]

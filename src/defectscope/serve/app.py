@@ -11,6 +11,8 @@ files: the page is a string in :mod:`defectscope.serve.page`.
 import asyncio
 import base64
 import io
+import logging
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,45 @@ class Limits:
     max_queue: int = 64
     max_batch: int = 8
     max_wait: float = 0.01
+    #: decoded size of one image (width x height x channels x bytes per sample) at most
+    max_decoded_bytes: int = 256 * 1024 * 1024
+
+
+#: the image formats the service decodes: those of the CLI's suffixes, nothing else (Pillow
+#: would otherwise hand EPS to Ghostscript)
+FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF", "WEBP"})
+
+
+def check_upload(name: str, data: bytes, max_decoded: int) -> None:
+    """ApiError unless ``data`` is an image of an allowed format whose decoded size fits the
+    budget, read from its header before any pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, (width, height), mode = image.format, image.size, image.mode
+            frames = getattr(image, "n_frames", 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ApiError(415, f"{name}: not an image file this service reads ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, f"{name}: decompression bomb: {exc}") from exc
+    if fmt not in FORMATS:
+        raise ApiError(
+            415, f"{name}: {fmt} images are not accepted; send {', '.join(sorted(FORMATS))}"
+        )
+    if frames != 1:
+        raise ApiError(422, f"{name}: {frames} frames (pages); send one image per file")
+    samples = {"1": 1, "L": 1, "P": 1, "LA": 2, "RGB": 3, "YCbCr": 3, "RGBA": 4, "CMYK": 4}
+    depth = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") or mode.startswith("I") else 1
+    decoded = width * height * samples.get(mode, 4) * depth
+    # the decoder also makes an RGB copy and a float copy: budget what they take too
+    needed = decoded + width * height * 3 * 5
+    if needed > max_decoded:
+        raise ApiError(
+            413,
+            f"{name}: a {width}x{height} {mode} image needs about {needed >> 20} MB to decode; "
+            f"the limit is {max_decoded >> 20} MB",
+        )
 
 
 class ApiError(Exception):
@@ -77,7 +118,30 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
         yield
         batcher.close()
 
-    app = FastAPI(title="defectscope", version=__version__, lifespan=lifespan)
+    # no /docs, /redoc or /openapi.json: they would answer without the key and load scripts
+    # from a CDN; the routes are documented in the README
+    app = FastAPI(
+        title="defectscope",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self' 'unsafe-inline'; connect-src 'self'",
+        )
+        return response
+
     app.state.batcher = batcher
     app.state.scorer = scorer
 
@@ -135,14 +199,19 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
                 f"request of {int(declared):,} bytes is over the limit of "
                 f"{limits.max_upload_bytes:,}",
             )
+        from starlette.requests import ClientDisconnect
+
         chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limits.max_upload_bytes:
-                raise ApiError(
-                    413, f"request is over the limit of {limits.max_upload_bytes:,} bytes"
-                )
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limits.max_upload_bytes:
+                    raise ApiError(
+                        413, f"request is over the limit of {limits.max_upload_bytes:,} bytes"
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect as exc:  # nobody is left to read an answer: no traceback
+            raise ApiError(400, "the client disconnected during the upload") from exc
         return b"".join(chunks)
 
     async def uploads(request: Request) -> list[tuple[str, bytes]]:
@@ -174,6 +243,7 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
         return files
 
     def decode(name: str, data: bytes) -> np.ndarray:
+        check_upload(name, data, limits.max_decoded_bytes)
         try:
             return decode_image(data, None, name)
         except DataError as exc:
@@ -257,9 +327,38 @@ def serve(
     quiet: bool = False,
 ) -> None:
     """Load ``model`` and serve it with uvicorn until interrupted."""
+    import copy
+
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     app = create_app(model, api_key=api_key, limits=limits)
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": RedactKey}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact")
     uvicorn.run(
-        app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet
+        app,
+        host=host,
+        port=port,
+        log_level="warning" if quiet else "info",
+        access_log=not quiet,
+        log_config=config,
+        timeout_keep_alive=5,
     )
+
+
+class RedactKey(logging.Filter):
+    """Access-log lines never show an API key given as ``?api_key=``."""
+
+    PATTERN = re.compile(r"(api_key=)[^&\s\"]*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                self.PATTERN.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1[redacted]", record.msg)
+        return True
