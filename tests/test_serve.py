@@ -289,12 +289,17 @@ def test_operator_page_in_headless_chromium(live_server, texture, tmp_path):
             badge = page.locator(".card .verdict").first
             badge.wait_for(timeout=30_000)
             assert badge.inner_text() == "FAIL"
+            # the plain heatmap at the image's own size: no banner or threshold mark baked in
+            # that could disagree with the slider
             assert page.evaluate(
                 "() => { const i = document.querySelector('.card img');"
-                " return i.complete && i.naturalWidth > 64; }"
+                " return i.complete && i.naturalWidth === 64 && i.naturalHeight === 64; }"
             )
+            card = page.locator(".card").first
+            assert card.get_attribute("class") == "card failed"
             page.locator("#threshold").fill(page.get_attribute("#threshold", "max"))
             assert badge.inner_text() == "pass"  # the slider re-classifies without a request
+            assert card.get_attribute("class") == "card passed"
             page.click("#reset")
             assert badge.inner_text() == "FAIL"
             assert page.locator("#history li").count() == 1

@@ -249,7 +249,7 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
         except DataError as exc:
             raise ApiError(_status_of(exc), str(exc)) from exc
 
-    def describe(name, image, score, amap, threshold, want_overlay) -> dict[str, Any]:
+    def describe(name, image, score, amap, threshold, want_overlay, want_heatmap) -> dict[str, Any]:
         from defectscope.regions import find_regions
 
         height, width = image.shape[:2]
@@ -266,6 +266,15 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
             "height": height,
             "regions": [r.to_dict() for r in regions],
         }
+        if want_heatmap:
+            from PIL import Image
+
+            from defectscope.report.visualize import overlay as heatmap
+
+            scale = scorer.colour_scale or (float(amap.min()), float(max(amap.max(), threshold)))
+            buffer = io.BytesIO()
+            Image.fromarray(heatmap(image, amap, *scale)).save(buffer, format="PNG")
+            out["heatmap_png_base64"] = base64.b64encode(buffer.getvalue()).decode("ascii")
         if want_overlay:
             from PIL import Image
 
@@ -289,7 +298,12 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
         return out
 
     @app.post("/predict")
-    async def predict(request: Request, overlay: bool = False, threshold: float | None = None):
+    async def predict(
+        request: Request,
+        overlay: bool = False,
+        heatmap: bool = False,
+        threshold: float | None = None,
+    ):
         check_key(request)
         if threshold is not None and not np.isfinite(threshold):
             raise ApiError(422, "threshold must be a finite number")
@@ -305,7 +319,7 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
         except DefectscopeError as exc:
             raise ApiError(422, str(exc)) from exc
         results = [
-            await run_in_threadpool(describe, name, image, s, m, t, overlay)
+            await run_in_threadpool(describe, name, image, s, m, t, overlay, heatmap)
             for (name, _), image, s, m in zip(files, images, scores, maps)
         ]
         return {

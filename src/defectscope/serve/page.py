@@ -1,7 +1,7 @@
 """The operator page served at ``/``: plain HTML, CSS and JavaScript, no CDN, no network
 beyond this server."""
 
-PAGE = """<!DOCTYPE html>
+PAGE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>defectscope inspection</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 1em 2em; color: #222; }
@@ -15,10 +15,14 @@ body { font-family: system-ui, sans-serif; margin: 1em 2em; color: #222; }
 .verdict { font-weight: bold; padding: 0.1em 0.5em; border-radius: 4px; color: #fff; }
 .fail { background: #c8261e; } .pass { background: #1e8a3c; }
 #history { font-size: 0.9em; } #error { color: #c8261e; }
+#threshold { width: 32em; max-width: 90vw; height: 1.6em; }
+.card.failed { border: 3px solid #c8261e; } .card.passed { border: 3px solid #1e8a3c; }
+.name { overflow-wrap: anywhere; }
 </style></head><body>
 <h1>defectscope inspection</h1>
 <div id="model">loading model...</div>
-<div id="drop">Drop images here, or <input type="file" id="files" multiple accept="image/*"></div>
+<div id="drop">Drop images or folders here, or <input type="file" id="files" multiple
+  accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff,.webp"></div>
 <div id="controls">
   <label>threshold <input type="range" id="threshold" min="0" max="1" step="any">
   <output id="threshold-value"></output></label>
@@ -48,6 +52,7 @@ function render() {
     failed += fail;
     item.badge.textContent = fail ? "FAIL" : "pass";
     item.badge.className = "verdict " + (fail ? "fail" : "pass");
+    item.card.className = "card " + (fail ? "failed" : "passed");
   }
   document.getElementById("counts").textContent =
       shown.length ? failed + " of " + shown.length + " shown failed at " + t.toPrecision(4) : "";
@@ -68,23 +73,29 @@ async function loadModel() {
 async function send(files) {
   document.getElementById("error").textContent = "";
   const form = new FormData();
-  for (const file of files) form.append("files", file, file.name);
-  const response = await fetch("/predict?overlay=true", {method: "POST", body: form, headers});
+  // relative names (a dropped folder's cut/000.png and hole/000.png stay apart)
+  for (const file of files) form.append("files", file, file.webkitRelativePath || file.name);
+  // the plain heatmap: the verdict, its colours and the counts are drawn here, from the
+  // slider, so that nothing on the page disagrees with it
+  const response = await fetch("/predict?heatmap=true", {method: "POST", body: form, headers});
   const body = await response.json();
   if (!response.ok) { document.getElementById("error").textContent = body.error; return; }
   for (const r of body.results) {
     const card = document.createElement("div");
     card.className = "card";
     const img = document.createElement("img");
-    img.src = "data:image/png;base64," + r.overlay_png_base64;
+    img.src = "data:image/png;base64," + r.heatmap_png_base64;
     img.alt = "heatmap of " + r.name;
     const line = document.createElement("div");
     const badge = document.createElement("span");
-    line.append(badge, " " + r.name + "  score " + r.score.toPrecision(4) +
-                " (" + r.normalized_score.toFixed(2) + "), " + r.regions.length + " regions");
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = " " + r.name + "  score " + r.score.toPrecision(4) +
+        " (model scale " + r.normalized_score.toFixed(2) + ")";
+    line.append(badge, name);
     card.append(img, line);
     document.getElementById("results").prepend(card);
-    shown.push({score: r.score, badge: badge});
+    shown.push({score: r.score, badge: badge, card: card});
     // the slider covers every shown score, so any verdict can be flipped
     const margin = 0.5 * ((model.score_scale && model.score_scale.spread) || 1);
     slider.max = Math.max(parseFloat(slider.max), r.score + margin);
@@ -107,8 +118,27 @@ document.getElementById("files").addEventListener("change", e => send(e.target.f
 const drop = document.getElementById("drop");
 drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", e => {
-  e.preventDefault(); drop.classList.remove("over"); send(e.dataTransfer.files);
+async function entries(entry, path, out) {
+  if (entry.isFile) {
+    const file = await new Promise((ok, fail) => entry.file(ok, fail));
+    out.push(new File([file], path + file.name, {type: file.type}));
+  } else if (entry.isDirectory) {
+    const reader = entry.createReader();
+    let batch;
+    do {
+      batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+      for (const child of batch) await entries(child, path + entry.name + "/", out);
+    } while (batch.length);
+  }
+}
+drop.addEventListener("drop", async e => {
+  e.preventDefault(); drop.classList.remove("over");
+  const items = [...e.dataTransfer.items].map(i => i.webkitGetAsEntry && i.webkitGetAsEntry());
+  if (!items.length || items.some(i => !i)) { send(e.dataTransfer.files); return; }
+  const files = [];
+  for (const entry of items) await entries(entry, "", files);
+  const images = files.filter(f => /\.(png|jpe?g|bmp|tiff?|webp)$/i.test(f.name));
+  for (let i = 0; i < images.length; i += 16) await send(images.slice(i, i + 16));
 });
 loadModel();
 </script>
