@@ -155,3 +155,32 @@ def test_label_components_matches_scipy():
         assert n_ours == n_theirs
         assert len(set(zip(ours[mask].tolist(), theirs[mask].tolist()))) == n_ours  # same sets
         assert ((ours > 0) == mask).all()
+
+
+def test_predict_takes_pil_images_folders_and_gives_maps_at_image_size(fitted, texture, tmp_path):
+    from PIL import Image
+
+    from defectscope.errors import ConfigError, DataError
+
+    path = sorted((texture / "test" / "scratch").glob("*.png"))[0]
+    [from_path] = fitted.predict(path)
+    [from_pil] = fitted.predict(Image.open(path))
+    assert from_pil.score == pytest.approx(from_path.score, rel=1e-5)
+    grey16 = Image.fromarray((np.asarray(Image.open(path).convert("L")).astype(np.uint16) * 16))
+    assert len(fitted.predict([grey16, Image.open(path).convert("L")])) == 2
+    # a category folder gives its test images only, never train/ or ground_truth/
+    from_folder = fitted.predict(texture)
+    tests = sorted(p for p in (texture / "test").rglob("*.png"))
+    assert [p.path for p in from_folder] == [str(p) for p in tests]
+    big = np.asarray(Image.open(path).convert("RGB").resize((150, 90)))
+    [wide] = fitted.predict(big, map_size="image")
+    assert wide.anomaly_map.shape == (90, 150)
+    assert fitted.predict(big)[0].anomaly_map.shape == fitted.input_shape
+    with pytest.raises(ConfigError, match="map_size must be 'model' or 'image'"):
+        fitted.predict(big, map_size="full")
+    with pytest.raises(DataError, match="at least 16 px"):
+        fitted.predict(np.zeros((8, 8, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match="cannot score a int"):
+        fitted.predict([3])
+    with pytest.raises(DataError, match="no image files in"):
+        fitted.predict(tmp_path)

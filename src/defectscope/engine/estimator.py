@@ -285,7 +285,8 @@ class Detector(Scorer):
         fitter.shared_state(first if getattr(fitter, "lean", False) else to_tensor(first))
         for k, members in enumerate(folds):
             fitter.start_fold(k)
-            self._feed(fitter, [paths[i] for i in members], engine, config.input_shape)
+            desc = f"fitting fold {k + 1}/{len(folds)}"
+            self._feed(fitter, [paths[i] for i in members], engine, config.input_shape, desc=desc)
         n_synthetic = min(engine.synthetic, SYNTHETIC_PER_IMAGE * n)
         if n_synthetic:
             try:
@@ -495,14 +496,21 @@ class Detector(Scorer):
                 self._epoch_bar = None
 
     def _feed(
-        self, fitter, paths, engine, size, labels: np.ndarray | None = None, record: bool = True
+        self,
+        fitter,
+        paths,
+        engine,
+        size,
+        labels: np.ndarray | None = None,
+        record: bool = True,
+        desc: str = "fitting",
     ) -> None:
         """Feed ``paths`` to ``fitter`` batch by batch; with ``record``, keep their intensity
         statistics for the shift check. Lean fitters take the uint8 batches as they are."""
         lean = getattr(fitter, "lean", False)
         batches = iter_batches(paths, size, engine.batch_size, engine.num_workers)
         self._end_stage()
-        with progress_bar(len(paths), "fitting", enabled=engine.progress) as bar:
+        with progress_bar(len(paths), desc, enabled=engine.progress) as bar:
             for idx, batch in batches:
                 y = None
                 if labels is not None:

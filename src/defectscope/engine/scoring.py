@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from defectscope.data.loader import ImageInput
-from defectscope.errors import DataError, ScoringError
+from defectscope.errors import ConfigError, DataError, ScoringError
 from defectscope.results import Prediction, ScoredImages
 
 
@@ -57,6 +57,21 @@ def as_image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]
                 "or uint8 arrays (H, W[, 3])"
             )
     return out
+
+
+def _at_image_size(amap: np.ndarray, item: ImageInput) -> np.ndarray:
+    """An anomaly map resized (bilinear) to the size of the image it belongs to."""
+    from PIL import Image
+
+    from defectscope.data.images import image_size
+
+    width, height = image_size(item) if isinstance(item, (str, Path)) else item.shape[1::-1]
+    if (height, width) == amap.shape:
+        return amap
+    resized = Image.fromarray(amap.astype(np.float32), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized)
 
 
 class Scorer(ABC):
@@ -175,9 +190,14 @@ class Scorer(ABC):
         *,
         threshold: float | None = None,
         stats: list[tuple[np.ndarray, np.ndarray]] | None = None,
+        map_size: str = "model",
     ) -> list[Prediction]:
         """One :class:`Prediction` per image, with pass/fail at ``threshold`` (default: the
-        model's); ``stats`` as for :meth:`iter_scores`."""
+        model's); ``stats`` as for :meth:`iter_scores`. ``map_size``: ``"model"`` (anomaly maps
+        at the model's input shape) or ``"image"`` (resized to each image's own size, as
+        shown: EXIF orientation applied)."""
+        if map_size not in ("model", "image"):
+            raise ConfigError(f"map_size must be 'model' or 'image', got {map_size!r}")
         self.check_fitted()
         t = float(self.threshold_ if threshold is None else threshold)
         if not np.isfinite(t):
@@ -197,5 +217,10 @@ class Scorer(ABC):
                 normalized_score=float(n),
                 threshold=t,
             )
-            for item, s, m, n in zip(items, scored.scores, scored.maps, normalized)
+            for item, s, m, n in zip(
+                items,
+                scored.scores,
+                scored.maps if map_size == "model" else map(_at_image_size, scored.maps, items),
+                normalized,
+            )
         ]

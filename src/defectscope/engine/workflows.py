@@ -233,6 +233,8 @@ def benchmark(
         "data": str(data),
         "models": list(models),
         "params": params,
+        # every option as it ran (defaults included), not only what was given
+        "effective": {name: _effective(name, params.get(name, {})) for name in models},
         "executor": str(executor) if executor is not None else "local",
         "failures": failures,
         "status": "running",
@@ -270,6 +272,14 @@ def benchmark(
     meta["status"] = "complete"
     write_run(results, run, meta)
     return BenchmarkOutcome(results, failures)
+
+
+def _effective(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Every option of detector ``name`` with the values ``given`` applied (no progress)."""
+    config, engine = make_detector(name, given).options()
+    out = {**config.to_dict(), **engine.to_dict()}
+    out.pop("progress", None)
+    return out
 
 
 def fit_root(

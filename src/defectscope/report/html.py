@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -292,11 +293,32 @@ def render(
     parts.append("</ul>")
     parts.append("<h2>Configuration</h2>")
     parts.append(f"<p>Command: <code>{html.escape(command)}</code></p>")
+    effective = meta.get("effective")
     parts.append(
-        f"<pre>{html.escape(json.dumps(meta.get('params', {}), indent=2, default=str))}</pre>"
+        "<p>Every option as it ran, defaults included:</p>"
+        if effective
+        else "<p>The options given (the others at their defaults):</p>"
     )
+    shown_options = effective or meta.get("params", {})
+    parts.append(f"<pre>{html.escape(json.dumps(shown_options, indent=2, default=str))}</pre>")
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return _with_contents(parts)
+
+
+def _with_contents(parts: list[str]) -> str:
+    """The page with an id on every section heading and a table of contents after the title."""
+    contents, out = [], []
+    for part in parts:
+        match = re.match(r"<h2>(.*?)</h2>(.*)", part, flags=re.S)
+        if match:
+            anchor = f"s{len(contents) + 1}"
+            contents.append(f'<li><a href="#{anchor}">{match.group(1)}</a></li>')
+            part = f'<h2 id="{anchor}">{match.group(1)}</h2>{match.group(2)}'
+        out.append(part)
+    nav = '<nav><h2>Contents</h2><ol class="contents">' + "".join(contents) + "</ol></nav>"
+    title = next(i for i, part in enumerate(out) if part.startswith("<h1>"))
+    out.insert(title + 2, nav)  # after the title and its line of provenance
+    return "\n".join(out)
 
 
 def write_report(results: Sequence[CategoryResult], run: Path, meta: dict[str, Any]) -> Path:

@@ -114,9 +114,29 @@ def score_histogram(result: CategoryResult, path: Path) -> Path:
     )
 
 
+def _as_shown(path: str, long_side: int = 320) -> np.ndarray:
+    """An image at its own aspect ratio (long side ``long_side``): figures never squash a
+    portrait part into the model's square input."""
+    image = load_image(path, None)
+    height, width = image.shape[:2]
+    scale = long_side / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return load_image(path, size) if size != (height, width) else image
+
+
+def _resized_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if mask.shape == shape:
+        return mask
+    picture = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(picture.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 127
+
+
 def example_grid(result: CategoryResult, path: Path, per_group: int = 3) -> Path | None:
     """Rows of image | ground truth | heatmap overlay | predicted mask for the most confident
-    detections, the missed defects and the false alarms (no ground-truth column without masks)."""
+    detections, the missed defects and the false alarms (no ground-truth column without masks),
+    every panel at the image's own aspect ratio."""
     examples = [
         (group, i)
         for group, i in pick_examples(result.images, result.threshold, per_group)
@@ -127,18 +147,25 @@ def example_grid(result: CategoryResult, path: Path, per_group: int = 3) -> Path
     vmin, vmax = color_scale(result)
     with_gt = result.example_masks is not None
     columns = ["image", *(["ground truth"] if with_gt else []), "heatmap", "predicted mask"]
-    fig = Figure(figsize=(2.3 * len(columns) + 0.6, 2.3 * len(examples)))
+    first = _as_shown(result.images[examples[0][1]].path)
+    aspect = first.shape[0] / first.shape[1]  # height / width
+    cell = 2.3
+    fig = Figure(
+        figsize=(cell * len(columns) + 1.2, cell * aspect * len(examples) + 0.6),
+        layout="constrained",
+    )
     axes = fig.subplots(len(examples), len(columns), squeeze=False)
-    size = next(iter(result.example_maps.values())).shape[-1]
     for row, (group, i) in enumerate(examples):
         r = result.images[i]
-        image = load_image(r.path, size)
+        image = _as_shown(r.path)
+        shape = image.shape[:2]
+        amap = result.example_maps[i]
         panels = [image]
         if with_gt:
-            panels.append(mask_image(result.example_masks[i]))
+            panels.append(mask_image(_resized_mask(result.example_masks[i], shape)))
         panels += [
-            overlay(image, result.example_maps[i], vmin, vmax),
-            mask_image(result.example_maps[i] > result.threshold),
+            overlay(image, amap, vmin, vmax),
+            mask_image(_resized_mask(amap > result.threshold, shape)),
         ]
         for col, panel in enumerate(panels):
             ax = axes[row, col]
@@ -171,7 +198,9 @@ def synthetic_grid(result: CategoryResult, path: Path, columns: int = 4) -> Path
     height, width = examples[0][0].shape[:2]
     rows = 2 * -(-len(examples) // columns)
     cell = 2.2
-    fig = Figure(figsize=(cell * columns * width / max(width, height) + 0.8, cell * rows))
+    fig = Figure(
+        figsize=(cell * columns + 0.4, cell * rows * height / width + 0.5), layout="constrained"
+    )
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
