@@ -166,7 +166,7 @@ def test_predict_takes_pil_images_folders_and_gives_maps_at_image_size(fitted, t
     [from_path] = fitted.predict(path)
     [from_pil] = fitted.predict(Image.open(path))
     assert from_pil.score == pytest.approx(from_path.score, rel=1e-5)
-    grey16 = Image.fromarray((np.asarray(Image.open(path).convert("L")).astype(np.uint16) * 16))
+    grey16 = Image.fromarray(np.asarray(Image.open(path).convert("L")).astype(np.uint16) * 16)
     assert len(fitted.predict([grey16, Image.open(path).convert("L")])) == 2
     # a category folder gives its test images only, never train/ or ground_truth/
     from_folder = fitted.predict(texture)
