@@ -168,3 +168,26 @@ def test_non_square_inputs_keep_the_aspect_ratio(model, wide_texture, tmp_path):
     got = exported.score(images)
     assert got.maps.shape == scored.maps.shape
     np.testing.assert_allclose(got.scores, scored.scores, rtol=1e-3)
+
+
+def test_memory_budget_reduces_patches_as_they_arrive(mvtec_root, tmp_path):
+    """Over the budget, each fold's patches are reduced in chunks as they arrive: the bank has
+    the same size, the detector still works, and a budget below one batch is one clear error."""
+    from defectscope import PatchCore
+    from defectscope.data.synthetic import make_category
+    from defectscope.engine.evaluation import evaluate
+    from defectscope.errors import ConfigError
+
+    category = make_category(tmp_path / "big", kind="texture", n_train=40, size=128, seed=3)
+    params = {"image_size": 128, "batch_size": 2, "num_workers": 1, "coreset_ratio": 0.05}
+    free = PatchCore(**params).fit(category)
+    tight = PatchCore(**params, memory_budget=0.001).fit(category)
+    assert free.fit_info_["chunks_reduced_early"] == 0
+    assert tight.fit_info_["chunks_reduced_early"] > 0
+    assert tight.fit_info_["bank_size"] == free.fit_info_["bank_size"]
+    assert tight.fit_info_["memory_budget_gb"] == 0.001
+    assert evaluate(tight, category).metrics["image_auroc"] >= 0.9
+    with pytest.raises(ConfigError, match="below one batch's patches"):
+        PatchCore(**{**params, "batch_size": 32}, memory_budget=0.001).fit(category)
+    with pytest.raises(ConfigError, match=r"memory_budget must be in \[0.001, "):
+        PatchCore(**params, memory_budget=1e6).fit(category)

@@ -110,7 +110,8 @@ def test_single_category_report_has_no_rankings(texture, tmp_path):
     args = ["benchmark", "--data", str(texture), "--project", str(project), *PADIM_ARGS]
     assert main(args) == 0
     page = (project / "benchmark" / "benchmark" / "report.html").read_text()
-    assert "<h2>Rankings</h2>" not in page and "<h2>Summary</h2>" in page
+    assert ">Rankings</h2>" not in page and ">Summary</h2>" in page
+    assert '<a href="#s1">Summary</a>' in page  # the table of contents
 
 
 def test_report_verb_rebuilds(run, tmp_path):

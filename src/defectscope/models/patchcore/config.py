@@ -57,9 +57,23 @@ class PatchcoreConfig(BackboneOptions):
     reweight: bool = option(False, "the paper's re-weighting of the image score by bank density")
     num_neighbors: int = option(9, "bank neighbours used by the re-weighting (the paper's b)")
     sigma: float = option(4.0, "standard deviation of the map's Gaussian smoothing, in pixels")
+    memory_budget: float | None = option(
+        None,
+        "GB the training patches waiting for their coreset may take: above it they are reduced "
+        "as they arrive (a coreset of twice the ratio per chunk), so a fit's memory stays "
+        "bounded whatever the number of images (default: an eighth of the machine's memory, "
+        "at most 4)",
+    )
 
     def validate(self) -> None:
         super().validate()
+        if self.memory_budget is not None:
+            total = machine_memory_gb()
+            self.require(
+                0.001 <= self.memory_budget <= total,
+                "memory_budget",
+                f"in [0.001, {total:.1f}] GB (this machine's memory)",
+            )
         self.require(
             self.neighbourhood >= 1 and self.neighbourhood % 2 == 1, "neighbourhood", "odd, >= 1"
         )
@@ -69,3 +83,21 @@ class PatchcoreConfig(BackboneOptions):
         self.require(self.num_neighbors >= 1, "num_neighbors", ">= 1")
         self.require(self.k_nearest >= 1, "k_nearest", ">= 1")
         self.require(self.sigma >= 0, "sigma", ">= 0")
+
+
+def machine_memory_gb() -> float:
+    """This machine's physical memory in GB (8 where the system does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (AttributeError, OSError, ValueError):
+        return 8.0
+
+
+def memory_budget_bytes(config: PatchcoreConfig) -> int:
+    """The patches' memory budget of ``config`` in bytes (its default resolved)."""
+    gb = config.memory_budget
+    if gb is None:
+        gb = min(4.0, machine_memory_gb() / 8)
+    return int(gb * 1e9)

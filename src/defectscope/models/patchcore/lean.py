@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from defectscope.errors import ConfigError
 from defectscope.memory import release_free_memory
 from defectscope.models.lean import (
     LEAN_ILLUMINATION,
@@ -18,7 +19,7 @@ from defectscope.models.lean import (
     graph_key,
     saved_target,
 )
-from defectscope.models.patchcore.config import PatchcoreConfig
+from defectscope.models.patchcore.config import PatchcoreConfig, memory_budget_bytes
 from defectscope.ops.coreset import greedy_coreset
 from defectscope.ops.search import nearest_distance
 
@@ -101,13 +102,38 @@ class BankBuilder:
         #: per fold: its oversampled coreset, that selection's radius, its number of patches
         self.folds: dict[int, tuple[np.ndarray, float | None, int]] = {}
         self._fold_patches = 0
+        self.budget = memory_budget_bytes(config)
+        self._pending_bytes = 0
+        self._chunks: list[tuple[np.ndarray, float | None]] = []  # the current fold's reductions
+        self.n_chunks = 0  # chunks reduced before their fold closed (0: nothing over budget)
 
     def add(self, feats: np.ndarray) -> None:
-        """The ``(B, P, D)`` patch embeddings of ``B`` training images."""
+        """The ``(B, P, D)`` patch embeddings of ``B`` training images. In a fit with folds,
+        the patches waiting for their coreset are reduced to one (of twice the ratio) whenever
+        they would exceed the memory budget: memory stays bounded, time linear in the images."""
+        if feats.nbytes > self.budget:
+            raise ConfigError(
+                f"the memory budget ({self.budget / 1e9:.3g} GB) is below one batch's patches "
+                f"({feats.nbytes / 1e9:.3g} GB): raise memory_budget or lower batch_size"
+            )
+        if self.fold is not None and self._pending_bytes + feats.nbytes > self.budget:
+            self._reduce_chunk()
+            self.n_chunks += 1
         self.patches.append(feats.reshape(-1, feats.shape[-1]))
+        self._pending_bytes += feats.nbytes
         self.n_images += feats.shape[0]
         self.n_patches += feats.shape[0] * feats.shape[1]
         self._fold_patches += feats.shape[0] * feats.shape[1]
+
+    def _reduce_chunk(self) -> None:
+        """The waiting patches of the current fold -> a coreset of twice the ratio, kept until
+        the fold closes."""
+        patches = self.take_patches()
+        if patches is None:
+            return
+        part, radius = self.select(patches, self.config.coreset_ratio * SHARD_OVERSAMPLE)
+        del patches
+        self._chunks.append((part, radius))
 
     def take_patches(self) -> np.ndarray | None:
         """The patches not yet in a coreset (and forget them), or None."""
@@ -115,6 +141,7 @@ class BankBuilder:
             return None
         patches = np.concatenate(self.patches) if len(self.patches) > 1 else self.patches[0]
         self.patches = []
+        self._pending_bytes = 0
         release_free_memory()
         return patches
 
@@ -150,13 +177,13 @@ class BankBuilder:
         self.fold = fold
 
     def _close_fold(self) -> None:
-        patches = self.take_patches()
-        if self.fold is None or patches is None:
+        if self.fold is None or (not self.patches and not self._chunks):
             return
-        ratio = self.config.coreset_ratio * SHARD_OVERSAMPLE
-        part, radius = self.select(patches, ratio)
-        del patches
-        self.folds[self.fold] = (part, radius, self._fold_patches)
+        self._reduce_chunk()
+        parts, self._chunks = self._chunks, []
+        part = np.concatenate([p for p, _ in parts]) if len(parts) > 1 else parts[0][0]
+        radii = [r for _, r in parts if r is not None]
+        self.folds[self.fold] = (part, max(radii) if radii else None, self._fold_patches)
         self._fold_patches = 0
 
     def _merge(self, folds: list[int]) -> tuple[np.ndarray, float | None]:
@@ -189,6 +216,8 @@ class BankBuilder:
             "n_patches": self.n_patches,
             "bank_size": 0 if self.bank is None else len(self.bank),
             "coreset_radius": self.radius,
+            "memory_budget_gb": round(self.budget / 1e9, 3),
+            "chunks_reduced_early": self.n_chunks,
         }
 
 
