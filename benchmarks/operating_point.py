@@ -53,9 +53,10 @@ def main() -> None:
                 t = model.threshold_
                 best, _ = best_f1(labels, scores)
                 by_rule = {}
+                oof = model.out_of_fold_scores_
                 for rule in RULES:
                     other = choose(
-                        model.out_of_fold_scores_, model.synthetic_scores_, rule=rule
+                        oof[np.isfinite(oof)], model.synthetic_scores_, rule=rule
                     ).threshold
                     by_rule[f"f1_{rule}"] = f1_at(labels, scores, other)
                     by_rule[f"test_false_reject_{rule}"] = float((scores[~labels] > other).mean())

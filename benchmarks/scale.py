@@ -1,10 +1,14 @@
-"""Fit peak memory and time against the number of training images.
+"""Fit time and peak memory against the number of training images, with the image AUROC at
+every size.
 
-Fits PaDiM (default configuration) on the first N training images of a category, repeating
-images when N exceeds what the category has, each N in a fresh subprocess so that peak RSS is
-that fit's alone. Peak memory should stay flat (streaming statistics) and time grow linearly.
+Fits a detector (default configuration) on the first N training images of a category,
+repeating images when N exceeds what the category has, each N in a fresh subprocess so that
+peak RSS is that fit's alone; then (``--evaluate``) scores the category's test split. The
+feature graph is cached before the first child runs, so no child pays for exporting it.
 
-    python benchmarks/scale.py --data ../shared/datasets/screw --counts 50 100 200 300 400
+    python benchmarks/scale.py --model patchcore --data ../shared/datasets/screw \\
+        --counts 160 320 1280 --evaluate
+    python benchmarks/scale.py --model padim --data ../shared/datasets/screw --counts 50 400
 """
 
 from __future__ import annotations
@@ -17,58 +21,59 @@ import sys
 import time
 
 
-def child(data: str, count: int, runtime: str) -> None:
-    from defectscope import PaDiM
+def child(data: str, count: int, model: str, evaluate: bool) -> None:
     from defectscope.data import load_category
+    from defectscope.engine.estimator import make_detector
 
-    paths = list(load_category(data).train_paths)
+    category = load_category(data)
+    paths = list(category.train_paths)
     paths = (paths * (count // len(paths) + 1))[:count]
-    model = PaDiM(runtime=runtime)
-    model._build_extractor()  # build (and export) first so that only fitting is timed
+    detector = make_detector(model, {})
     start = time.perf_counter()
-    model.fit(paths)
+    detector.fit(paths)
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps({"count": count, "fit_s": seconds, "peak_rss_mb": rss}))
+    row = {"model": model, "count": count, "fit_s": seconds, "peak_rss_mb": rss}
+    info = detector.fit_info_
+    row.update({k: info[k] for k in ("bank_size", "chunks_reduced_early") if k in info})
+    if evaluate:
+        from defectscope.engine.evaluation import evaluate as run
+
+        start = time.perf_counter()
+        row["image_auroc"] = run(detector, category).metrics["image_auroc"]
+        row["evaluate_s"] = time.perf_counter() - start
+    print("RESULT " + json.dumps(row))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--counts", type=int, nargs="+", default=[50, 100, 200, 400])
-    parser.add_argument("--runtime", default="onnxruntime")
+    parser.add_argument("--model", default="patchcore")
+    parser.add_argument("--counts", type=int, nargs="+", default=[160, 320, 1280])
+    parser.add_argument("--evaluate", action="store_true", help="image AUROC at every size")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.data, args.child, args.runtime)
+        child(args.data, args.child, args.model, args.evaluate)
         return
+    # cache the feature graph first: a child that exported it would time the export too
+    warm = [sys.executable, __file__, "--data", args.data, "--model", args.model, "--child", "3"]
+    subprocess.run(warm, capture_output=True, text=True, check=True)
     rows = []
     for count in args.counts:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--data",
-                args.data,
-                "--runtime",
-                args.runtime,
-                "--child",
-                str(count),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        command = [*warm[:-1], str(count), *(["--evaluate"] if args.evaluate else [])]
+        proc = subprocess.run(command, capture_output=True, text=True, check=True)
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
         rows.append(json.loads(line[7:]))
         print(rows[-1], flush=True)
     base = rows[0]
-    print("\n| training images | fit s | s per image | peak RSS MB | RSS vs first |")
-    print("|---|---|---|---|---|")
+    print("\n| training images | fit s | fit vs first | peak RSS MB | RSS vs first | image AUROC |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
+        auroc = f"{r['image_auroc']:.3f}" if "image_auroc" in r else "n/a"
         print(
-            f"| {r['count']} | {r['fit_s']:.1f} | {r['fit_s'] / r['count']:.3f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / base['peak_rss_mb'] - 1:+.1%} |"
+            f"| {r['count']} | {r['fit_s']:.1f} | {r['fit_s'] / base['fit_s']:.2f}x | "
+            f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x | {auroc} |"
         )
 
 

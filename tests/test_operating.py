@@ -203,3 +203,18 @@ def test_quantile_rule_and_tiny_training_sets(texture, tmp_path):
     assert model.threshold_ == pytest.approx(np.quantile(model.out_of_fold_scores_, 0.9))
     lo, hi = source["operating_point"]["false_reject_interval"]
     assert hi - lo > 0.4  # four images: the interval says how little is known
+
+
+def test_large_training_sets_score_an_even_subset_out_of_fold(texture, monkeypatch):
+    """Scoring every image out of fold costs a search per image: above MAX_OUT_OF_FOLD images
+    an even subset is scored, so a fit's time stays linear in the training set."""
+    from defectscope.engine import estimator
+
+    monkeypatch.setattr(estimator, "MAX_OUT_OF_FOLD", 7)
+    model = small_padim().fit(texture)
+    scores = model.out_of_fold_scores_
+    assert np.isfinite(scores).sum() == 7 and np.isnan(scores).sum() == len(scores) - 7
+    assert np.isfinite(scores[0]) and np.isfinite(scores[-1])  # spread over the files
+    point = model.fit_info_["threshold_source"]["operating_point"]
+    assert point["n_good"] == 7 and point["n_synthetic"] == 7 * 8
+    assert model.fit_info_["threshold_source"]["n_out_of_fold"] == 7

@@ -126,6 +126,8 @@ def fold_split(n: int, folds: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
 
 
+#: training images scored out of fold at most (evenly spread over the files)
+MAX_OUT_OF_FOLD = 1000
 #: synthetic defects per training image at most (few images: several defects from each)
 SYNTHETIC_PER_IMAGE = 8
 #: out-of-fold maps kept to fix the colour scale (their scores set the score scale with all)
@@ -287,7 +289,12 @@ class Detector(Scorer):
             fitter.start_fold(k)
             desc = f"fitting fold {k + 1}/{len(folds)}"
             self._feed(fitter, [paths[i] for i in members], engine, config.input_shape, desc=desc)
-        n_synthetic = min(engine.synthetic, SYNTHETIC_PER_IMAGE * n)
+        # at most MAX_OUT_OF_FOLD images are scored out of fold, spread evenly over the files:
+        # scoring costs a search of the bank per image, so scoring all would make a fit's time
+        # grow with the square of the training set
+        scored = set(np.linspace(0, n - 1, min(n, MAX_OUT_OF_FOLD)).round().astype(int).tolist())
+        n_scored = len(scored)
+        n_synthetic = min(engine.synthetic, SYNTHETIC_PER_IMAGE * n_scored)
         if n_synthetic:
             try:
                 check_size(config.input_shape)
@@ -296,6 +303,7 @@ class Detector(Scorer):
                     f"synthetic={engine.synthetic}: {exc}; or set synthetic=0"
                 ) from None
         good = np.empty(n, dtype=np.float32)
+        good[:] = np.nan
         syn_scores: list[np.ndarray] = []
         sample_scores: list[np.ndarray] = []
         sample_maps: list[np.ndarray] = []
@@ -307,6 +315,9 @@ class Detector(Scorer):
             score = _lean_scores if getattr(module, "lean", False) else _torch_scores
             self._end_stage()
             desc = f"out-of-fold {k + 1}/{len(folds)}"
+            members = [i for i in members if i in scored]
+            if not members:
+                continue
             fold_paths = [paths[i] for i in members]
             for idx, batch, scores, maps in self._run(
                 module, fold_paths, engine, config.input_shape, desc
@@ -317,7 +328,7 @@ class Detector(Scorer):
                     sample_scores.append(scores[:room])
                     sample_maps.append(maps[:room])
                 del maps
-                count = (done + len(idx)) * n_synthetic // n - done * n_synthetic // n
+                count = (done + len(idx)) * n_synthetic // n_scored - done * n_synthetic // n_scored
                 done += len(idx)
                 if not count:
                     continue
@@ -331,8 +342,10 @@ class Detector(Scorer):
                         examples.append((defects[j], masks[j], d_maps[j], kinds[j], d_scores[j]))
             del module
         synthetic = np.concatenate(syn_scores) if syn_scores else None
+        mask = np.zeros(n, dtype=bool)
+        mask[sorted(scored)] = True
         point = choose(
-            good,
+            good[mask],
             synthetic,
             rule=engine.threshold_rule,
             quantile=engine.threshold_quantile,
@@ -346,14 +359,15 @@ class Detector(Scorer):
                 point.summary(),
             )
         self.synthetic_examples_ = examples
+        #: one score per training image (NaN where more than MAX_OUT_OF_FOLD were not scored)
         self.out_of_fold_scores_ = good
         self.synthetic_scores_ = synthetic
         scales = fixed_scales(
-            good, np.concatenate(sample_maps), point.threshold, np.concatenate(sample_scores)
+            good[mask], np.concatenate(sample_maps), point.threshold, np.concatenate(sample_scores)
         )
         source = {
             "rule": point.description,
-            "n_out_of_fold": n,
+            "n_out_of_fold": n_scored,
             "folds": len(folds),
             "operating_point": point.to_dict(),
         }
