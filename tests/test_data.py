@@ -117,3 +117,101 @@ def test_discover_root_and_category(mvtec_root, texture):
         discover(mvtec_root, ["textur"])
     with pytest.raises(DataError, match="no MVTec-layout category"):
         discover(texture / "test")
+
+
+def _png16(path, values, significant=None):
+    """A 16-bit PNG (grey or RGB) of ``values``, with an sBIT chunk if ``significant``."""
+    import struct
+    import zlib
+
+    import png
+
+    height, width = values.shape[:2]
+    grey = values.ndim == 2
+    rows = values.reshape(height, -1).tolist()
+    with open(path, "wb") as handle:
+        png.Writer(width, height, bitdepth=16, greyscale=grey).write(handle, rows)
+    if significant:
+        data = path.read_bytes()
+        body = bytes([significant] * (1 if grey else 3))
+        chunk = struct.pack(">I", len(body)) + b"sBIT" + body
+        chunk += struct.pack(">I", zlib.crc32(b"sBIT" + body) & 0xFFFFFFFF)
+        path.write_bytes(data[:33] + chunk + data[33:])  # right after the IHDR
+    return path
+
+
+def test_sixteen_bit_colour_pngs_are_decoded_at_full_depth(tmp_path):
+    from defectscope.data.images import load_image, native_bits
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 4096, size=(40, 48, 3)).astype(np.uint16)  # a 12-bit camera
+    path = _png16(tmp_path / "rgb16.png", values)
+    image = load_image(path, None)
+    assert native_bits(path) == 12
+    expected = np.rint(values * (255 / 4095)).astype(np.uint8)
+    np.testing.assert_array_equal(image, expected)  # not Pillow's high byte (0..15)
+    # sBIT: values scaled to the full 16 bits, 12 of them significant
+    scaled = (values.astype(np.uint32) << 4 | values >> 8).astype(np.uint16)
+    marked = _png16(tmp_path / "sbit.png", scaled, significant=12)
+    assert native_bits(marked) == 12
+    assert np.abs(load_image(marked, None).astype(int) - expected).max() <= 1
+
+
+def test_bit_depth_is_decided_once_per_source(tmp_path):
+    """Two frames of one part that differ in one pixel get the same scaling, hence almost the
+    same pixels, once the source's depth is recorded (not each image's own maximum)."""
+    from defectscope.data.images import load_image, source_bit_depth
+
+    rng = np.random.default_rng(1)
+    part = rng.integers(200, 900, size=(32, 32)).astype(np.uint16)
+    a = part.copy()
+    b = part.copy()
+    b[0, 0] = 4000  # one hot pixel: on its own maximum, image b would be scaled 4x darker
+    pa, pb = _png16(tmp_path / "a.png", a), _png16(tmp_path / "b.png", b)
+    assert source_bit_depth([pa, pb]) == 12
+    own_a, own_b = load_image(pa, None), load_image(pb, None)
+    assert own_a.mean() > 3 * own_b.mean()  # what per-image scaling did
+    same_a, same_b = load_image(pa, None, bits=12), load_image(pb, None, bits=12)
+    assert np.abs(same_a.astype(int) - same_b.astype(int))[1:, 1:].max() == 0
+    assert source_bit_depth([tmp_path / "missing.png"]) is None
+
+
+def test_values_beyond_the_recorded_depth_are_noticed(tmp_path, caplog):
+    from defectscope.data.images import load_image
+
+    path = _png16(tmp_path / "hot.png", np.full((32, 32), 5000, dtype=np.uint16))
+    with caplog.at_level("WARNING"):
+        image = load_image(path, None, bits=12)
+    assert image.max() == 255  # saturated
+    assert "beyond the 12 bits recorded for its source" in caplog.text
+
+
+def test_a_model_records_its_training_depth_and_applies_it(tmp_path):
+    import defectscope
+
+    from .conftest import small_padim
+
+    rng = np.random.default_rng(2)
+    train = tmp_path / "train"
+    train.mkdir()
+    base = rng.integers(1000, 3000, size=(64, 64)).astype(np.uint16)
+    for i in range(6):
+        noise = rng.integers(0, 200, size=base.shape).astype(np.uint16)
+        _png16(train / f"{i}.png", base + noise)
+    paths = sorted(train.glob("*.png"))
+    model = small_padim(synthetic=16, illumination="none").fit(paths)
+    assert model.fit_info_["bit_depth"] == 12
+    fresh = base + rng.integers(0, 200, size=base.shape).astype(np.uint16)
+    hot = fresh.copy()
+    hot[0, 0] = 4095  # one hot pixel
+    frame = _png16(tmp_path / "hot.png", hot)
+    plain = _png16(tmp_path / "fresh.png", fresh)
+    # scaled by the model's 12 bits, as its training images were: the same part, a similar
+    # score; scaled by its own maximum (16 bits: 4095 fits 12, 4096 would not) it is darker
+    scores = model.score([plain, frame]).scores
+    assert scores[1] < 1.5 * scores[0]
+    darker = load_image(frame, None, bits=16)
+    assert model.score([darker]).scores[0] > 3 * scores[0]
+    reloaded = defectscope.load(model.save(tmp_path / "m.safetensors"))
+    assert reloaded.bit_depth == 12
+    np.testing.assert_allclose(reloaded.score([frame]).scores, scores[1:], rtol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from defectscope.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -151,60 +154,185 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise DataError(f"image {path} is unreadable ({exc}); re-export or remove it") from exc
 
 
-def to_rgb8(image: Image.Image) -> Image.Image:
+def _png_header(data: bytes) -> tuple[int, int, int | None] | None:
+    """``(bit depth, colour type, significant bits or None)`` of a PNG's first bytes (its IHDR
+    and, where present, sBIT chunk); None if ``data`` is not a PNG."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    depth = colour = significant = None
+    at = 8
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        if kind == b"IHDR" and len(body) >= 10:
+            depth, colour = body[8], body[9]
+        elif kind == b"sBIT" and body:
+            significant = max(body)
+        elif kind in (b"IDAT", b"IEND"):
+            break
+        at += 12 + length
+    return None if depth is None else (depth, colour, significant)
+
+
+def _head(source: Path | io.BytesIO, size: int = 1 << 16) -> bytes:
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()[:size]
+    with open(source, "rb") as handle:
+        return handle.read(size)
+
+
+def native_values(image: Image.Image, source: Path | io.BytesIO | None) -> np.ndarray | None:
+    """The integer pixel values of a high-bit-depth image at full depth, ``(H, W)`` or
+    ``(H, W, 3)``; None for 8-bit (and float) images. Pillow reads 16-bit colour PNGs as 8-bit
+    (their high byte: a 12-bit camera's 0..4095 becomes 0..15), so those are decoded with pypng."""
+    if image.mode.startswith("I"):
+        return np.clip(np.asarray(image).astype(np.int64), 0, None)
+    if source is None or image.mode not in ("RGB", "RGBA"):
+        return None
+    header = _png_header(_head(source, 64))  # the IHDR is the first chunk
+    if header is None or header[0] != 16 or header[1] not in (2, 6):
+        return None
+    import png  # pypng: 16-bit colour PNGs only
+
+    data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+    width, height, rows, info = png.Reader(bytes=data).asDirect()
+    values = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    values = values.reshape(height, width, info["planes"])[..., :3].astype(np.int64)
+    if image.size != (width, height) or info["planes"] < 3:
+        raise DataError(
+            "a 16-bit colour PNG turned by its EXIF orientation is not supported at full "
+            "depth: save it upright"
+        )
+    return values
+
+
+def depth_of(values: np.ndarray, significant: int | None = None) -> int:
+    """The bit depth of integer pixel values: the PNG's significant bits where it says, else
+    the smallest of 8, 10, 12, 14, 16, 24 or 32 bits that holds their largest value."""
+    if significant:
+        return int(significant)
+    top = int(values.max()) if values.size else 0
+    return next((b for b in _BIT_DEPTHS if top < 2**b), 32)
+
+
+def native_bits(path: str | Path) -> int:
+    """The bit depth of an image file: 8 for 8-bit images (from the header alone); for 16- and
+    32-bit ones the PNG's sBIT where present, else what their values need."""
+    path = Path(path)
+    with Image.open(path) as image:
+        header = _png_header(_head(path, 64))
+        sixteen = header is not None and header[0] == 16
+        if not image.mode.startswith("I") and not (sixteen and header[1] in (2, 6)):
+            return 8
+        if sixteen:
+            significant = _png_header(_head(path))[2]
+            if significant:
+                return int(significant)
+        image.load()
+        values = native_values(image, path)
+    return 8 if values is None else depth_of(values)
+
+
+def source_bit_depth(items) -> int | None:
+    """The bit depth of a source of images (a model's training images): the largest of their
+    :func:`native_bits` where any has more than 8 bits, else None (8-bit images need none).
+    Arrays are 8-bit by contract."""
+    depths = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            try:
+                depths.append(native_bits(item))
+            except Exception:  # noqa: BLE001 - decoding the file says what is wrong with it
+                continue
+    deepest = max(depths, default=8)
+    return deepest if deepest > 8 else None
+
+
+def to_rgb8(
+    image: Image.Image, bits: int | None = None, native: np.ndarray | None = None
+) -> Image.Image:
     """Any image as 8-bit RGB, scaling high-bit-depth images by the range they really use.
 
     Pillow's own conversion saturates 16-bit grey at 255, turning a 12-bit camera's image white.
-    Integer images of more than 8 bits (``I;16``, ``I``) are scaled by the smallest of 8, 10, 12,
-    14, 16, 24 or 32 bits that holds their largest value (a 12-bit camera's 0..4095 becomes
-    0..255). Float images (``F``) with values in [0, 1] are scaled by 255; other float images by
-    their own minimum and maximum. Palette, grey, CMYK and alpha images convert as usual.
+    Integer images of more than 8 bits (``I;16``, ``I``, 16-bit colour PNGs given as ``native``
+    values) are scaled by ``bits`` (the depth recorded for the source: a model's training
+    images, or the PNG's sBIT), else by the smallest of 8, 10, 12, 14, 16, 24 or 32 bits that
+    holds their largest value (a 12-bit camera's 0..4095 becomes 0..255). Values above the
+    depth saturate. Float images (``F``) with values in [0, 1] are scaled by 255; other float
+    images by their own minimum and maximum. Palette, grey, CMYK and alpha images convert as
+    usual.
     """
-    if image.mode.startswith("I") or image.mode == "F":
+    if native is None and image.mode.startswith("I"):
+        native = np.clip(np.asarray(image).astype(np.int64), 0, None)
+    if native is not None:
+        depth = bits or depth_of(native)
+        scaled = native.astype(np.float64) * (255.0 / (2**depth - 1))
+        out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        if out.ndim == 2:
+            out = np.repeat(out[..., None], 3, axis=2)
+        return Image.fromarray(np.ascontiguousarray(out))
+    if image.mode == "F":
         values = np.asarray(image).astype(np.float64)
         if not np.isfinite(values).all():
             raise DataError("image holds NaN or infinite pixel values")
-        if image.mode == "F":
-            low, high = float(values.min()), float(values.max())
-            if low >= 0.0 and high <= 1.0:
-                scaled = values * 255.0
-            else:
-                scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+        low, high = float(values.min()), float(values.max())
+        if low >= 0.0 and high <= 1.0:
+            scaled = values * 255.0
         else:
-            values = np.clip(values, 0, None)
-            top = float(values.max())
-            bits = next((b for b in _BIT_DEPTHS if top < 2**b), 32)
-            scaled = values * (255.0 / (2**bits - 1))
+            scaled = (values - low) * (255.0 / max(high - low, 1e-12))
         grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] | None) -> np.ndarray:
+def load_image(
+    path: str | Path, size: int | tuple[int, int] | None, bits: int | None = None
+) -> np.ndarray:
     """Read an image as RGB ``uint8`` of shape ``(H, W, 3)``, resized bilinearly to ``size``.
 
     Grayscale, palette and RGBA images become 3-channel RGB; 16- and 32-bit images are scaled to
-    8 bits by :func:`to_rgb8`; the EXIF orientation is applied. ``size`` is an int for a square
-    output, ``(height, width)``, or None to keep the original size.
+    8 bits by :func:`to_rgb8` (by ``bits``, the source's recorded depth, where given); the EXIF
+    orientation is applied. ``size`` is an int for a square output, ``(height, width)``, or None
+    to keep the original size.
 
     Raises:
         DataError: the file is missing, not readable, not an image, truncated, over
             :data:`MAX_IMAGE_PIXELS`, or smaller than :data:`MIN_IMAGE_SIDE` on a side.
     """
     path = Path(path)
-    return _to_array(_open(path, "image"), path, size)
+    return _to_array(_open(path, "image"), path, size, bits, path)
 
 
-def _to_array(image: Image.Image, path, size) -> np.ndarray:
+def _to_array(image: Image.Image, path, size, bits: int | None = None, source=None) -> np.ndarray:
     if min(image.size) < MIN_IMAGE_SIDE:
         raise DataError(
             f"image {path} is {image.size[0]}x{image.size[1]} pixels; defectscope needs at least "
             f"{MIN_IMAGE_SIDE} pixels per side (its feature maps have a stride of 8 to 16 pixels)"
         )
     try:
-        image = to_rgb8(image)
+        native = native_values(image, source)
+        if native is not None:
+            header = _png_header(_head(source)) if source is not None else None
+            significant = header[2] if header is not None and header[0] == 16 else None
+            if significant and significant < 16 and int(native.max()) >= 2**significant:
+                # sBIT as written by some cameras: the values are shifted to the top bits
+                native = native >> (16 - significant)
+            depth = int(significant) if significant else bits
+            if depth and native.size and int(native.max()) >= 2**depth:
+                log.warning(
+                    "image %s has values up to %d, beyond the %d bits recorded for its source: "
+                    "they saturate (was it taken with another camera set-up?)",
+                    path,
+                    int(native.max()),
+                    depth,
+                )
+            image = to_rgb8(image, depth, native)
+        else:
+            image = to_rgb8(image)
     except DataError as exc:
         raise DataError(f"image {path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a broken 16-bit stream is a broken file
+        raise DataError(f"image {path} is unreadable at full depth ({exc})") from exc
     if size is not None:
         height, width = (size, size) if isinstance(size, int) else size
         if image.size != (width, height):
@@ -212,12 +340,15 @@ def _to_array(image: Image.Image, path, size) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_image(data: bytes, size: int | tuple[int, int] | None, name: str = "upload"):
+def decode_image(
+    data: bytes, size: int | tuple[int, int] | None, name: str = "upload", bits: int | None = None
+):
     """:func:`load_image` for encoded bytes in memory (an upload): the same checks and
     conversions; ``name`` appears in the messages."""
     if not data:
         raise DataError(f"image {name} is empty (0 bytes)")
-    return _to_array(_open(io.BytesIO(data), "image", name), name, size)
+    buffer = io.BytesIO(data)
+    return _to_array(_open(buffer, "image", name), name, size, bits, buffer)
 
 
 def load_mask(

@@ -21,7 +21,7 @@ def stack(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(images)
 
 
-def _prepare(item: ImageInput, size: int | tuple[int, int]) -> np.ndarray:
+def _prepare(item: ImageInput, size: int | tuple[int, int], bits: int | None = None) -> np.ndarray:
     if isinstance(item, np.ndarray):
         from PIL import Image
 
@@ -43,24 +43,29 @@ def _prepare(item: ImageInput, size: int | tuple[int, int]) -> np.ndarray:
                 Image.fromarray(array).resize((width, height), Image.Resampling.BILINEAR)
             )
         return array
-    return load_image(item, size)
+    return load_image(item, size, bits)
 
 
 def iter_batches(
-    items: Sequence[ImageInput], size: int | tuple[int, int], batch_size: int, workers: int = 2
+    items: Sequence[ImageInput],
+    size: int | tuple[int, int],
+    batch_size: int,
+    workers: int = 2,
+    bits: int | None = None,
 ) -> Iterator[tuple[range, np.ndarray]]:
     """Yield ``(indices, images (B, H, W, 3) uint8)`` in input order, resized to ``size`` (an
     int: square; else ``(height, width)``), decoded on ``workers`` threads ahead of use.
 
     PIL releases the GIL while it decodes and resizes, so threads overlap decoding with the
     forward pass without the start-up cost and memory of worker processes. At most two batches
-    are decoded ahead, which bounds memory.
+    are decoded ahead, which bounds memory. ``bits``: the bit depth recorded for the source
+    (a model's training images), by which 16- and 32-bit images are scaled to 8 bits.
     """
     starts = range(0, len(items), batch_size)
     if workers <= 0:
         for start in starts:
             idx = range(start, min(start + batch_size, len(items)))
-            yield idx, stack([_prepare(items[i], size) for i in idx])
+            yield idx, stack([_prepare(items[i], size, bits) for i in idx])
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: list = []
@@ -70,7 +75,7 @@ def iter_batches(
             start = next(submitted, None)
             if start is not None:
                 idx = range(start, min(start + batch_size, len(items)))
-                pending.append((idx, [pool.submit(_prepare, items[i], size) for i in idx]))
+                pending.append((idx, [pool.submit(_prepare, items[i], size, bits) for i in idx]))
 
         submit_next()
         submit_next()

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from defectscope.config import Options
+from defectscope.data.images import source_bit_depth
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.data.mvtec import Category, load_category
 from defectscope.engine.options import ENGINE_NAMES, EngineOptions, split_params
@@ -240,6 +241,9 @@ class Detector(Scorer):
                 + " can"
             )
         fitter = self._make_fitter(config, engine, shards)
+        # the training images' bit depth, decided once: every image of this source (at fit and
+        # later) is scaled by it, never by its own maximum
+        self._source_bits = source_bit_depth(paths)
         scales: dict[str, Any] = {}
         source: dict[str, Any] = {"rule": "probability 0.5 of the classifier"}
         self._intensity: list[tuple[np.ndarray, np.ndarray]] = []
@@ -267,6 +271,7 @@ class Detector(Scorer):
             "shards": shards,
             "intensity": IntensitySummary.of(means, stds).to_dict(),
             "formats": image_formats(paths),
+            "bit_depth": self._source_bits,
         }
         self._end_stage()
         self._set_fitted(module, threshold, config, engine, info)
@@ -283,7 +288,8 @@ class Detector(Scorer):
         n = len(paths)
         folds = fold_split(n, self._fold_count(fitter, engine, n))
         # the gain target from the first images, as an unsharded fit without folds takes it
-        _, first = next(iter_batches(paths[: engine.batch_size], config.input_shape, n, 0))
+        first_paths = paths[: engine.batch_size]
+        _, first = next(iter_batches(first_paths, config.input_shape, n, 0, self._source_bits))
         fitter.shared_state(first if getattr(fitter, "lean", False) else to_tensor(first))
         for k, members in enumerate(folds):
             fitter.start_fold(k)
@@ -522,7 +528,8 @@ class Detector(Scorer):
         """Feed ``paths`` to ``fitter`` batch by batch; with ``record``, keep their intensity
         statistics for the shift check. Lean fitters take the uint8 batches as they are."""
         lean = getattr(fitter, "lean", False)
-        batches = iter_batches(paths, size, engine.batch_size, engine.num_workers)
+        bits = self._source_bits
+        batches = iter_batches(paths, size, engine.batch_size, engine.num_workers, bits)
         self._end_stage()
         with progress_bar(len(paths), desc, enabled=engine.progress) as bar:
             for idx, batch in batches:
@@ -544,8 +551,8 @@ class Detector(Scorer):
         config, engine = self.options()
         # Every shard shares what a serial fit takes from its first batch (the illumination
         # target): the same images, so the same value.
-        first = next(iter_batches(first, config.input_shape, len(first), 0))
-        shared = fitter.shared_state(to_tensor(first[1]))
+        first = next(iter_batches(first, config.input_shape, len(first), 0, self._source_bits))
+        shared = {**fitter.shared_state(to_tensor(first[1])), "bit_depth": self._source_bits}
         params = {**self.get_params(), "progress": False}
         parts = split_evenly([str(p) for p in paths], shards)
         jobs = [ShardJob(self.name, params, list(part), shared) for part in parts]
@@ -562,15 +569,16 @@ class Detector(Scorer):
         config, engine = self.options()
         fitter = self.info.load().make_fitter(config, self._hooks(engine))
         fitter.set_shared_state(shared)
+        self._source_bits = shared.get("bit_depth")
         self._intensity = []
         self._feed(fitter, [Path(p) for p in paths], engine, config.input_shape)
         self._end_stage()
         intensity, self._intensity = self._intensity, []
         return ShardResult(fitter.partial(), intensity)
 
-    @staticmethod
-    def _run(module, items, engine, size, desc: str = "scoring"):
-        batches = iter_batches(items, size, engine.batch_size, engine.num_workers)
+    def _run(self, module, items, engine, size, desc: str = "scoring"):
+        bits = getattr(self, "_source_bits", None) or self.bit_depth
+        batches = iter_batches(items, size, engine.batch_size, engine.num_workers, bits)
         step = module.max_batch or engine.batch_size
         score = _lean_scores if getattr(module, "lean", False) else _torch_scores
         with progress_bar(len(items), desc, enabled=engine.progress) as bar:
@@ -582,6 +590,7 @@ class Detector(Scorer):
                 yield idx, batch, scores, maps
 
     def _set_fitted(self, module, threshold, config, engine, info: dict[str, Any]) -> None:
+        self._source_bits = None  # from now on the fit info's bit_depth
         self.module_ = module
         self.threshold_ = float(threshold)
         self.config_ = config

@@ -23,7 +23,11 @@ import numpy as np
 from defectscope.atomic import publish
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.digest import file_sha256
-from defectscope.engine.operating import check_threshold_source, checked_threshold
+from defectscope.engine.operating import (
+    check_fit_info,
+    check_threshold_source,
+    checked_threshold,
+)
 from defectscope.engine.scoring import Scorer
 from defectscope.errors import ConfigError, ModelFileError
 from defectscope.progress import progress_bar
@@ -126,6 +130,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
             "threshold_source": detector.fit_info_.get("threshold_source"),
             "intensity": detector.fit_info_.get("intensity"),
             "formats": detector.fit_info_.get("formats"),
+            "bit_depth": detector.fit_info_.get("bit_depth"),
             "config": detector.config_.to_dict(),
             "model_sha256": (
                 file_sha256(detector.model_file_)
@@ -251,6 +256,7 @@ class ExportedModel(Scorer):
         try:
             self.threshold_ = checked_threshold(meta["threshold"])
             check_threshold_source(meta.get("threshold_source"), self.threshold_)
+            check_fit_info(meta)
             width = int(meta["image_size"])
             # files exported before non-square inputs have no input_shape: square
             self.input_shape = tuple(int(v) for v in meta.get("input_shape", (width, width)))
@@ -260,7 +266,14 @@ class ExportedModel(Scorer):
         if np.isnan(self.threshold_):
             raise ModelFileError(f"{self.path} has a NaN threshold; export it again")
         self.metadata = meta
-        keys = ("intensity", "formats", "colour_scale", "score_scale", "threshold_on_map")
+        keys = (
+            "intensity",
+            "formats",
+            "colour_scale",
+            "score_scale",
+            "threshold_on_map",
+            "bit_depth",
+        )
         self.fit_info_ = {k: meta.get(k) for k in (*keys, "threshold_source")}
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -288,7 +301,9 @@ class ExportedModel(Scorer):
     def _score_batches(
         self, images: list[ImageInput], desc: str
     ) -> Iterator[tuple[range, np.ndarray, np.ndarray, np.ndarray]]:
-        batches = iter_batches(images, self.input_shape, self.batch_size, self.num_workers)
+        batches = iter_batches(
+            images, self.input_shape, self.batch_size, self.num_workers, self.bit_depth
+        )
         with progress_bar(len(images), desc, enabled=self.progress) as bar:
             for idx, batch in batches:
                 scores, maps = self.run(batch)

@@ -207,3 +207,46 @@ def check_threshold_source(source: Any, threshold: float) -> None:
             f"its threshold {threshold!r} differs from the {recorded!r} its threshold_source "
             "records (edited by hand?)"
         )
+
+
+def check_fit_info(info: Any) -> None:
+    """ConfigError unless the scalars a fitted model's scoring and drawing rely on have their
+    types and ranges (a model file's ``fitted`` record, an export's metadata): an edited
+    colour scale, score scale, bit depth or flag is refused on load, never a traceback later."""
+    if not isinstance(info, dict):
+        raise ConfigError("its fit record is not a mapping")
+
+    def number(value: Any) -> bool:
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+
+    scale = info.get("colour_scale")
+    if scale is not None and not (
+        isinstance(scale, list)
+        and len(scale) == 2
+        and all(map(number, scale))
+        and scale[0] < scale[1]
+    ):
+        raise ConfigError(f"colour_scale must be two finite numbers, low < high; got {scale!r}")
+    spread = info.get("score_scale")
+    if spread is not None and not (
+        isinstance(spread, dict)
+        and number(spread.get("good_median"))
+        and number(spread.get("spread"))
+        and spread["spread"] > 0
+    ):
+        raise ConfigError(
+            f"score_scale must hold a finite good_median and spread > 0; got {spread!r}"
+        )
+    on_map = info.get("threshold_on_map")
+    if on_map is not None and not isinstance(on_map, bool):
+        raise ConfigError(f"threshold_on_map must be true or false; got {on_map!r}")
+    depth = info.get("bit_depth")
+    if depth is not None and not (
+        isinstance(depth, int) and not isinstance(depth, bool) and 8 < depth <= 32
+    ):
+        raise ConfigError(f"bit_depth must be an int in 9..32 or null; got {depth!r}")
+    for key in ("intensity", "formats"):
+        if info.get(key) is not None and not isinstance(info[key], dict):
+            raise ConfigError(f"{key} must be a mapping; got {type(info[key]).__name__}")

@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from defectscope.atomic import publish
-from defectscope.engine.operating import check_threshold_source, checked_threshold
+from defectscope.engine.operating import (
+    check_fit_info,
+    check_threshold_source,
+    checked_threshold,
+)
 from defectscope.errors import ConfigError, DefectscopeError, ModelFileError, unknown_name
 
 FORMAT = "defectscope-model"
@@ -227,6 +231,7 @@ def load(
         engine = EngineOptions.from_dict(header["engine"], where=f"{file}: ")
         threshold = checked_threshold(header["fitted"]["threshold"])
         check_threshold_source(header["fitted"].get("threshold_source"), threshold)
+        check_fit_info(header["fitted"])
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(
             f"{file} has an invalid config ({exc}); a newer defectscope may have written it, or "

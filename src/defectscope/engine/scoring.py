@@ -178,6 +178,13 @@ class Scorer(ABC):
         }
 
     @property
+    def bit_depth(self) -> int | None:
+        """The bit depth of the training images, by which every 16- or 32-bit image is scaled
+        to 8 bits (None: they were 8-bit, or the model predates the record)."""
+        depth = (getattr(self, "fit_info_", None) or {}).get("bit_depth")
+        return int(depth) if isinstance(depth, int) and 8 < depth <= 32 else None
+
+    @property
     def colour_scale(self) -> tuple[float, float] | None:
         """``(low, high)`` of every heatmap of this model, fixed at fit time; None for models
         saved before it was recorded."""

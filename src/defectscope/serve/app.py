@@ -245,7 +245,7 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
     def decode(name: str, data: bytes) -> np.ndarray:
         check_upload(name, data, limits.max_decoded_bytes)
         try:
-            return decode_image(data, None, name)
+            return decode_image(data, None, name, scorer.bit_depth)
         except DataError as exc:
             raise ApiError(_status_of(exc), str(exc)) from exc
 
