@@ -113,3 +113,30 @@ def test_constructor_signature_is_explicit(name):
         "num_workers",
         "progress",
     }
+
+
+def test_public_names_come_from_the_registry_and_classes_are_documented():
+    import defectscope
+    from defectscope.config import field_help
+
+    classes = {info.class_name for info in DETECTORS.values()}
+    assert classes <= set(defectscope.__all__) and classes <= set(dir(defectscope))
+    assert "PatchCore" in defectscope.__all__  # the default
+    for name, info in DETECTORS.items():
+        doc = ESTIMATORS[name].__doc__
+        assert "Parameters\n----------" in doc and "Examples\n--------" in doc
+        for option, text in field_help(info.config).items():
+            assert f"\n{option} : " in doc, (name, option)
+            assert text.split()[0] in doc
+
+
+def test_scikit_learn_outlier_conventions(fitted, texture):
+    images = (
+        sorted((texture / "test" / "scratch").glob("*.png"))[:2]
+        + sorted((texture / "test" / "good").glob("*.png"))[:2]
+    )
+    scores = fitted.score(images).scores
+    np.testing.assert_allclose(fitted.score_samples(images), -scores, rtol=1e-6)
+    decision = fitted.decision_function(images)
+    assert list(decision < 0) == [p.is_anomalous for p in fitted.predict(images)]
+    assert list(fitted.is_anomalous(scores)) == [p.is_anomalous for p in fitted.predict(images)]

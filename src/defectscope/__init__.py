@@ -1,14 +1,26 @@
 """defectscope: industrial visual anomaly detection and localisation, offline on a CPU.
 
-The estimators (``PaDiM``, ``Autoencoder``, ``Classifier``) and ``load`` are imported on first
-use, so ``import defectscope`` stays light (no torch until a model needs it).
+The estimators (``PatchCore``, the default, ``PaDiM``, ``Autoencoder``, ``Classifier``: one per
+registered detector) and ``load`` are imported on first use, so ``import defectscope`` stays
+light (no torch until a model needs it).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is its one home."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("defectscope")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 _LAZY = {
     "load": ("defectscope.engine.persistence", "load"),
@@ -43,4 +55,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'defectscope' has no attribute {name!r}")
 
 
-__all__ = [*_LAZY, "Autoencoder", "Classifier", "PaDiM", "__version__"]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_estimators()})
+
+
+#: the estimators are the registry's (tests/test_contract.py checks this list against it)
+__all__ = [*_LAZY, "Autoencoder", "Classifier", "PaDiM", "PatchCore", "__version__"]

@@ -626,6 +626,51 @@ class Detector(Scorer):
         return self.model_file_
 
 
+def class_docstring(info: DetectorInfo) -> str:
+    """A numpydoc docstring for a generated estimator class, from its options' one-line help:
+    Parameters (the detector's, then the engine's), Attributes and an Example."""
+    import textwrap
+
+    from defectscope.config import field_help, field_types
+
+    def entries(cls) -> list[str]:
+        helps, types = field_help(cls), field_types(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            kind = str(types[f.name]).replace("typing.", "").replace("<class '", "")
+            kind = kind.replace("'>", "")
+            out.append(f"{f.name} : {kind}")
+            out += textwrap.wrap(helps[f.name], 92, initial_indent="    ", subsequent_indent="    ")
+        return out
+
+    lines = [
+        inspect.cleandoc(info.config.__doc__ or info.summary),
+        "",
+        f"In short: {info.summary}. Every option is also a flag of ``defectscope fit --model "
+        f"{info.name}`` and a key of its config files.",
+        "",
+        "Parameters",
+        "----------",
+        *entries(info.config),
+        *entries(EngineOptions),
+        "",
+        "Attributes",
+        "----------",
+        "module_ : the fitted scoring module (PyTorch, or numpy/ONNX Runtime on the lean path)",
+        "threshold_ : float",
+        "    the pass/fail threshold: a part fails when its score is above it",
+        "config_ : the validated detector options",
+        "fit_info_ : dict",
+        "    what the fit recorded: counts, scales, the threshold's source and expected rates",
+        "",
+        "Examples",
+        "--------",
+        f">>> model = defectscope.{info.class_name}(seed=0).fit('../shared/datasets/tire')",
+        ">>> [p.is_anomalous for p in model.predict('../shared/datasets/tire/test/hole')]",
+    ]
+    return "\n".join(lines)
+
+
 ESTIMATORS: dict[str, type[Detector]] = {
     name: type(
         info.class_name,
@@ -634,10 +679,7 @@ ESTIMATORS: dict[str, type[Detector]] = {
             "info": info,
             "name": name,
             "__module__": __name__,
-            "__doc__": (
-                f"{info.config.__doc__}\n\nOptions: see ``defectscope fit --model {name} --help``; "
-                "every option of the detector and of the engine is a keyword argument."
-            ),
+            "__doc__": class_docstring(info),
         },
     )
     for name, info in DETECTORS.items()

@@ -191,6 +191,22 @@ class Scorer(ABC):
         scale = self.fit_info_.get("colour_scale")
         return (float(scale[0]), float(scale[1])) if scale else None
 
+    def is_anomalous(self, scores, threshold: float | None = None) -> np.ndarray:
+        """The verdict rule, in one place: a part fails when its score is above the threshold
+        (default: the model's)."""
+        t = float(self.threshold_ if threshold is None else threshold)
+        return np.asarray(scores) > t
+
+    def score_samples(self, images) -> np.ndarray:
+        """scikit-learn's outlier-detector convention: higher is more normal (the negated
+        anomaly score), so model-selection tools that expect it work."""
+        return -self.score(as_image_list(images)).scores.astype(np.float64)
+
+    def decision_function(self, images) -> np.ndarray:
+        """scikit-learn's convention: negative for parts that fail at the model's threshold,
+        positive for parts that pass (``threshold_ - score``)."""
+        return float(self.threshold_) + self.score_samples(images)
+
     def predict(
         self,
         images: ImageInput | Sequence[ImageInput],
@@ -218,7 +234,7 @@ class Scorer(ABC):
         return [
             Prediction(
                 score=float(s),
-                is_anomalous=bool(s > t),
+                is_anomalous=bool(self.is_anomalous(s, t)),
                 anomaly_map=m,
                 path=str(item) if isinstance(item, (str, Path)) else None,
                 normalized_score=float(n),
