@@ -223,3 +223,39 @@ def test_evaluate_runtime_on_a_baseline(texture, tmp_path, capsys):
     assert main([*argv, "--project", project, "-q"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert ["texture", "autoencoder"] in [row[:2] for row in rows]
+
+
+def test_a_root_given_for_a_category_names_its_categories(mvtec_root, tmp_path, capsys):
+    argv = ["evaluate", "--model", str(tmp_path / "none"), "--data", str(mvtec_root)]
+    assert main([*argv, "--project", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "model file not found" in err or "is a root of 2 categories (object, texture)" in err
+    from defectscope.data import load_category
+    from defectscope.errors import DataError
+
+    with pytest.raises(DataError, match=r"is a root of 2 categories \(object, texture\)"):
+        load_category(mvtec_root)
+
+
+def test_benchmark_writes_notices_json_and_quiet_is_quiet(texture, tmp_path, capsys):
+    project = str(tmp_path)
+    argv = ["benchmark", "--data", str(texture), "--project", project, *SMALL, "-q"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "notice:" not in captured.err and "shift:" not in captured.err
+    notices = json.loads((tmp_path / "benchmark" / "benchmark" / "notices.json").read_text())
+    assert list(notices) == ["texture (padim)"] and isinstance(notices["texture (padim)"], list)
+
+
+def test_verbs_that_write_no_run_folder_take_no_project(tmp_path, capsys):
+    for verb in ("calibrate", "export", "serve"):
+        with pytest.raises(SystemExit) as stop:
+            main(
+                [verb, "--model", "m", "--data", "d", "--project", str(tmp_path)][
+                    : 3 if verb != "calibrate" else 5
+                ]
+                + ["--project", str(tmp_path)]
+            )
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments: --project" in err, (verb, err)

@@ -161,9 +161,12 @@ def _executor(args: argparse.Namespace):
     return RayExecutor(args.address, task_cpus=args.task_cpus, task_memory_gb=args.task_memory_gb)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--project", default="runs", help="folder of run folders (default runs)")
-    parser.add_argument("--name", help="run folder name (numbered if taken)")
+def _add_common(parser: argparse.ArgumentParser, run_folder: bool = True) -> None:
+    if run_folder:  # verbs that write a run folder
+        parser.add_argument(
+            "--project", default="runs", help="folder of run folders (default runs)"
+        )
+        parser.add_argument("--name", help="run folder name (numbered if taken)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
 
 
@@ -240,7 +243,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             epilog="example:\n  " + EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        _add_common(sub)
+        # calibrate rewrites a model, export writes next to it, serve writes nothing
+        _add_common(sub, run_folder=name not in ("calibrate", "export", "serve"))
         return sub
 
     models_help = ""
@@ -434,7 +438,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return _fit_root(args, data, model, params, executor)
     category = load_category(data)
     for notice in category.notices:
-        _say(args, f"notice: {notice}")
+        if "train" in notice:  # fit reads train/ only: what the test split lacks is evaluate's
+            _say(args, f"notice: {notice}")
     # the run folder exists and is writable before the fit starts: no fit is lost to a bad path
     with run_folder(Path(args.project) / "fit", args.name or category.name) as run:
         start = time.perf_counter()
@@ -497,14 +502,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_results(results, run: Path, args: argparse.Namespace) -> None:
+def _print_results(results, run: Path, args: argparse.Namespace, notices: bool = True) -> None:
     from defectscope.report.table import markdown_rankings, rankings, result_rows, terminal_table
 
-    for notice in dict.fromkeys(n for r in results for n in r.notices):
-        if notice.startswith(("warning:", "shift:")):
-            print(notice, file=sys.stderr)  # even with -q: they change what a number means
-        else:
-            _say(args, f"notice: {notice}")
+    for notice in dict.fromkeys(n for r in results for n in r.notices if notices):
+        # -q: nothing but the table and errors; every notice is in results.md and notices.json
+        _say(args, notice if notice.startswith(("warning:", "shift:")) else f"notice: {notice}")
     print(terminal_table(result_rows(results)))
     if len(results) > 1:
         print()
@@ -537,10 +540,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             every=args.every,
         )
     for notice in notices:
-        if notice.startswith("shift:"):
-            print(notice, file=sys.stderr)
-        else:
-            _say(args, f"notice: {notice}")
+        _say(args, notice if notice.startswith("shift:") else f"notice: {notice}")
     flagged = sum(r["verdict"] == "fail" for r in rows)
     errors = [r for r in rows if r["verdict"] == "error"]
     threshold = detector.threshold_ if args.threshold is None else args.threshold
@@ -666,7 +666,7 @@ def _run_benchmark(
             log=lambda s: _say(args, s),
             executor=executor,
         )
-    _print_results(outcome.results, run, args)
+    _print_results(outcome.results, run, args, notices=False)  # said as each finished
     for failure in outcome.failures:
         print(f"defectscope {args.verb}: error: skipped {failure}", file=sys.stderr)
     return 1 if outcome.failures else 0

@@ -116,7 +116,12 @@ def start_ray(address: str | None, local_cpus: int | None = None) -> None:
     if ray.is_initialized():
         _quiet_data()
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True}
+    # workers' own log lines stay in Ray's log files: the driver says what finished
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "configure_logging": True,
+        "log_to_driver": False,
+    }
     if address:
         kwargs["address"] = address
     else:

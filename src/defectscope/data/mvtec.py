@@ -95,6 +95,18 @@ def load_category(folder: str | Path, *, require_test: bool = False) -> Category
     notices: list[str] = []
     train_dir = folder / "train" / GOOD
     if not train_dir.is_dir():
+        inside = sorted(
+            p.name for p in folder.iterdir() if p.is_dir() and (p / "train" / GOOD).is_dir()
+        )
+        if inside:
+            shown = ", ".join(inside[:8]) + (
+                f" and {len(inside) - 8} more" if len(inside) > 8 else ""
+            )
+            raise DataError(
+                f"{folder} is a root of {len(inside)} categories ({shown}), not a category: "
+                f"give one of them (e.g. {folder / inside[0]}), or use `defectscope benchmark` "
+                "(or fit) on the root"
+            )
         raise DataError(
             f"{train_dir} not found: a category needs its defect-free training images in "
             "train/good/ (MVTec AD layout)"

@@ -128,7 +128,7 @@ def fold_split(n: int, folds: int) -> list[list[int]]:
 
 
 #: training images scored out of fold at most (evenly spread over the files)
-MAX_OUT_OF_FOLD = 1000
+MAX_OUT_OF_FOLD = 500
 #: synthetic defects per training image at most (few images: several defects from each)
 SYNTHETIC_PER_IMAGE = 8
 #: out-of-fold maps kept to fix the colour scale (their scores set the score scale with all)

@@ -258,6 +258,8 @@ def benchmark(
                 failures.append(outcome.failure)
                 continue
             results.append(outcome.result)
+            for notice in dict.fromkeys(outcome.result.notices):  # as each category finishes
+                log(notice if notice.startswith(("warning:", "shift:")) else f"notice: {notice}")
             write_tables(results, run)
             meta["completed"].append(f"{job.category.name} ({job.detector})")
             write_meta(run, meta)

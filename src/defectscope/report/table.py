@@ -208,6 +208,10 @@ def write_tables(results: Sequence[CategoryResult], out_dir: Path) -> dict[str, 
     tmp = paths["json"].with_name(".results.json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(paths["json"])  # a damaged results.json never replaces a good one
+    by_category = {f"{r.category} ({r.detector})": list(dict.fromkeys(r.notices)) for r in results}
+    tmp = out_dir / ".notices.json.tmp"
+    tmp.write_text(json.dumps(by_category, indent=2))
+    tmp.replace(out_dir / "notices.json")
     md = ["# Results", "", markdown_table(rows), "", "## Rankings", "", markdown_rankings(ranks)]
     if notices:
         md += ["## Notices", "", *[f"- {n}" for n in dict.fromkeys(notices)], ""]
