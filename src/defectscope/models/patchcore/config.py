@@ -61,7 +61,7 @@ class PatchcoreConfig(BackboneOptions):
         None,
         "GB the training patches waiting for their coreset may take: above it they are reduced "
         "as they arrive (a coreset of twice the ratio per chunk), so a fit's memory stays "
-        "bounded and its time linear whatever the number of images (default: 0.25, or an "
+        "bounded and its time linear whatever the number of images (default: 0.1, or an "
         "eighth of the machine's memory if less)",
     )
 
@@ -85,11 +85,11 @@ class PatchcoreConfig(BackboneOptions):
         self.require(self.sigma >= 0, "sigma", ">= 0")
 
 
-#: the default budget of the patches waiting for their coreset, in GB: about 400,000 patches
-#: of lite0's 152 dimensions (250 images at 320 px). A chunk's greedy selection costs the
+#: the default budget of the patches waiting for their coreset, in GB: about 160,000 patches
+#: of lite0's 152 dimensions (100 images at 320 px). A chunk's greedy selection costs the
 #: square of its size, so a fixed chunk keeps a fit's time linear in the images as well as its
 #: memory bounded; the shared categories' folds (at most 64 images) never reach it.
-DEFAULT_BUDGET_GB = 0.25
+DEFAULT_BUDGET_GB = 0.1
 
 
 def machine_memory_gb() -> float:
