@@ -71,11 +71,15 @@ def test_warnings_fire_and_gain_correction_recovers(shifted, tmp_path, capsys):
         assert any(n.startswith("warning: dark (padim)") for n in result.notices)
     corrected = evaluate(small("gain").fit(dark), dark).metrics["image_auroc"]
     assert corrected >= reference - 0.05
-    # the terminal shows both, even with -q
+    # the terminal shows both; with -q only the files do (notices.json, results.md)
     argv = ["benchmark", "--model", "padim", "--data", str(dark), "--project", str(tmp_path)]
-    code = main([*argv, "--image-size", str(SIZE), "--n-features", "40", "-q"])
+    code = main([*argv, "--image-size", str(SIZE), "--n-features", "40"])
     err = capsys.readouterr().err
     assert code == 0 and "shift: dark/test/good: darker" in err and "trivial score" in err
+    code = main([*argv, "--image-size", str(SIZE), "--n-features", "40", "-q"])
+    assert code == 0 and "shift:" not in capsys.readouterr().err
+    saved = (tmp_path / "benchmark" / "benchmark2" / "notices.json").read_text()
+    assert "dark/test/good: darker" in saved and "trivial score" in saved
 
 
 def test_predict_notices_another_mode_and_size(shifted, tmp_path, capsys):
@@ -89,7 +93,7 @@ def test_predict_notices_another_mode_and_size(shifted, tmp_path, capsys):
         image = Image.open(path).convert("L")
         (image if i else image.resize((2 * SIZE, SIZE))).save(grey / path.name)
     model = project / "fit" / "plain"
-    assert main(["predict", "--model", str(model), str(grey), "--project", str(project), "-q"]) == 0
+    assert main(["predict", "--model", str(model), str(grey), "--project", str(project)]) == 0
     err = capsys.readouterr().err
     assert (
         "shift: 3 of 3 predicted images are in modes the training images were not: 3 L "
