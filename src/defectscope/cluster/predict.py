@@ -102,17 +102,12 @@ class PredictActor:
 
 
 def error_row(message: str) -> dict[str, Any]:
-    return {
-        "score": float("nan"),
-        "normalized_score": float("nan"),
-        "verdict": "error",
-        "is_anomalous": None,
-        "threshold": float("nan"),
-        "n_regions": 0,
-        "regions": "[]",
-        "overlay": "",
-        "error": message,
-    }
+    """A local predict's error row (:func:`~defectscope.engine.predicting.error_fields`), with
+    the regions as their JSON text, as in the Parquet file."""
+    from defectscope.engine.predicting import error_fields
+
+    row = error_fields(message)
+    return {**row, "regions": json.dumps(row["regions"])}
 
 
 def _schema():
