@@ -99,6 +99,7 @@ def test_illumination_target_is_shared_not_recomputed():
 
 # -- on Ray ------------------------------------------------------------------------------------
 ray = pytest.importorskip("ray", reason="the Ray paths need `pip install defectscope[ray]`")
+SLOW = pytest.mark.slow  # a private Ray per module: `pytest -m "not slow"` skips these
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +141,7 @@ def one_thread(monkeypatch):
         torch.set_num_threads(threads)
 
 
+@SLOW
 def test_ray_benchmark_equals_serial(local_ray, one_thread, mvtec_root, tmp_path):
     (tmp_path / "data").mkdir()
     for name in ("texture", "object"):
@@ -181,6 +183,7 @@ def test_ray_benchmark_equals_serial(local_ray, one_thread, mvtec_root, tmp_path
     assert (tmp_path / "ray" / "models" / "padim" / "texture" / "model.safetensors").is_file()
 
 
+@SLOW
 def test_ray_fit_of_a_root_and_sharded_fit_equal_serial(local_ray, mvtec_root, texture, tmp_path):
     params = {"image_size": SIZE, "n_features": 40, "batch_size": 8}
     (tmp_path / "s").mkdir()
@@ -205,6 +208,7 @@ def test_ray_fit_of_a_root_and_sharded_fit_equal_serial(local_ray, mvtec_root, t
     )
 
 
+@SLOW
 def test_ray_batch_predict_equals_serial_in_order(local_ray, fitted, texture, tmp_path):
     from defectscope.cluster.predict import predict_ray
     from defectscope.engine.exported import export_onnx
@@ -257,6 +261,7 @@ def test_ray_batch_predict_equals_serial_in_order(local_ray, fitted, texture, tm
             assert (out / row["overlay"]).is_file()
 
 
+@SLOW
 def test_cli_predict_on_ray_writes_both_tables(local_ray, fitted, texture, tmp_path):
     from defectscope.cli import main
     from defectscope.engine.exported import export_onnx

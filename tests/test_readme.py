@@ -18,6 +18,8 @@ from defectscope.cli import COMMANDS, build_parser, main
 from defectscope.data.synthetic import make_category
 
 README = Path(__file__).parents[1] / "README.md"
+#: a few minutes: `pytest -m "not slow"` leaves it out of a quick local loop (CI runs it)
+pytestmark = pytest.mark.slow
 
 #: lines that are only parsed, and why
 PARSED_ONLY = {

@@ -121,6 +121,7 @@ def test_report_verb_rebuilds(run, tmp_path):
     assert main(["report", str(tmp_path), "-q"]) == 2
 
 
+@pytest.mark.slow
 def test_html_renders_in_headless_chromium(run, tmp_path):
     """The page alone (copied away from its run folder) in Chromium at 1400 px: the results
     table is visible and fits, the figures load, the screenshot decodes."""

@@ -262,6 +262,7 @@ def live_server(onnx_model):
     thread.join(timeout=10)
 
 
+@pytest.mark.slow
 def test_operator_page_in_headless_chromium(live_server, texture, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
