@@ -262,6 +262,28 @@ def test_ray_batch_predict_equals_serial_in_order(local_ray, fitted, texture, tm
 
 
 @SLOW
+def test_ray_predict_says_the_shift_a_local_predict_says(local_ray, fitted, texture, tmp_path):
+    from PIL import Image
+
+    from defectscope.cluster.predict import predict_ray
+    from defectscope.engine.predicting import predict_to_folder
+
+    dark = tmp_path / "dark"
+    dark.mkdir()
+    for path in sorted((texture / "test" / "good").glob("*.png"))[:4]:
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(np.float32) * 0.5
+        Image.fromarray(pixels.astype(np.uint8)).save(dark / path.name)
+    model = fitted.save(tmp_path / "m.safetensors")
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "local").mkdir()
+    meta = predict_ray(model, [dark], tmp_path / "ray", actors=1, batch_size=2, log=lambda s: None)
+    _, local = predict_to_folder(fitted, [dark], tmp_path / "local")
+    shift = [n for n in local if n.startswith("shift:")]
+    assert shift and any("darker" in n for n in shift)
+    assert [n for n in meta["notices"] if n.startswith("shift:")] == shift
+
+
+@SLOW
 def test_cli_predict_on_ray_writes_both_tables(local_ray, fitted, texture, tmp_path):
     from defectscope.cli import main
     from defectscope.engine.exported import export_onnx

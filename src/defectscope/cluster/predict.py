@@ -39,6 +39,8 @@ COLUMN_TYPES = (
     ("error", "string"),
 )
 COLUMNS = tuple(name for name, _ in COLUMN_TYPES)
+#: per-image intensity statistics the actors return for the driver's shift check
+STATS = ("_mean", "_std")
 
 
 class PredictActor:
@@ -66,14 +68,25 @@ class PredictActor:
     def _rows(self, paths: list[str], names: list[str]) -> list[dict[str, Any]]:
         from defectscope.engine.predicting import annotate, verdict_fields
 
-        predictions = self.detector.predict(paths, threshold=self.threshold)
+        stats: list[tuple[np.ndarray, np.ndarray]] = []
+        predictions = self.detector.predict(paths, threshold=self.threshold, stats=stats)
+        means, stds = (np.concatenate(parts) for parts in zip(*stats))
         rows = []
-        for p, name in zip(predictions, names):
+        for p, name, mean, std in zip(predictions, names, means, stds):
             regions, overlay, _ = annotate(
                 p, name, self.scale, self.on_map, self.out, save=self.save
             )
             row = verdict_fields(p, regions, overlay)
-            rows.append({**row, "regions": json.dumps(row["regions"]), "error": ""})
+            rows.append(
+                {
+                    **row,
+                    "regions": json.dumps(row["regions"]),
+                    "error": "",
+                    # for the driver's shift check; not written to the tables
+                    "_mean": float(mean),
+                    "_std": float(std),
+                }
+            )
         return rows
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -96,8 +109,8 @@ class PredictActor:
             "frame": [""] * len(paths),
             "time_s": [""] * len(paths),
         }
-        for key in COLUMNS[5:]:
-            out[key] = [row[key] for row in rows]
+        for key in (*COLUMNS[5:], *STATS):
+            out[key] = [row.get(key, float("nan")) for row in rows]
         return out
 
 
@@ -190,7 +203,8 @@ def predict_ray(
     # the driver checks the model once (a wrong path fails here, not in every actor)
     from defectscope.engine.persistence import load
 
-    identity = load(model, progress=False, **load_options).identity()
+    scorer = load(model, progress=False, **load_options)
+    identity = scorer.identity()
     # Blocks cut here, not by a repartition: that would need CPUs the actor pool already holds.
     # at least four per actor, at most 4000, about one batch each
     n_blocks = min(len(paths), 4000, max(4 * actors, -(-len(paths) // batch_size)))
@@ -223,7 +237,11 @@ def predict_ray(
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         expected = 0
+        means: list[float] = []
+        stds: list[float] = []
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            means += batch.column("_mean").to_pylist()
+            stds += batch.column("_std").to_pylist()
             batch = batch.select(list(COLUMNS)).cast(schema)
             index = batch.column("index").to_numpy()
             due = np.arange(expected, expected + len(index))
@@ -237,6 +255,13 @@ def predict_ray(
             for verdict in columns[COLUMNS.index("verdict")]:
                 counts[verdict] += 1
     seconds = time.perf_counter() - t0
+    # the shift check of a local predict, over the images that could be read
+    from defectscope.engine.shortcuts import shift_notices
+
+    read = np.isfinite(np.asarray(means, dtype=np.float64))
+    if read.any():
+        measured = (np.asarray(means)[read], np.asarray(stds)[read])
+        notices += shift_notices("", {"the predicted images": measured}, scorer.training_intensity)
     meta = {
         "command": list(command or []),
         "defectscope_version": __version__,
