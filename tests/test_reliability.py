@@ -248,3 +248,19 @@ def test_an_unreadable_image_is_an_error_row_and_the_others_are_scored(fitted, t
     assert meta["errors"] == 1 and meta["images"] == 3
     data = json.loads((tmp_path / "predict" / "predict" / "predictions.json").read_text())
     assert data[2]["score"] is None
+
+
+def test_links_and_wrong_weights_files_say_what_they_are(texture, tmp_path):
+    from defectscope.backbones import _read_state_dict
+
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(DataError, match="is a symbolic link loop"):
+        load_image(tmp_path / "a.png", 64)
+    (tmp_path / "c.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match="is a broken symbolic link"):
+        load_image(tmp_path / "c.png", 64)
+    text = tmp_path / "w.pth"
+    text.write_text("hello")
+    with pytest.raises(BackboneError, match="it is not a PyTorch file .* a text file"):
+        _read_state_dict(text)

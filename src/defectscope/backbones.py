@@ -70,8 +70,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        what = (
+            "it is not a PyTorch file (no zip archive or pickle inside; a text file?)"
+            if head[:2] != b"PK" and head[:1] != b"\x80"
+            else f"the reader said: {type(exc).__name__}: {first}"
+        )
         raise BackboneError(
-            f"cannot read weights file {path}: {first}; pass a .pth/.pt state dict or a "
+            f"cannot read weights file {path}: {what}; pass a .pth/.pt state dict or a "
             ".safetensors file"
         ) from exc
     for key in ("state_dict", "model"):

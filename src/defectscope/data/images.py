@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -43,7 +44,13 @@ def _unreadable(path: Path, what: str) -> DataError:
         path.stat()
     except PermissionError:
         pass  # a folder on the way cannot be searched
-    except OSError:
+    except OSError as exc:
+        if path.is_symlink():
+            import errno
+
+            if exc.errno == errno.ELOOP:
+                return DataError(f"{what} {path} is a symbolic link loop; point it at a file")
+            return DataError(f"{what} {path} is a broken symbolic link (to {os.readlink(path)})")
         return DataError(f"{what} not found: {path}")
     else:
         if path.is_dir():

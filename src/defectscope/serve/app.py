@@ -220,8 +220,14 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
         if kind.startswith("multipart/form-data"):
             request._body = body  # parse what was read (and limited) above
             try:
-                form = await request.form(max_files=limits.max_images + 1, max_fields=100)
+                form = await request.form(max_files=limits.max_images, max_fields=100)
             except Exception as exc:  # noqa: BLE001 - a malformed form is the client's error
+                if "too many files" in str(exc).lower():
+                    raise ApiError(
+                        413,
+                        f"more than {limits.max_images} images in one request; the limit is "
+                        f"{limits.max_images}",
+                    ) from exc
                 raise ApiError(400, f"malformed multipart body: {exc}") from exc
             files = [
                 (v.filename or k, await v.read())
