@@ -100,6 +100,9 @@ def _open(path: Path | io.BytesIO, what: str, name: str | None = None) -> Image.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(source)
+            png16 = _png16(image, source)
+            if png16 is not None:
+                image.info[PNG16] = png16  # kept through load and the EXIF transpose
             width, height = image.size
             frames = getattr(image, "n_frames", 1)
             if frames != 1:
@@ -188,16 +191,28 @@ def _head(source: Path | io.BytesIO, size: int = 1 << 16) -> bytes:
         return handle.read(size)
 
 
+#: key of :func:`_png16`'s answer in a decoded image's ``info``
+PNG16 = "defectscope_png16"
+
+
+def _png16(image: Image.Image, source: Path | io.BytesIO) -> tuple[int, int | None] | None:
+    """``(colour type, significant bits or None)`` of a 16-bit PNG opened but not yet decoded
+    (Pillow's raw mode says the depth: no file is read again for any other image); None
+    otherwise."""
+    if image.format != "PNG" or not any(";16" in str(tile[3]) for tile in image.tile):
+        return None
+    header = _png_header(_head(source))
+    return None if header is None else (header[1], header[2])
+
+
 def native_values(image: Image.Image, source: Path | io.BytesIO | None) -> np.ndarray | None:
     """The integer pixel values of a high-bit-depth image at full depth, ``(H, W)`` or
     ``(H, W, 3)``; None for 8-bit (and float) images. Pillow reads 16-bit colour PNGs as 8-bit
     (their high byte: a 12-bit camera's 0..4095 becomes 0..15), so those are decoded with pypng."""
     if image.mode.startswith("I"):
         return np.clip(np.asarray(image).astype(np.int64), 0, None)
-    if source is None or image.mode not in ("RGB", "RGBA"):
-        return None
-    header = _png_header(_head(source, 64))  # the IHDR is the first chunk
-    if header is None or header[0] != 16 or header[1] not in (2, 6):
+    png16 = image.info.get(PNG16)
+    if source is None or png16 is None or png16[0] not in (2, 6):
         return None
     import png  # pypng: 16-bit colour PNGs only
 
@@ -213,11 +228,9 @@ def native_values(image: Image.Image, source: Path | io.BytesIO | None) -> np.nd
     return values
 
 
-def depth_of(values: np.ndarray, significant: int | None = None) -> int:
-    """The bit depth of integer pixel values: the PNG's significant bits where it says, else
-    the smallest of 8, 10, 12, 14, 16, 24 or 32 bits that holds their largest value."""
-    if significant:
-        return int(significant)
+def depth_of(values: np.ndarray) -> int:
+    """The bit depth of integer pixel values: the smallest of 8, 10, 12, 14, 16, 24 or 32 bits
+    that holds their largest value."""
     top = int(values.max()) if values.size else 0
     return next((b for b in _BIT_DEPTHS if top < 2**b), 32)
 
@@ -227,14 +240,12 @@ def native_bits(path: str | Path) -> int:
     32-bit ones the PNG's sBIT where present, else what their values need."""
     path = Path(path)
     with Image.open(path) as image:
-        header = _png_header(_head(path, 64))
-        sixteen = header is not None and header[0] == 16
-        if not image.mode.startswith("I") and not (sixteen and header[1] in (2, 6)):
+        png16 = _png16(image, path)
+        if png16 is not None and png16[1]:
+            return int(png16[1])
+        if not image.mode.startswith("I") and (png16 is None or png16[0] not in (2, 6)):
             return 8
-        if sixteen:
-            significant = _png_header(_head(path))[2]
-            if significant:
-                return int(significant)
+        image.info[PNG16] = png16
         image.load()
         values = native_values(image, path)
     return 8 if values is None else depth_of(values)
@@ -319,8 +330,7 @@ def _to_array(image: Image.Image, path, size, bits: int | None = None, source=No
     try:
         native = native_values(image, source)
         if native is not None:
-            header = _png_header(_head(source)) if source is not None else None
-            significant = header[2] if header is not None and header[0] == 16 else None
+            significant = (image.info.get(PNG16) or (None, None))[1]
             if significant and significant < 16 and int(native.max()) >= 2**significant:
                 # sBIT as written by some cameras: the values are shifted to the top bits
                 native = native >> (16 - significant)
