@@ -298,8 +298,9 @@ class Detector(Scorer):
         # at most MAX_OUT_OF_FOLD images are scored out of fold, spread evenly over the files:
         # scoring costs a search of the bank per image, so scoring all would make a fit's time
         # grow with the square of the training set
-        scored = set(np.linspace(0, n - 1, min(n, MAX_OUT_OF_FOLD)).round().astype(int).tolist())
-        n_scored = len(scored)
+        scored = np.zeros(n, dtype=bool)
+        scored[np.linspace(0, n - 1, min(n, MAX_OUT_OF_FOLD)).round().astype(int)] = True
+        n_scored = int(scored.sum())
         n_synthetic = min(engine.synthetic, SYNTHETIC_PER_IMAGE * n_scored)
         if n_synthetic:
             try:
@@ -316,14 +317,14 @@ class Detector(Scorer):
         examples: list[tuple] = []
         done = 0
         for k, members in enumerate(folds):
+            members = [i for i in members if scored[i]]
+            if not members:
+                continue
             module = fitter.without_fold(k)
             step = module.max_batch or engine.batch_size
             score = _lean_scores if getattr(module, "lean", False) else _torch_scores
             self._end_stage()
             desc = f"out-of-fold {k + 1}/{len(folds)}"
-            members = [i for i in members if i in scored]
-            if not members:
-                continue
             fold_paths = [paths[i] for i in members]
             for idx, batch, scores, maps in self._run(
                 module, fold_paths, engine, config.input_shape, desc
@@ -348,10 +349,8 @@ class Detector(Scorer):
                         examples.append((defects[j], masks[j], d_maps[j], kinds[j], d_scores[j]))
             del module
         synthetic = np.concatenate(syn_scores) if syn_scores else None
-        mask = np.zeros(n, dtype=bool)
-        mask[sorted(scored)] = True
         point = choose(
-            good[mask],
+            good[scored],
             synthetic,
             rule=engine.threshold_rule,
             quantile=engine.threshold_quantile,
@@ -369,7 +368,10 @@ class Detector(Scorer):
         self.out_of_fold_scores_ = good
         self.synthetic_scores_ = synthetic
         scales = fixed_scales(
-            good[mask], np.concatenate(sample_maps), point.threshold, np.concatenate(sample_scores)
+            good[scored],
+            np.concatenate(sample_maps),
+            point.threshold,
+            np.concatenate(sample_scores),
         )
         source = {
             "rule": point.description,
