@@ -218,3 +218,12 @@ def test_large_training_sets_score_an_even_subset_out_of_fold(texture, monkeypat
     point = model.fit_info_["threshold_source"]["operating_point"]
     assert point["n_good"] == 7 and point["n_synthetic"] == 7 * 8
     assert model.fit_info_["threshold_source"]["n_out_of_fold"] == 7
+
+
+def test_synthetic_auroc_counts_ties_half_as_scikit_learn_does():
+    from sklearn.metrics import roc_auc_score
+
+    good = np.array([1.0, 2.0, 2.0, 3.0, 5.0])
+    defective = np.array([2.0, 3.0, 4.0, 5.0])
+    expected = roc_auc_score(np.r_[np.zeros(5), np.ones(4)], np.r_[good, defective])
+    assert auroc_of(good, defective) == pytest.approx(expected)

@@ -263,8 +263,6 @@ class ExportedModel(Scorer):
             self.name = str(meta["detector"])
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelFileError(f"{self.path} has damaged metadata ({exc})") from exc
-        if np.isnan(self.threshold_):
-            raise ModelFileError(f"{self.path} has a NaN threshold; export it again")
         self.metadata = meta
         keys = (
             "intensity",

@@ -89,23 +89,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def auroc_of(good: np.ndarray, defective: np.ndarray) -> float:
-    """The probability that a defective score exceeds a good one (ties count half)."""
-    scores = np.concatenate([good, defective])
-    ranks = _average_ranks(scores)
-    n_good, n_bad = len(good), len(defective)
-    return float((ranks[n_good:].sum() - n_bad * (n_bad + 1) / 2) / (n_good * n_bad))
+    """The probability that a defective score exceeds a good one (ties count half):
+    :func:`defectscope.metrics.auroc` of the two groups."""
+    from defectscope.metrics import auroc
 
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    for stop in range(1, len(values) + 1):
-        if stop == len(values) or sorted_values[stop] != sorted_values[start]:
-            ranks[order[start:stop]] = (start + stop + 1) / 2  # 1-based average rank
-            start = stop
-    return ranks
+    labels = np.r_[np.zeros(len(good), dtype=bool), np.ones(len(defective), dtype=bool)]
+    return auroc(labels, np.concatenate([good, defective]))
 
 
 def choose(
