@@ -142,6 +142,31 @@ def one_thread(monkeypatch):
 
 
 @SLOW
+def test_ray_map_cancels_only_the_tasks_it_did_not_take(local_ray, monkeypatch):
+    # Cancelling a task whose result was already taken races Ray's completion bookkeeping and,
+    # under load, aborted the whole driver (the test process) with no message.
+    import time
+
+    cancelled = []
+    real_cancel = ray.cancel
+
+    def spy(ref, **kwargs):
+        cancelled.append(ref)
+        real_cancel(ref, **kwargs)
+
+    monkeypatch.setattr(ray, "cancel", spy)
+    executor = _executor()
+    assert list(executor.map(lambda x: x * x, [1, 2, 3])) == [1, 4, 9]
+    # abandoned after its last result, as zip() abandons it: nothing to cancel
+    assert [b for _, b in zip("ab", executor.map(lambda x: -x, [1, 2]))] == [-1, -2]
+    assert cancelled == []
+    results = executor.map(lambda s: time.sleep(s) or s, [0, 60, 60])
+    assert next(results) == 0
+    results.close()  # an interrupted driver: the two unfinished tasks are stopped
+    assert len(cancelled) == 2
+
+
+@SLOW
 def test_ray_benchmark_equals_serial(local_ray, one_thread, mvtec_root, tmp_path):
     (tmp_path / "data").mkdir()
     for name in ("texture", "object"):

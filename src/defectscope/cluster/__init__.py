@@ -97,12 +97,22 @@ class RayExecutor:
             raise ConfigError("RayExecutor.map outside `with RayExecutor(...)`")
         remote = ray.remote(fn).options(**self.options())
         refs = [remote.remote(item) for item in items]
+        taken = 0
         try:
             for ref in refs:
-                yield ray.get(ref)
+                result = ray.get(ref)
+                taken += 1
+                yield result
         finally:
-            for ref in refs:  # an interrupted driver stops what is still queued or running
-                ray.cancel(ref, force=True)
+            # an interrupted driver stops what is still queued or running. Only those: a
+            # forced cancel of a task whose result was already taken races Ray's own
+            # bookkeeping of its completion, and under load that aborts the driver (Ray 2.60,
+            # task_manager.cc "Tried to complete task that was not pending").
+            left = refs[taken:]
+            if left:
+                _, running = ray.wait(left, num_returns=len(left), timeout=0)
+                for ref in running:
+                    ray.cancel(ref, force=True)
 
 
 _owned = False
