@@ -27,6 +27,36 @@ def test_pairing_does_not_depend_on_sorted_position(tmp_path):
     assert pairs == {"000": "000_mask", "002": "002_mask"}
 
 
+def test_test_images_sharing_a_stem_cannot_share_a_mask(tmp_path):
+    root = make_category(
+        tmp_path / "c", n_train=3, n_test_good=2, n_test_defect=2, size=32, defects=("hole",)
+    )
+    Image.open(root / "test" / "hole" / "000.png").save(root / "test" / "hole" / "000.jpg")
+    with pytest.raises(DataError, match=r"c/test/hole: 000.jpg and 000.png share the stem '000'"):
+        load_category(root)
+    # the same stems among good images, or without masks, pair nothing: accepted
+    Image.open(root / "test" / "good" / "000.png").save(root / "test" / "good" / "000.jpg")
+    (root / "test" / "hole" / "000.jpg").unlink()
+    assert len(load_category(root).test_samples) == 5
+
+
+@pytest.mark.parametrize("spelling", ["Good", "GOOD"])
+def test_good_is_good_in_any_case(tmp_path, spelling):
+    root = make_category(
+        tmp_path / "c", n_train=3, n_test_good=2, n_test_defect=2, size=32, defects=("hole",)
+    )
+    for split in ("train", "test"):
+        (root / split / "good").rename(root / split / spelling)
+    category = load_category(root)
+    assert len(category.train_paths) == 3
+    labels = sorted((s.defect_type, s.is_anomalous) for s in category.test_samples)
+    assert labels == [("good", False)] * 2 + [("hole", True)] * 2
+    assert discover(tmp_path) == [root]
+    (root / "test" / "good").mkdir()  # two spellings side by side: which one is meant?
+    with pytest.raises(DataError, match=r"holds both .* one folder of defect-free images"):
+        load_category(root)
+
+
 def test_missing_ground_truth_is_image_level_with_notice(mvtec_root):
     category = load_category(mvtec_root / "object")
     assert not category.has_masks

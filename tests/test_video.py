@@ -69,3 +69,18 @@ def test_unreadable_video_is_one_clear_error(model_run, tmp_path, capsys):
     code = main(["predict", "--model", str(model_run), str(bad), "--project", str(tmp_path)])
     assert code == 2
     assert "video" in capsys.readouterr().err
+
+
+def test_truncated_video_says_which_frames_were_not_scored(model_run, texture, tmp_path, capsys):
+    sources = sorted((texture / "test").rglob("*.png"))[:8]
+    video = tmp_path / "cut.avi"
+    write_video(video, [np.asarray(Image.open(p).convert("RGB")) for p in sources])
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])  # the recording broke off: the header says 8
+    project = tmp_path / "runs"
+    assert main(["predict", "--model", str(model_run), "--project", str(project), str(video)]) == 0
+    out = capsys.readouterr()
+    decoded = len(list(csv.DictReader(open(project / "predict" / "predict" / "predictions.csv"))))
+    assert 0 < decoded < 8
+    assert f"decoded {decoded} of the 8 frames its header declares" in out.out + out.err
+    assert f"frames {decoded}-7 are not scored" in out.out + out.err

@@ -93,10 +93,10 @@ def load_category(folder: str | Path, *, require_test: bool = False) -> Category
     if not folder.is_dir():
         raise DataError(f"category folder not found: {folder}")
     notices: list[str] = []
-    train_dir = folder / "train" / GOOD
+    train_dir = _good_folder(folder / "train")
     if not train_dir.is_dir():
         inside = sorted(
-            p.name for p in folder.iterdir() if p.is_dir() and (p / "train" / GOOD).is_dir()
+            p.name for p in folder.iterdir() if p.is_dir() and _good_folder(p / "train").is_dir()
         )
         if inside:
             shown = ", ".join(inside[:8]) + (
@@ -124,10 +124,14 @@ def load_category(folder: str | Path, *, require_test: bool = False) -> Category
             )
     else:
         gt_root = folder / "ground_truth"
+        good_dir = _good_folder(test_dir)
         for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-            defect = defect_dir.name
+            # `Good` or `GOOD` is the defect-free folder too, never a defect type
+            defect = GOOD if defect_dir == good_dir else defect_dir.name
             images = _image_files(defect_dir, notices)
             gt_dir = gt_root / defect
+            if defect != GOOD and gt_dir.is_dir():
+                _refuse_shared_stems(folder.name, defect, images)
             if defect != GOOD and images and not gt_dir.is_dir():
                 notices.append(
                     f"{folder.name}/{defect}: no ground_truth/{defect}/ folder; "
@@ -157,6 +161,35 @@ def load_category(folder: str | Path, *, require_test: bool = False) -> Category
         if require_test and not samples:
             raise DataError(f"{test_dir} holds no test images; add test/good/ and test/<defect>/")
     return Category(folder.name, folder, tuple(train), tuple(samples), tuple(notices))
+
+
+def _good_folder(parent: Path) -> Path:
+    """``parent/good``, matched without regard to case (``Good``, ``GOOD``); two spellings of
+    it side by side are refused, since either could be meant."""
+    if not parent.is_dir():
+        return parent / GOOD
+    found = sorted(p for p in parent.iterdir() if p.is_dir() and p.name.lower() == GOOD)
+    if len(found) > 1:
+        names = " and ".join(p.name for p in found)
+        raise DataError(
+            f"{parent} holds both {names}: one folder of defect-free images is expected; "
+            "merge them into good/"
+        )
+    return found[0] if found else parent / GOOD
+
+
+def _refuse_shared_stems(category: str, defect: str, images: list[Path]) -> None:
+    """Masks are found by file stem, so two test images of one defect type with the same stem
+    (``000.png`` and ``000.jpg``) would silently share one mask."""
+    seen: dict[str, Path] = {}
+    for image in images:
+        other = seen.setdefault(image.stem, image)
+        if other is not image:
+            raise DataError(
+                f"{category}/test/{defect}: {other.name} and {image.name} share the stem "
+                f"{image.stem!r}, so ground_truth/{defect}/{image.stem}_mask.png cannot say "
+                "which image it belongs to; rename one of them"
+            )
 
 
 def _find_mask(gt_dir: Path, image: Path) -> Path:

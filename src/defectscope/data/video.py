@@ -3,6 +3,7 @@ scored, drawn and listed exactly like an image (optional extra ``video``: OpenCV
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,13 @@ class Frame:
     seconds: float | None
 
 
-def extract_frames(video: Path, out_dir: Path, every: int = 1) -> list[Frame]:
+def extract_frames(
+    video: Path, out_dir: Path, every: int = 1, notices: list[str] | None = None
+) -> list[Frame]:
     """Decode ``video`` and write frames 0, ``every``, 2 x ``every``... as RGB PNGs in
-    ``out_dir``; returns them in order.
+    ``out_dir``; returns them in order. A file that decodes to fewer frames than its container
+    declares (a truncated or damaged recording) adds a line to ``notices``: its frames past the
+    break are not scored, and that is said, not left for the user to notice.
 
     Raises:
         DataError: OpenCV is missing, or the file cannot be decoded or holds no frame.
@@ -46,6 +51,7 @@ def extract_frames(video: Path, out_dir: Path, every: int = 1) -> list[Frame]:
     if not capture.isOpened():
         raise DataError(f"video {video} cannot be opened (unknown codec or damaged file)")
     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    declared = capture.get(cv2.CAP_PROP_FRAME_COUNT)
     out_dir.mkdir(parents=True, exist_ok=True)
     frames: list[Frame] = []
     index = 0
@@ -66,4 +72,9 @@ def extract_frames(video: Path, out_dir: Path, every: int = 1) -> list[Frame]:
         capture.release()
     if not frames:
         raise DataError(f"video {video} holds no frame that OpenCV can decode")
+    if notices is not None and math.isfinite(declared) and 0 < index < int(declared):
+        notices.append(
+            f"video {video.name}: decoded {index} of the {int(declared)} frames its header "
+            f"declares (truncated or damaged); frames {index}-{int(declared) - 1} are not scored"
+        )
     return frames

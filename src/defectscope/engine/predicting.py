@@ -200,7 +200,7 @@ def predict_to_folder(
         from defectscope.data.video import extract_frames
 
         for video, video_name in zip(videos, video_names):
-            taken = extract_frames(video, out / "frames" / video_name, every)
+            taken = extract_frames(video, out / "frames" / video_name, every, notices)
             notices.append(
                 f"{video_name}: {len(taken)} frames (every {every}) written to "
                 f"frames/{video_name}/ and scored as images"
