@@ -19,6 +19,7 @@ from defectscope.data.images import load_image
 from defectscope.errors import DefectscopeError
 
 from .conftest import SIZE
+from .fuzz.fields import edit_export_field, edit_model_field, predict_outcome
 from .fuzz.mutate import finite, image_mutations, model_mutations
 
 FAST = settings(
@@ -103,3 +104,48 @@ def test_edited_header_is_caught_by_its_checksum(model_bytes, sample):
     config["fitted"]["threshold"] = config["fitted"]["threshold"] * 2
     header["__metadata__"]["config"] = json.dumps(config)
     assert check_model(join_safetensors(header, body), sample) == "ModelFileError"
+
+
+def defective_part(good: Path, out: Path) -> Path:
+    """A good part with a large dark patch: any sound model of the texture rejects it."""
+    pixels = np.asarray(Image.open(good).convert("RGB")).copy()
+    h, w = pixels.shape[:2]
+    pixels[h // 4 : h // 2, w // 4 : w // 2] = 0
+    Image.fromarray(pixels).save(out)
+    return out
+
+
+def field_parts(texture: Path, folder: Path) -> dict[str, Path]:
+    good = sorted((texture / "test" / "good").glob("*.png"))[0]
+    return {"good": good, "defective": defective_part(good, folder / "defective.png")}
+
+
+@pytest.fixture(scope="module")
+def parts(texture, tmp_path_factory) -> dict[str, Path]:
+    return field_parts(texture, tmp_path_factory.mktemp("parts"))
+
+
+@pytest.fixture(scope="module")
+def export_bytes(fitted, tmp_path_factory) -> bytes:
+    from defectscope.engine.exported import export_onnx
+
+    return export_onnx(fitted, tmp_path_factory.mktemp("export") / "model.onnx").read_bytes()
+
+
+def test_unedited_files_reject_the_defective_part(model_bytes, export_bytes, parts):
+    assert predict_outcome(model_bytes, ".safetensors", parts) == "scored"
+    assert predict_outcome(export_bytes, ".onnx", parts) == "scored"
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1))
+def test_one_edited_header_field_is_refused_or_still_rejects_defects(model_bytes, parts, seed):
+    data, _ = edit_model_field(model_bytes, np.random.default_rng(seed))
+    predict_outcome(data, ".safetensors", parts)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1))
+def test_one_edited_export_field_is_refused_or_still_rejects_defects(export_bytes, parts, seed):
+    data, _ = edit_export_field(export_bytes, np.random.default_rng(seed))
+    predict_outcome(data, ".onnx", parts)

@@ -2,7 +2,7 @@
 
 One class per registered detector (``defectscope.PaDiM``, ``defectscope.Autoencoder``, ...) is
 generated from the registry. Its keyword-only constructor takes every option of the detector's
-config and of :class:`~defectscope.engine.options.EngineOptions`, stores them unchanged and
+config and of :class:`~defectscope.engine.settings.EngineOptions`, stores them unchanged and
 validates them in ``fit`` (scikit-learn's estimator contract: ``get_params``, ``set_params``
 and ``sklearn.base.clone`` work).
 """
@@ -24,8 +24,9 @@ from defectscope.config import Options
 from defectscope.data.images import source_bit_depth
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.data.mvtec import Category, load_category
-from defectscope.engine.options import ENGINE_NAMES, EngineOptions, split_params
+from defectscope.engine.options import split_params
 from defectscope.engine.scoring import Scorer
+from defectscope.engine.settings import ENGINE_NAMES, EngineOptions
 from defectscope.engine.sharding import Executor
 from defectscope.engine.shortcuts import IntensitySummary, batch_stats, image_formats
 from defectscope.errors import ConfigError, DataError, NotFittedError

@@ -229,6 +229,10 @@ class ExportedModel(Scorer):
     ) -> None:
         import onnxruntime as ort
 
+        from defectscope.engine.settings import EngineOptions
+
+        # the same type and range checks as a fit's options: `--batch-size 0` is one line here too
+        EngineOptions(batch_size=batch_size, num_workers=num_workers, progress=progress)
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"exported model not found: {self.path}")
@@ -257,10 +261,10 @@ class ExportedModel(Scorer):
             self.threshold_ = checked_threshold(meta["threshold"])
             check_threshold_source(meta.get("threshold_source"), self.threshold_)
             check_fit_info(meta)
-            width = int(meta["image_size"])
-            # files exported before non-square inputs have no input_shape: square
-            self.input_shape = tuple(int(v) for v in meta.get("input_shape", (width, width)))
-            self.name = str(meta["detector"])
+            self.input_shape = self._graph_input_shape(meta)
+            self.name = meta["detector"]
+            if not isinstance(self.name, str) or not self.name:
+                raise ValueError(f"detector must be a name, got {self.name!r}")
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelFileError(f"{self.path} has damaged metadata ({exc})") from exc
         self.metadata = meta
@@ -276,6 +280,21 @@ class ExportedModel(Scorer):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
+
+    def _graph_input_shape(self, meta: dict) -> tuple[int, int]:
+        """``(height, width)``: the metadata's ``input_shape``, which must be the graph's own
+        (an edited one would resize every image to a shape the graph refuses)."""
+        shape = meta["input_shape"]
+        dims = self.session.get_inputs()[0].shape
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+        ):
+            raise ValueError(f"input_shape must be [height, width], got {shape!r:.80}")
+        if len(dims) != 4 or list(dims[1:3]) != shape:
+            raise ValueError(f"input_shape {shape} is not the graph's input {dims}")
+        return shape[0], shape[1]
 
     def _check_digest(self, meta_text: str, recorded: str | None) -> None:
         """ModelFileError unless the graph and metadata hash to the digest stored with them."""

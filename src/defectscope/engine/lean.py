@@ -24,8 +24,8 @@ import numpy as np
 
 from defectscope.config import Options
 from defectscope.engine.exported import run_micro_batches, session_options
-from defectscope.engine.options import EngineOptions
 from defectscope.engine.runtime import cached_graph, graph_metadata, resolve_runtime
+from defectscope.engine.settings import EngineOptions
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ models; :func:`choose` then picks the threshold by a rule recorded in the model:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -191,7 +192,9 @@ def check_threshold_source(source: Any, threshold: float) -> None:
     if not isinstance(source, dict) or not isinstance(source.get("rule"), str):
         raise ConfigError("its threshold_source is missing or not a record with a rule")
     recorded = checked_threshold(source.get("threshold"), "threshold_source.threshold")
-    if recorded != threshold:
+    point = source.get("operating_point")
+    stated = point.get("threshold", recorded) if isinstance(point, dict) else recorded
+    if recorded != threshold or stated != threshold:
         raise ConfigError(
             f"its threshold {threshold!r} differs from the {recorded!r} its threshold_source "
             "records (edited by hand?)"
@@ -236,6 +239,101 @@ def check_fit_info(info: Any) -> None:
         isinstance(depth, int) and not isinstance(depth, bool) and 8 < depth <= 32
     ):
         raise ConfigError(f"bit_depth must be an int in 9..32 or null; got {depth!r}")
-    for key in ("intensity", "formats"):
-        if info.get(key) is not None and not isinstance(info[key], dict):
-            raise ConfigError(f"{key} must be a mapping; got {type(info[key]).__name__}")
+    _check_intensity(info.get("intensity"))
+    _check_formats(info.get("formats"))
+    _check_history(info.get("history"))
+    source = info.get("threshold_source")
+    if isinstance(source, dict) and source.get("operating_point") is not None:
+        _check_point(source["operating_point"])
+
+
+def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+
+
+def _count(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < 2**53
+
+
+def _check_intensity(record: Any) -> None:
+    """The training images' grey statistics (the lighting shift check compares with them)."""
+    if record is None:
+        return
+    if not (
+        isinstance(record, dict)
+        and set(record) == {"n", "mean", "mean_sd", "spread", "spread_sd"}
+        and _count(record["n"], 1)
+        and _number(record["mean"], 0, 65535)
+        and all(_number(record[k], 0, 65535) for k in ("mean_sd", "spread", "spread_sd"))
+    ):
+        raise ConfigError(
+            "intensity must hold n >= 1 and finite mean, mean_sd, spread, spread_sd in "
+            f"[0, 65535]; got {record!r:.200}"
+        )
+
+
+_SIZE_KEY = re.compile(r"[1-9][0-9]{0,5}x[1-9][0-9]{0,5}")
+
+
+def _check_formats(record: Any) -> None:
+    """The training images' sizes and modes (the size and mode notices compare with them)."""
+    if record is None:
+        return
+    ok = isinstance(record, dict) and set(record) == {"sizes", "modes"}
+    if ok:
+        sizes, modes = record["sizes"], record["modes"]
+        ok = (
+            isinstance(sizes, dict)
+            and isinstance(modes, dict)
+            and all(_SIZE_KEY.fullmatch(k) and _count(n, 1) for k, n in sizes.items())
+            and all(0 < len(k) <= 16 and _count(n, 1) for k, n in modes.items())
+        )
+    if not ok:
+        raise ConfigError(
+            "formats must hold sizes {'WxH': count} and modes {'RGB': count} with counts "
+            f">= 1; got {record!r:.200}"
+        )
+
+
+def _check_history(record: Any) -> None:
+    """A trained network's per-epoch losses: lists of finite numbers by name."""
+    if record is None:
+        return
+    if not (
+        isinstance(record, dict)
+        and all(
+            isinstance(v, list) and len(v) <= 100_000 and all(map(_number, v))
+            for v in record.values()
+        )
+    ):
+        raise ConfigError(f"history must map names to lists of finite losses; got {record!r:.200}")
+
+
+def _check_point(record: Any) -> None:
+    """The operating point that fit, the report and ``/model`` state."""
+    names = {f.name for f in fields(OperatingPoint)}
+    ok = isinstance(record, dict) and set(record) == names
+    if ok:
+        interval = record["false_reject_interval"]
+        ok = (
+            _number(record["threshold"])
+            and isinstance(record["rule"], str)
+            and isinstance(record["description"], str)
+            and _count(record["n_good"])
+            and _count(record["n_synthetic"])
+            and _number(record["expected_false_reject"], 0, 1)
+            and isinstance(interval, list)
+            and len(interval) == 2
+            and all(_number(v, 0, 1) for v in interval)
+            and all(
+                record[k] is None or _number(record[k], 0, 1)
+                for k in ("synthetic_catch_rate", "synthetic_auroc")
+            )
+        )
+    if not ok:
+        raise ConfigError(f"threshold_source.operating_point is damaged; got {record!r:.200}")

@@ -218,7 +218,7 @@ def load(
     from safetensors.numpy import load_file
 
     from defectscope.engine.estimator import ESTIMATORS
-    from defectscope.engine.options import EngineOptions
+    from defectscope.engine.settings import EngineOptions
 
     file = model_path(path)
     header = read_header(file)
