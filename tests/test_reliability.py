@@ -152,15 +152,26 @@ def test_unwritable_project_fails_before_fitting(texture, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def disk_full_at(monkeypatch, name: str) -> None:
+    """Every file is written to a temporary file and renamed: the rename of ``name`` (and of
+    every later file) fails as on a full disk."""
+    import errno
+    import os
+
+    real = os.replace
+    full = []
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name or full:
+            full.append(dst)
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
 def test_failure_after_fit_keeps_the_model_and_says_where(texture, tmp_path, capsys, monkeypatch):
-    real = Path.write_text
-
-    def write_text(self, *args, **kwargs):
-        if self.name == "config.json":
-            raise OSError(28, "No space left on device")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "write_text", write_text)
+    disk_full_at(monkeypatch, "config.json")
     code = main(["fit", "--data", str(texture), "--project", str(tmp_path / "runs"), *PADIM_ARGS])
     err = capsys.readouterr().err
     model = tmp_path / "runs" / "fit" / "texture" / "model.safetensors"
@@ -264,3 +275,38 @@ def test_links_and_wrong_weights_files_say_what_they_are(texture, tmp_path):
     text.write_text("hello")
     with pytest.raises(BackboneError, match="it is not a PyTorch file .* a text file"):
         _read_state_dict(text)
+
+
+@pytest.mark.parametrize(
+    ("verb", "full_at"),
+    [
+        ("fit", "model.safetensors"),
+        ("predict", "predictions.csv"),
+        ("predict", "000.png"),  # an overlay
+        ("export", "model.onnx"),
+        ("evaluate", "results.json"),
+        ("calibrate", "model.safetensors"),
+    ],
+)
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(
+    verb, full_at, fitted, texture, tmp_path, capsys, monkeypatch
+):
+    model = fitted.save(tmp_path / "m" / "model.safetensors")
+    before = model.read_bytes()
+    project = ["--project", str(tmp_path / "runs")]
+    argv = {
+        "fit": ["fit", "--data", str(texture), *project, *PADIM_ARGS],
+        "predict": ["predict", "--model", str(model), str(texture / "test" / "good"), *project],
+        "export": ["export", "--model", str(model)],
+        "evaluate": ["evaluate", "--model", str(model), "--data", str(texture), *project],
+        "calibrate": ["calibrate", "--model", str(model), "--data", str(texture)],
+    }[verb]
+    disk_full_at(monkeypatch, full_at)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the disk is full; free space and run again" in err, err
+    assert "Traceback" not in err
+    left = [p.name for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+    assert left == [], left
+    assert not list(tmp_path.rglob(full_at + "*")) or full_at == "model.safetensors"
+    assert model.read_bytes() == before  # the model given is never half-replaced

@@ -1,10 +1,16 @@
 """Files appear whole or not at all: written to a temporary file beside the target, then
-renamed (torch-free, used by every writer of models and exports)."""
+renamed (torch-free; every file defectscope writes goes through here)."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 def publish(tmp: str | Path, path: Path) -> None:
@@ -17,3 +23,34 @@ def publish(tmp: str | Path, path: Path) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` whole or not at all: into a temporary file beside it, then
+    renamed. On any failure (a full disk, an interrupt) the temporary file is removed and a
+    previous ``path`` is left as it was: never a half-written file, never a stray temp file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        publish(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """:func:`write_bytes` of UTF-8 text."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> Path:
+    """:func:`write_text` of a CSV table (``rows`` as sequences in ``header``'s order)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())

@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from defectscope.atomic import write_text
 from defectscope.errors import ConfigError, DefectscopeError, OutputError
 
 #: the detector of fit, benchmark and demo when none is named: the best mean image AUROC on the
@@ -451,12 +452,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         config, engine = detector.options()
         saved = {"model": model, "data": str(data), **config.to_dict(), **engine.to_dict()}
         saved.pop("progress")
-        (run / "config.json").write_text(json.dumps(saved, indent=2))
-        (run / "run.json").write_text(
-            json.dumps(
-                {"command": args.command, "fitted": detector.fit_info_}, indent=2, default=str
-            )
-        )
+        write_text(run / "config.json", json.dumps(saved, indent=2))
+        fitted = {"command": args.command, "fitted": detector.fit_info_}
+        write_text(run / "run.json", json.dumps(fitted, indent=2, default=str))
     except (OSError, TypeError, ValueError) as exc:
         raise OutputError(
             f"the fitted model is saved in {path}, but writing its run files failed: {exc}"
@@ -826,9 +824,25 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # one line, whatever the parser said
         print(f"defectscope {args.verb}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as exc:  # what the operating system refused: a full disk, a lost mount
+        print(f"defectscope {args.verb}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("defectscope: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error_line(exc: OSError) -> str:
+    import errno
+
+    where = f" ({exc.filename})" if exc.filename else ""
+    line = f"{exc.strerror or exc}{where}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        line += (
+            ": the disk is full; free space and run again (files finished before this one "
+            "are kept; none is left half-written)"
+        )
+    return line
 
 
 if __name__ == "__main__":

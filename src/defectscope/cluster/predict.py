@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from defectscope.atomic import publish
 from defectscope.errors import ConfigError, DefectscopeError
 
 #: columns of predictions.csv / .parquet, in order, with their Arrow types
@@ -230,30 +231,41 @@ def predict_ray(
     counts = {"pass": 0, "fail": 0, "error": 0}
     t0 = time.perf_counter()
     log(f"scoring {len(paths)} images on {actors} Ray actors ({actor_cpus:g} CPU each)")
-    with (
-        pq.ParquetWriter(out / "predictions.parquet", schema) as parquet,
-        open(out / "predictions.csv", "w", newline="") as handle,
-    ):
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        expected = 0
-        means: list[float] = []
-        stds: list[float] = []
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            means += batch.column("_mean").to_pylist()
-            stds += batch.column("_std").to_pylist()
-            batch = batch.select(list(COLUMNS)).cast(schema)
-            index = batch.column("index").to_numpy()
-            due = np.arange(expected, expected + len(index))
-            if not np.array_equal(index, due):  # an error beats a silently shuffled file
-                raise RuntimeError(f"Ray Data returned rows out of order near row {expected}")
-            expected += len(index)
-            parquet.write_table(batch)
-            columns = [batch.column(c).to_pylist() for c in COLUMNS]
-            for row in zip(*columns):
-                writer.writerow(["" if v is None else v for v in row])
-            for verdict in columns[COLUMNS.index("verdict")]:
-                counts[verdict] += 1
+    # streamed into temporary files, renamed once the last row is in: a failure (a full disk)
+    # leaves neither a half-written table nor a temporary file
+    parts = {
+        out / name: out / f".{name}.partial" for name in ("predictions.parquet", "predictions.csv")
+    }
+    try:
+        with (
+            pq.ParquetWriter(parts[out / "predictions.parquet"], schema) as parquet,
+            open(parts[out / "predictions.csv"], "w", newline="") as handle,
+        ):
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            expected = 0
+            means: list[float] = []
+            stds: list[float] = []
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                means += batch.column("_mean").to_pylist()
+                stds += batch.column("_std").to_pylist()
+                batch = batch.select(list(COLUMNS)).cast(schema)
+                index = batch.column("index").to_numpy()
+                due = np.arange(expected, expected + len(index))
+                if not np.array_equal(index, due):  # an error beats a silently shuffled file
+                    raise RuntimeError(f"Ray Data returned rows out of order near row {expected}")
+                expected += len(index)
+                parquet.write_table(batch)
+                columns = [batch.column(c).to_pylist() for c in COLUMNS]
+                for row in zip(*columns):
+                    writer.writerow(["" if v is None else v for v in row])
+                for verdict in columns[COLUMNS.index("verdict")]:
+                    counts[verdict] += 1
+        for final, tmp in parts.items():
+            publish(tmp, final)
+    finally:
+        for tmp in parts.values():
+            tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     # the shift check of a local predict, over the images that could be read
     from defectscope.engine.shortcuts import shift_notices

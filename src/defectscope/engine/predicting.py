@@ -6,7 +6,6 @@ matplotlib), so a one-image ``predict`` starts fast.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from defectscope.atomic import write_csv, write_text
 from defectscope.data.images import folder_images, is_image_file, load_image
 from defectscope.engine.scoring import Scorer
 from defectscope.errors import DataError
@@ -22,9 +22,7 @@ from defectscope.results import Prediction
 
 def write_meta(run: Path, meta: dict[str, Any]) -> None:
     """Write ``run.json`` atomically (a kill mid-write leaves the previous one)."""
-    tmp = run / ".run.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    tmp.replace(run / "run.json")
+    write_text(run / "run.json", json.dumps(meta, indent=2, default=str))
 
 
 def expand_inputs(
@@ -273,15 +271,13 @@ def predict_to_folder(
         if picture is not None and i in top:
             sheet[i] = picture
         rows.append({**where, **verdict_fields(p, regions, overlay_file), "error": ""})
-    with open(out / "predictions.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "regions": json.dumps(row["regions"])})
+    header = list(rows[0])
+    cells = ([json.dumps(r[k]) if k == "regions" else r[k] for k in header] for r in rows)
+    write_csv(out / "predictions.csv", header, cells)
     plain = [
         {k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows
     ]
-    (out / "predictions.json").write_text(json.dumps(plain, indent=2))  # NaN is not JSON: null
+    write_text(out / "predictions.json", json.dumps(plain, indent=2))  # NaN is not JSON: null
     if sheet:
         order = sorted(sheet, key=lambda i: -predictions[i].score)
         title = f"the {len(order)} highest scores (threshold {t:.4g})"

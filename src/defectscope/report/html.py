@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from defectscope.atomic import write_text
 from defectscope.report.table import RANKED_BY, SHOWN, shown
 from defectscope.results import METRIC_LABELS, CategoryResult, outcome_summary
 
@@ -334,7 +335,7 @@ def write_report(results: Sequence[CategoryResult], run: Path, meta: dict[str, A
         figures[f"{result.category} ({result.detector})"] = {
             k: str(p.relative_to(run)) if p.is_relative_to(run) else str(p) for k, p in made.items()
         }
-    (run / "figures.json").write_text(json.dumps(figures, indent=2))
+    write_text(run / "figures.json", json.dumps(figures, indent=2))
     return rebuild_report(run, meta)
 
 
@@ -371,10 +372,7 @@ def rebuild_report(run: Path, meta: dict[str, Any] | None = None) -> Path:
             f"{needed[0]} or its run.json is damaged ({type(exc).__name__}: {exc}); run the "
             "evaluation or benchmark again"
         ) from exc
-    tmp = run / ".report.html.tmp"
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text(path, text)
 
 
 def _read_json(path: Path, kind: type, keys: tuple[str, ...]) -> Any:

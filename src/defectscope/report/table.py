@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from defectscope.atomic import write_csv, write_text
 from defectscope.results import METRICS, CategoryResult
 
 COLUMNS = (
@@ -194,10 +194,7 @@ def write_tables(results: Sequence[CategoryResult], out_dir: Path) -> dict[str, 
         "json": out_dir / "results.json",
         "md": out_dir / "results.md",
     }
-    with open(paths["csv"], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({c: row.get(c) for c in COLUMNS} for row in rows)
+    write_csv(paths["csv"], list(COLUMNS), ([row.get(c) for c in COLUMNS] for row in rows))
     notices = [n for r in results for n in r.notices]
     payload = {
         "rows": rows,
@@ -205,30 +202,26 @@ def write_tables(results: Sequence[CategoryResult], out_dir: Path) -> dict[str, 
         "notices": notices,
         "results": [r.to_dict() for r in results],
     }
-    tmp = paths["json"].with_name(".results.json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(paths["json"])  # a damaged results.json never replaces a good one
+    write_text(paths["json"], json.dumps(payload, indent=2))  # never a half-written one
     by_category = {f"{r.category} ({r.detector})": list(dict.fromkeys(r.notices)) for r in results}
-    tmp = out_dir / ".notices.json.tmp"
-    tmp.write_text(json.dumps(by_category, indent=2))
-    tmp.replace(out_dir / "notices.json")
+    write_text(out_dir / "notices.json", json.dumps(by_category, indent=2))
     md = ["# Results", "", markdown_table(rows), "", "## Rankings", "", markdown_rankings(ranks)]
     if notices:
         md += ["## Notices", "", *[f"- {n}" for n in dict.fromkeys(notices)], ""]
-    paths["md"].write_text("\n".join(md))
+    write_text(paths["md"], "\n".join(md))
     for r in results:
-        path = out_dir / f"scores_{r.detector}_{r.category}.csv"
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "defect_type", "is_anomalous", "score", "predicted_anomalous"])
-            for img in r.images:
-                writer.writerow(
-                    [
-                        img.path,
-                        img.defect_type,
-                        int(img.is_anomalous),
-                        f"{img.score:.6g}",
-                        int(img.predicted_anomalous),
-                    ]
-                )
+        write_csv(
+            out_dir / f"scores_{r.detector}_{r.category}.csv",
+            ["path", "defect_type", "is_anomalous", "score", "predicted_anomalous"],
+            (
+                [
+                    img.path,
+                    img.defect_type,
+                    int(img.is_anomalous),
+                    f"{img.score:.6g}",
+                    int(img.predicted_anomalous),
+                ]
+                for img in r.images
+            ),
+        )
     return paths
