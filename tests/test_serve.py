@@ -4,6 +4,7 @@ in headless Chromium (Playwright), and a server on an exported model that import
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import shutil
 import socket
@@ -242,24 +243,70 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def live_server(onnx_model):
+@contextlib.contextmanager
+def running_server(model, limits: Limits | None = None):
+    """The service as `defectscope serve` configures it, on a free loopback port, in a thread;
+    stopped at the end."""
     import uvicorn
 
+    from defectscope.serve.app import server_config
+
     port = _free_port()
-    config = uvicorn.Config(
-        create_app(onnx_model), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
+    limits = limits or Limits()
+    app = create_app(model, limits=limits)
+    server = uvicorn.Server(server_config(app, port=port, limits=limits, quiet=True))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "the server did not start within 30 s"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live_server(onnx_model):
+    with running_server(onnx_model) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+def _exchange(port: int, head: bytes, wait_s: float) -> bytes:
+    """Send ``head`` and then nothing; what the server answers before closing, within
+    ``wait_s`` seconds (b"" if it closed without a word)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as conn:
+        conn.sendall(head)
+        received = b""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                return received
+            received += chunk
+        raise AssertionError(f"the connection was still open after {wait_s} s: {received[:80]!r}")
+
+
+@pytest.mark.slow
+def test_slow_clients_are_cut_off(onnx_model):
+    with running_server(onnx_model, Limits(upload_timeout=1.0)) as port:
+        # a request head that never ends ("slowloris"): closed after the deadline
+        start = time.monotonic()
+        assert _exchange(port, b"POST /predict HTTP/1.1\r\nHost: x\r\n", 10) == b""
+        assert 0.5 < time.monotonic() - start < 8
+        # a body that never arrives: 408 with a JSON reason
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789"
+        answer = _exchange(port, head, 10)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert b"the upload took longer than 1 s (10 bytes arrived)" in answer
+        # and the service still answers everyone else
+        reply = _exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 10)
+        assert reply.startswith(b"HTTP/1.1 200")
 
 
 @pytest.mark.slow

@@ -378,6 +378,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     srv.add_argument(
         "--max-wait-ms", type=float, default=10, help="wait for more images per batch (default 10)"
     )
+    srv.add_argument(
+        "--upload-timeout-s",
+        type=float,
+        default=30,
+        help="seconds a client has for a request's head, then for its body (default 30)",
+    )
+    srv.add_argument(
+        "--max-connections", type=int, default=64, help="open connections; more get 503 (64)"
+    )
 
     rep = verbs.add_parser("report", help="rebuild report.html of a saved run folder")
     rep.add_argument("run_dir", help="a run folder written by evaluate or benchmark")
@@ -762,6 +771,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "max_queue": (1, 4096),
         "max_batch": (1, 256),
         "max_wait_ms": (0, 10_000),
+        "upload_timeout_s": (0.1, 3600),
+        "max_connections": (1, 100_000),
         "port": (1, 65535),
     }
     for name, (low, high) in ranges.items():
@@ -774,6 +785,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_batch=args.max_batch,
         max_wait=args.max_wait_ms / 1000,
+        upload_timeout=args.upload_timeout_s,
+        max_connections=args.max_connections,
     )
     key = args.api_key or os.environ.get("DEFECTSCOPE_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and key is None:

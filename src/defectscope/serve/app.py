@@ -38,6 +38,10 @@ class Limits:
     max_wait: float = 0.01
     #: decoded size of one image (width x height x channels x bytes per sample) at most
     max_decoded_bytes: int = 256 * 1024 * 1024
+    #: seconds a client has to send a request's head, and then its whole body
+    upload_timeout: float = 30.0
+    #: open connections at most (more get 503): what slow clients can hold is bounded
+    max_connections: int = 64
 
 
 #: the image formats the service decodes: those of the CLI's suffixes, nothing else (Pillow
@@ -202,8 +206,21 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
         from starlette.requests import ClientDisconnect
 
         chunks, total = [], 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.upload_timeout
+        stream = request.stream().__aiter__()
         try:
-            async for chunk in request.stream():
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), deadline - loop.time())
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError as exc:
+                    raise ApiError(
+                        408,
+                        f"the upload took longer than {limits.upload_timeout:g} s "
+                        f"({total:,} bytes arrived); send it again",
+                    ) from exc
                 total += len(chunk)
                 if total > limits.max_upload_bytes:
                     raise ApiError(
@@ -337,6 +354,41 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
     return app
 
 
+def server_config(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits = Limits(),
+    quiet: bool = False,
+) -> Any:
+    """The uvicorn configuration ``serve`` runs ``app`` with: the API key redacted from access
+    logs, idle connections closed after 5 s, at most ``limits.max_connections`` open, and a
+    deadline for each request's head (:mod:`defectscope.serve.guard`) and body."""
+    import copy
+
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    from defectscope.serve.guard import guarded_h11
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": RedactKey}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact")
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning" if quiet else "info",
+        access_log=not quiet,
+        log_config=config,
+        timeout_keep_alive=5,
+        limit_concurrency=limits.max_connections,
+        http=guarded_h11(limits.upload_timeout),
+    )
+
+
 def serve(
     model: str | Path,
     *,
@@ -347,25 +399,11 @@ def serve(
     quiet: bool = False,
 ) -> None:
     """Load ``model`` and serve it with uvicorn until interrupted."""
-    import copy
-
     import uvicorn
-    from uvicorn.config import LOGGING_CONFIG
 
     app = create_app(model, api_key=api_key, limits=limits)
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["redact"] = {"()": RedactKey}
-    for handler in config["handlers"].values():
-        handler.setdefault("filters", []).append("redact")
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning" if quiet else "info",
-        access_log=not quiet,
-        log_config=config,
-        timeout_keep_alive=5,
-    )
+    config = server_config(app, host=host, port=port, limits=limits, quiet=quiet)
+    uvicorn.Server(config).run()
 
 
 class RedactKey(logging.Filter):
