@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import struct
 import sys
@@ -81,6 +82,7 @@ class Cases:
 
     def record(self, group: str, case: str, result: tuple[int, str, str]) -> None:
         code, out, err = result
+        err = re.sub(r"\x1b\[[0-9;]*[A-Za-z]|\r", "", err)  # progress bars' cursor moves
         lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
         said = [ln for ln in lines if " error: " in ln or "Error: " in ln]
         said += [ln for ln in lines if ln.startswith(("warning:", "shift:", "notice:"))]
@@ -459,6 +461,8 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
     (d / "run.json").write_text(json.dumps({"status": "interrupted"}))
     c.record(g, "report on a benchmark interrupted before its first result", run(["report", P(d)]))
 
+    round_two(c, predict)
+
     # ---- Python API
     g = "Python API"
     import defectscope
@@ -493,6 +497,201 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
             )
         ),
     )
+
+
+def round_two(c: Cases, predict: list[str]) -> None:  # noqa: PLR0915 - one list of cases
+    """The cases of reliability round two (issue 24): values that would make every part pass,
+    edited files whose checksums were recomputed, data layouts that paired masks wrongly, the
+    service's options, damaged run folders and a full disk."""
+    import errno
+    import os
+
+    P = str
+    g = "options and config files (round two)"
+    opt = lambda *more: run(  # noqa: E731
+        ["fit", "--data", P(c.cat), "--project", P(c.fresh() / "runs"), *SMALL, *more]
+    )
+    c.record(g, "--holdout 0", opt("--holdout", "0"))
+    c.record(g, "--regularization inf", opt("--regularization", "inf"))
+    c.record(g, "--regularization 1e-300", opt("--regularization", "1e-300"))
+    c.record(g, "--sigma inf", opt("--sigma", "inf"))
+    c.record(g, "--seed -1", opt("--seed", "-1"))
+    c.record(g, "--batch-size 0", opt("--batch-size", "0"))
+    c.record(g, "--max-false-reject 1", opt("--max-false-reject", "1"))
+    c.record(g, "a mistyped flag (--n-feature)", opt("--n-feature", "40"))
+    d = c.fresh()
+    configs = {
+        "regularization Infinity in JSON": ("c.json", '{"regularization": Infinity}'),
+        "config data: 123": ("d.yaml", "data: 123\n"),
+        "config model: [padim, 2]": ("m.yaml", "model: [padim, 2]\n"),
+        "YAML integer keys": ("i.yaml", "1: 2\n"),
+        "a YAML alias bomb": (
+            "bomb.yaml",
+            "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c]\n",
+        ),
+        "a config file over 1 MB": ("big.yaml", "# " + "x" * 1_100_000 + "\n"),
+    }
+    for case, (name, text) in configs.items():
+        (d / name).write_text(text)
+        c.record(g, case, opt("--config", P(d / name)))
+
+    g = "model and exported files (round two)"
+    use = lambda model, *more: run(  # noqa: E731
+        [*predict[:2], P(model), P(c.image), "--project", P(c.fresh()), *more]
+    )
+
+    def both(value):
+        def change(cfg):
+            cfg["fitted"]["threshold"] = value
+            cfg["fitted"]["threshold_source"]["threshold"] = value
+
+        return change
+
+    c.record(
+        g,
+        "threshold set to 1e30 in both places it is recorded (checksum updated)",
+        use(c.model_with(edit_config(both(1e30)))),
+    )
+    c.record(
+        g,
+        "threshold edited in one place (checksum updated)",
+        use(c.model_with(edit_config(lambda cfg: cfg["fitted"].update(threshold=1.0)))),
+    )
+
+    def no_checksum(header, body):
+        del header["__metadata__"]["config_sha256"]
+        return header, body
+
+    c.record(g, "config_sha256 deleted", use(c.model_with(no_checksum, recompute=False)))
+    c.record(
+        g,
+        "intensity statistics of the wrong type (checksum updated)",
+        use(c.model_with(edit_config(lambda cfg: cfg["fitted"]["intensity"].update(mean="abc")))),
+    )
+    c.record(
+        g,
+        "formats of the wrong type (checksum updated)",
+        use(c.model_with(edit_config(lambda cfg: cfg["fitted"]["formats"].update(sizes=7)))),
+    )
+    c.record(g, "predict --threshold inf", use(c.model, "--threshold", "inf"))
+    d = c.fresh()
+    onnx_file = d / "m.onnx"
+    run(["export", "--model", P(c.model), "--output", P(onnx_file), "-q"])
+    c.record(g, "predict --batch-size 0 with an export", use(onnx_file, "--batch-size", "0"))
+
+    def edited_export(change, recompute: bool) -> Path:
+        import onnx
+
+        from defectscope.engine.exported import DIGEST_KEY, METADATA_KEY, export_digest
+
+        model = onnx.load(P(onnx_file))
+        props = {p.key: p for p in model.metadata_props}
+        meta = json.loads(props[METADATA_KEY].value)
+        change(model, meta)
+        props[METADATA_KEY].value = json.dumps(meta)
+        if recompute:
+            graph = model.graph.SerializeToString()
+            props[DIGEST_KEY].value = export_digest(graph, props[METADATA_KEY].value)
+        out = c.fresh() / "m.onnx"
+        onnx.save(model, P(out))
+        return out
+
+    c.record(
+        g,
+        "export: threshold edited in its metadata",
+        use(edited_export(lambda m, meta: meta.update(threshold=1e30), recompute=False)),
+    )
+
+    def zero_weight(model, meta):
+        from onnx import numpy_helper
+
+        init = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+        zeros = np.zeros_like(numpy_helper.to_array(init))
+        init.CopyFrom(numpy_helper.from_array(zeros, init.name))
+
+    c.record(
+        g,
+        "export: its largest weight tensor zeroed",
+        use(edited_export(zero_weight, recompute=False)),
+    )
+    c.record(
+        g,
+        "export: input_shape edited (digest recomputed)",
+        use(edited_export(lambda m, meta: meta.update(input_shape=[32, 32]), recompute=True)),
+    )
+    c.record(
+        g,
+        "export: colour_scale of the wrong type (digest recomputed)",
+        use(edited_export(lambda m, meta: meta.update(colour_scale="abc"), recompute=True)),
+    )
+
+    g = "data layouts and files (round two)"
+    pr = lambda *inputs: run([*predict, P(c.fresh()), *map(P, inputs)])  # noqa: E731
+    ev = lambda data: run(  # noqa: E731
+        ["evaluate", "--model", P(c.model), "--data", P(data), "--project", P(c.fresh())]
+    )
+    d = c.copy_cat()
+    Image.open(d / "test" / "scratch" / "000.png").save(d / "test" / "scratch" / "000.jpg")
+    c.record(g, "two test images with the same stem (000.png, 000.jpg)", ev(d))
+    d = c.copy_cat()
+    (d / "test" / "good").rename(d / "test" / "Good")
+    c.record(g, "test/Good instead of test/good (read as good)", ev(d))
+    d = c.fresh()
+    frames = [Image.open(c.image), Image.open(c.image).rotate(90)]
+    frames[0].save(d / "pages.tif", save_all=True, append_images=frames[1:])
+    c.record(g, "a multi-page TIFF", pr(d / "pages.tif"))
+    d = c.fresh()
+    (d / "loop.png").symlink_to(d / "loop.png")
+    c.record(g, "a symbolic link loop", pr(d / "loop.png"))
+    (d / "broken.png").symlink_to(d / "nowhere.png")
+    c.record(g, "a broken symbolic link", pr(d / "broken.png"))
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    if cv2 is not None:
+        d = c.fresh()
+        video = d / "cut.avi"
+        writer = cv2.VideoWriter(P(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (SIZE, SIZE))
+        for i in range(8):
+            frame = np.asarray(Image.open(c.image).convert("RGB").rotate(i * 10))
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+        c.record(g, "a truncated video (half its bytes)", pr(video))
+
+    g = "service options (round two)"
+    srv = lambda *more: run(["serve", "--model", P(c.model), *more])  # noqa: E731
+    c.record(g, "serve --port 99999", srv("--port", "99999"))
+    c.record(g, "serve --max-upload-mb nan", srv("--max-upload-mb", "nan"))
+    c.record(g, "serve --max-wait-ms inf", srv("--max-wait-ms", "inf"))
+    c.record(g, "serve --upload-timeout-s 0", srv("--upload-timeout-s", "0"))
+
+    g = "run folders and disks (round two)"
+    run_dir = c.fresh() / "runs"
+    run(["evaluate", "--model", P(c.model), "--data", P(c.cat), "--project", P(run_dir), "-q"])
+    done = run_dir / "evaluate" / "cat"
+    d = Path(shutil.copytree(done, c.fresh() / "run"))
+    (d / "results.json").write_text('{"rows": [1, 2')
+    c.record(g, "report on a damaged results.json", run(["report", P(d)]))
+    d = Path(shutil.copytree(done, c.fresh() / "run"))
+    (d / "figures.json").write_text(json.dumps({"cat (padim)": {"roc": "/etc/passwd"}}))
+    c.record(g, "report with figures.json naming /etc/passwd (not embedded)", run(["report", P(d)]))
+    real = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", P(dst))
+
+    os.replace = full
+    try:
+        c.record(
+            g,
+            "predict on a full disk (simulated: every rename fails with ENOSPC)",
+            use(c.model),
+        )
+    finally:
+        os.replace = real
 
 
 def _write(path: Path, data: bytes) -> Path:

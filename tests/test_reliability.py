@@ -310,3 +310,45 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(
     assert left == [], left
     assert not list(tmp_path.rglob(full_at + "*")) or full_at == "model.safetensors"
     assert model.read_bytes() == before  # the model given is never half-replaced
+
+
+def test_a_consistent_but_absurd_threshold_is_refused(fitted, tmp_path, texture, capsys):
+    """Every copy of the threshold edited alike (checksum recomputed): it still lies a million
+    score spreads from the good scores, where no fit or calibration puts one."""
+    import hashlib
+
+    from .fuzz.mutate import join_safetensors, split_safetensors
+
+    header, body = split_safetensors(fitted.save(tmp_path / "m.safetensors").read_bytes())
+    record = json.loads(header["__metadata__"]["config"])
+    fit_record = record["fitted"]
+    absurd = fit_record["score_scale"]["good_median"] + 1e6 * fit_record["score_scale"]["spread"]
+    fit_record["threshold"] = fit_record["threshold_source"]["threshold"] = absurd
+    fit_record["threshold_source"]["operating_point"]["threshold"] = absurd
+    text = json.dumps(record)
+    header["__metadata__"].update(
+        config=text, config_sha256=hashlib.sha256(text.encode()).hexdigest()
+    )
+    edited = tmp_path / "edited.safetensors"
+    edited.write_bytes(join_safetensors(header, body))
+    image = sorted((texture / "test" / "good").glob("*.png"))[0]
+    assert main(["predict", "--model", str(edited), str(image), "--project", str(tmp_path)]) == 2
+    assert "spreads from the median good score" in capsys.readouterr().err
+
+
+def test_flags_are_never_abbreviated(texture, tmp_path, capsys):
+    args = ["fit", "--data", str(texture), "--project", str(tmp_path), "--n-feature", "40"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    assert "--n-feature: did you mean --n-features" in capsys.readouterr().err
+
+
+def test_predict_names_a_link_loop_and_a_broken_link(fitted, tmp_path, capsys):
+    model = fitted.save(tmp_path / "m" / "model.safetensors")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
+    for name, said in (("loop.png", "symbolic link loop"), ("broken.png", "broken symbolic link")):
+        argv = ["predict", "--model", str(model), str(tmp_path / name), "--project", str(tmp_path)]
+        assert main(argv) == 2
+        assert said in capsys.readouterr().err

@@ -175,6 +175,12 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: the mistake, the close matches of a mistyped flag, and
     where the help is (never the whole usage, which runs to dozens of lines for fit)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # no abbreviations: `--n-feature 40` is a mistake to point out (with the close match),
+        # not a guess, and a flag added later cannot silently change what an old one meant
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> typing.NoReturn:
         hints = []
         if message.startswith("unrecognized arguments:"):

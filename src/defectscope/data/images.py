@@ -38,7 +38,7 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _unreadable(path: Path, what: str) -> DataError:
+def unreadable(path: Path, what: str) -> DataError:
     """The error for a path that cannot be opened: missing, or not allowed (they differ)."""
     try:
         path.stat()
@@ -90,7 +90,7 @@ def _open(path: Path | io.BytesIO, what: str, name: str | None = None) -> Image.
     """Open and fully decode an image (a file, or bytes in memory named ``name``), turning every
     PIL failure into a :class:`DataError`."""
     if isinstance(path, Path) and not _is_file(path):
-        raise _unreadable(path, what)
+        raise unreadable(path, what)
     source, path = path, (path if isinstance(path, Path) else name or "upload")
     # Pillow has its own process-wide limit that would fire before ours; lift it to ours so that
     # raising MAX_IMAGE_PIXELS is enough (it only ever goes up, so threads do not race).
@@ -120,7 +120,7 @@ def _open(path: Path | io.BytesIO, what: str, name: str | None = None) -> Image.
     except DataError:
         raise
     except PermissionError as exc:
-        raise _unreadable(path, what) from exc
+        raise unreadable(path, what) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(
             f"{what} {path} looks like a decompression bomb ({exc}); resize the image, or raise "
@@ -155,7 +155,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` of an image as shown (EXIF orientation applied), without decoding."""
     path = Path(path)
     if not _is_file(path):
-        raise _unreadable(path, "image")
+        raise unreadable(path, "image")
     try:
         with Image.open(path) as image:
             width, height = image.size

@@ -192,13 +192,23 @@ def check_threshold_source(source: Any, threshold: float) -> None:
     if not isinstance(source, dict) or not isinstance(source.get("rule"), str):
         raise ConfigError("its threshold_source is missing or not a record with a rule")
     recorded = checked_threshold(source.get("threshold"), "threshold_source.threshold")
-    point = source.get("operating_point")
-    stated = point.get("threshold", recorded) if isinstance(point, dict) else recorded
-    if recorded != threshold or stated != threshold:
+    if recorded != threshold:
         raise ConfigError(
             f"its threshold {threshold!r} differs from the {recorded!r} its threshold_source "
             "records (edited by hand?)"
         )
+    point = source.get("operating_point")
+    stated = point.get("threshold", recorded) if isinstance(point, dict) else recorded
+    if stated != threshold:
+        raise ConfigError(
+            f"its threshold {threshold!r} differs from the {stated!r} its operating point "
+            "states (edited by hand?)"
+        )
+
+
+#: a threshold this many score spreads (``score_scale``) from the median good score is refused:
+#: fit puts it within one spread; calibrate, on labelled parts, within tens
+MAX_THRESHOLD_SPREADS = 1000.0
 
 
 def check_fit_info(info: Any) -> None:
@@ -239,6 +249,15 @@ def check_fit_info(info: Any) -> None:
         isinstance(depth, int) and not isinstance(depth, bool) and 8 < depth <= 32
     ):
         raise ConfigError(f"bit_depth must be an int in 9..32 or null; got {depth!r}")
+    threshold = info.get("threshold")
+    if spread is not None and _number(threshold):
+        distance = abs(threshold - spread["good_median"]) / spread["spread"]
+        if distance > MAX_THRESHOLD_SPREADS:
+            raise ConfigError(
+                f"its threshold {threshold:.6g} lies {distance:.3g} spreads from the median "
+                f"good score {spread['good_median']:.6g}: no fitted or calibrated threshold is "
+                "that far (every part would pass, or every part fail); fit or calibrate again"
+            )
     _check_intensity(info.get("intensity"))
     _check_formats(info.get("formats"))
     _check_history(info.get("history"))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.atomic import write_csv, write_text
-from defectscope.data.images import folder_images, is_image_file, load_image
+from defectscope.data.images import folder_images, is_image_file, load_image, unreadable
 from defectscope.engine.scoring import Scorer
 from defectscope.errors import DataError
 from defectscope.results import Prediction
@@ -59,7 +59,7 @@ def expand_inputs(
                 )
             files.append(item)
         else:
-            raise DataError(f"input not found: {item}")
+            raise unreadable(item, "input")  # missing, a broken link or a link loop
     if not files and not videos:
         raise DataError(f"no image files in {', '.join(map(str, inputs))}")
     unique = list(dict.fromkeys(files))
