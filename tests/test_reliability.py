@@ -352,3 +352,24 @@ def test_predict_names_a_link_loop_and_a_broken_link(fitted, tmp_path, capsys):
         argv = ["predict", "--model", str(model), str(tmp_path / name), "--project", str(tmp_path)]
         assert main(argv) == 2
         assert said in capsys.readouterr().err
+
+
+def test_temporary_files_of_killed_writers_are_removed_never_a_live_ones(fitted, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **_OUT)
+    dead_pid = int(gone.stdout)  # that process has exited: its file is an orphan
+    target = tmp_path / "model.safetensors"
+    orphan = tmp_path / f".model.safetensors.{dead_pid}.abc123.tmp"
+    live = tmp_path / f".model.safetensors.{os.getpid()}.def456.tmp"  # a writer still running
+    other = tmp_path / f".other.png.{dead_pid}.x.tmp"  # another file's: not ours to judge
+    for path in (orphan, live, other):
+        path.write_bytes(b"half a model, as a kill -9 leaves it")
+    fitted.save(target)
+    assert target.is_file() and not orphan.exists()
+    assert live.exists() and other.exists()
+
+
+_OUT = {"capture_output": True, "text": True, "check": True}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import io
 import os
 import tempfile
@@ -25,14 +26,49 @@ def publish(tmp: str | Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def temporary(path: str | Path) -> str:
+    """A new empty temporary file beside ``path`` for its next version, named
+    ``.<name>.<pid>.<random>.tmp``; first removes such files left by processes that no longer
+    run (a ``kill -9`` or a power cut mid-write), never those of a live writer."""
+    path = Path(path)
+    remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
+    os.close(fd)
+    return tmp
+
+
+def remove_orphans(path: Path) -> list[Path]:
+    """Delete the temporary files of ``path`` whose writing process is gone; returns them."""
+    removed = []
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+                removed.append(stale)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid we can ask about: keep its file
+    return True
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` whole or not at all: into a temporary file beside it, then
     renamed. On any failure (a full disk, an interrupt) the temporary file is removed and a
     previous ``path`` is left as it was: never a half-written file, never a stray temp file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temporary(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             handle.write(data)
         publish(tmp, path)
     except BaseException:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from defectscope.atomic import publish
+from defectscope.atomic import publish, temporary
 from defectscope.engine.operating import (
     check_fit_info,
     check_threshold_source,
@@ -59,14 +58,6 @@ def _as_array(tensor: Any):
     return tensor if not hasattr(tensor, "detach") else tensor.detach().contiguous().numpy()
 
 
-def _remove_stale_temp_files(folder: Path, name: str) -> None:
-    for stale in folder.glob(f".{name}.*.tmp"):
-        try:
-            stale.unlink()
-        except OSError:
-            pass
-
-
 def keep_previous(path: str | Path) -> Path | None:
     """Copy an existing model file to ``<stem>.previous.safetensors`` beside it (replacing an
     older copy), before it is overwritten; returns the copy, or None if there was no file."""
@@ -76,8 +67,7 @@ def keep_previous(path: str | Path) -> Path | None:
     if not path.is_file():
         return None
     kept = path.with_name(f"{path.stem}.previous{path.suffix}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{kept.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary(kept)
     try:
         shutil.copyfile(path, tmp)
         publish(tmp, kept)
@@ -116,9 +106,7 @@ def save_detector(detector: Any, path: str | Path) -> Path:
         "config": text,
         "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
-    _remove_stale_temp_files(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary(path)
     try:
         save_file(tensors, tmp, metadata=metadata)
         publish(tmp, path)

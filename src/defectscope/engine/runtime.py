@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ if TYPE_CHECKING:  # torch is imported where a module is exported or checked, ne
     import torch
     from torch import nn
 
+from defectscope.atomic import temporary
 from defectscope.engine.exported import run_micro_batches, session_options
 from defectscope.engine.settings import RUNTIMES
 from defectscope.errors import ConfigError, unknown_name
@@ -129,8 +129,7 @@ def _export(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 3, *input_shape)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
+    tmp = temporary(path)
     try:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             # The tracer warns about Python-level branches on shapes; they are constant here.
