@@ -353,3 +353,33 @@ def test_operator_page_in_headless_chromium(live_server, texture, tmp_path):
             assert page.locator("#history li").count() == 1
         finally:
             browser.close()
+
+
+def test_the_service_and_predict_give_the_same_row_and_overlay(
+    client, onnx_model, texture, tmp_path
+):
+    """One verdict row and one overlay (defectscope.verdict): the service's answer for an image
+    is the predictions table's row for it, and its overlay is the overlay file, pixel for pixel."""
+    import csv
+    import json
+
+    image = sorted((texture / "test" / "scratch").glob("*.png"))[0]
+    [served] = client.post(
+        "/predict?overlay=true", files=[("files", (image.name, png(image)))]
+    ).json()["results"]
+    argv = ["predict", "--model", str(onnx_model), str(image), "--project", str(tmp_path), "-q"]
+    assert main(argv) == 0
+    run = tmp_path / "predict" / "predict"
+    [row] = csv.DictReader(open(run / "predictions.csv"))
+    assert served["score"] == pytest.approx(float(row["score"]), rel=1e-6)
+    assert served["normalized_score"] == pytest.approx(float(row["normalized_score"]), abs=1e-4)
+    for key in ("verdict", "threshold", "n_regions"):
+        assert str(served[key]) == row[key] or float(served[key]) == float(row[key]), key
+    assert served["is_anomalous"] == (row["is_anomalous"] == "True")
+    assert served["regions"] == json.loads(row["regions"])
+    from_service = np.asarray(
+        Image.open(io.BytesIO(base64.b64decode(served["overlay_png_base64"])))
+    )
+    written = np.asarray(Image.open(run / row["overlay"]))
+    assert row["name"] == served["name"] == image.name  # the same label on both
+    np.testing.assert_array_equal(from_service, written)

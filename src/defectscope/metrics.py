@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from defectscope.verdict import fails
+
 
 def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels).astype(bool).ravel()
@@ -112,7 +114,7 @@ def best_f1(labels, scores) -> tuple[float, float]:
 def f1_at(labels, scores, threshold: float) -> float:
     """F1 when predicting anomalous for ``score > threshold`` (the pass/fail rule of predict)."""
     labels, scores = _check(labels, scores)
-    predicted = scores > threshold
+    predicted = fails(scores, threshold)
     tp = int(np.sum(predicted & labels))
     denominator = int(labels.sum()) + int(predicted.sum())
     return 2 * tp / denominator if denominator else 0.0

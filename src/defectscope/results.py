@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from defectscope.verdict import fails
+
 METRICS = (
     "image_auroc",
     "image_f1_best",
@@ -156,7 +158,7 @@ def pick_examples(
     the missed defects (lowest scores first) and the false alarms (highest first)."""
     scores = np.array([r.score for r in images])
     labels = np.array([r.is_anomalous for r in images])
-    flagged = scores > threshold
+    flagged = fails(scores, threshold)
     order = np.argsort(-scores, kind="stable")
     groups = [
         ("detected", [i for i in order if labels[i] and flagged[i]][:per_group]),

@@ -61,23 +61,22 @@ class PredictActor:
         self.out = Path(out)
         self.save = save
         self.threshold = threshold
-        scale = self.detector.colour_scale
-        t = self.detector.threshold_ if threshold is None else threshold
-        self.scale = scale if scale is not None else (0.0, 2.0 * float(t))
-        self.on_map = bool(self.detector.fit_info_.get("threshold_on_map", True))
+        self.on_map = self.detector.threshold_on_map
 
     def _rows(self, paths: list[str], names: list[str]) -> list[dict[str, Any]]:
-        from defectscope.engine.predicting import annotate, verdict_fields
+        from defectscope.engine.predicting import annotate
+        from defectscope.verdict import colour_scale_for
 
         stats: list[tuple[np.ndarray, np.ndarray]] = []
         predictions = self.detector.predict(paths, threshold=self.threshold, stats=stats)
         means, stds = (np.concatenate(parts) for parts in zip(*stats))
+        scale = self.detector.colour_scale  # a model without one: this batch's maps
+        if scale is None:
+            maps = np.stack([p.anomaly_map for p in predictions])
+            scale = colour_scale_for(None, maps, predictions[0].threshold)
         rows = []
         for p, name, mean, std in zip(predictions, names, means, stds):
-            regions, overlay, _ = annotate(
-                p, name, self.scale, self.on_map, self.out, save=self.save
-            )
-            row = verdict_fields(p, regions, overlay)
+            row, _ = annotate(p, name, scale, self.on_map, self.out, save=self.save)
             rows.append(
                 {
                     **row,

@@ -12,6 +12,7 @@ import numpy as np
 
 from defectscope.data.mvtec import Category, load_category
 from defectscope.errors import ConfigError, DataError
+from defectscope.verdict import fails
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Outcome:
 
 def outcome(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Outcome:
     labels = np.asarray(labels, dtype=bool)
-    flagged = np.asarray(scores) > threshold
+    flagged = np.asarray(fails(scores, threshold))
     return Outcome(
         float(threshold),
         int((flagged & labels).sum()),

@@ -24,6 +24,7 @@ from defectscope.engine.shortcuts import (
 )
 from defectscope.errors import DataError
 from defectscope.results import METRICS, CategoryResult, ImageResult, pick_examples
+from defectscope.verdict import fails
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) ->
     metrics stream through :class:`~defectscope.metrics.PixelAccumulator` in :func:`evaluate`)."""
     out: dict[str, float | None] = dict.fromkeys(METRICS)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    out["image_accuracy_fixed"] = float(np.mean((scores > threshold) == labels))
+    out["image_accuracy_fixed"] = float(np.mean(fails(scores, threshold) == labels))
     if labels.any() and not labels.all():
         roc = metrics.roc_summary(labels, scores)
         out["image_auroc"], out["image_f1_best"] = roc.auroc, roc.best_f1
@@ -152,7 +153,7 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
             "(image-level metrics only)"
         )
     images = [
-        ImageResult(str(s.path), s.defect_type, bool(s.is_anomalous), float(x), bool(x > threshold))
+        ImageResult(str(s.path), s.defect_type, bool(s.is_anomalous), float(x), fails(x, threshold))
         for s, x in zip(samples, scores)
     ]
     # the few images the example figure draws, scored again (nothing else is kept)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.errors import ConfigError
+from defectscope.verdict import fails
 
 RULES = ("budget", "synthetic", "quantile")
 #: below this many good scores the expected false-reject rate is too uncertain to trust alone
@@ -138,8 +139,8 @@ def choose(
     else:
         threshold = float(np.quantile(good, quantile))
         description = f"quantile {quantile} of {len(good)} out-of-fold good scores"
-    rejects = int((good > threshold).sum())
-    catch = float((syn > threshold).mean()) if len(syn) else None
+    rejects = int(fails(good, threshold).sum())
+    catch = float(fails(syn, threshold).mean()) if len(syn) else None
     return OperatingPoint(
         threshold=float(threshold),
         rule=rule,

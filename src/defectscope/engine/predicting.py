@@ -18,6 +18,7 @@ from defectscope.data.images import folder_images, is_image_file, load_image, un
 from defectscope.engine.scoring import Scorer
 from defectscope.errors import DataError
 from defectscope.results import Prediction
+from defectscope.verdict import colour_scale_for, verdict_row
 
 
 def write_meta(run: Path, meta: dict[str, Any]) -> None:
@@ -95,48 +96,26 @@ def annotate(
     *,
     save: str,
     keep: bool = False,
-) -> tuple[list, str, np.ndarray | None]:
-    """The regions of one prediction, its overlay file under ``out`` (written when ``save``
-    asks for it; ``""`` otherwise) and the overlay picture (when written or ``keep``)."""
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The verdict row of one prediction (:func:`~defectscope.verdict.verdict_row`) with its
+    overlay file under ``out`` (written when ``save`` asks for it; ``""`` otherwise), and the
+    overlay picture (when written or ``keep``)."""
     from defectscope.data.images import image_size
-    from defectscope.regions import find_regions
-    from defectscope.report.visualize import annotated_overlay, save_png
+    from defectscope.report.visualize import save_png, verdict_overlay
 
-    t = p.threshold
-    regions = find_regions(p.anomaly_map, t, image_size(p.path)) if on_map else []
-    wanted = save == "all" or (save == "fail" and p.is_anomalous)
-    if not (wanted or keep):
-        return regions, "", None
-    picture = annotated_overlay(
-        load_image(p.path, None),
-        p.anomaly_map,
-        scale,
-        score=p.score,
-        normalized=p.normalized_score,
-        threshold=t,
-        threshold_on_map=on_map,
-        regions=regions,
-        label=rel,
+    row, regions = verdict_row(
+        p.score, p.normalized_score, p.threshold, p.anomaly_map, image_size(p.path), on_map
     )
-    overlay_file = ""
+    wanted = save == "all" or (save == "fail" and row["is_anomalous"])
+    row["overlay"] = ""
+    if not (wanted or keep):
+        return row, None
+    image = load_image(p.path, None)
+    picture = verdict_overlay(image, p.anomaly_map, scale, row, regions, on_map, rel)
     if wanted:
-        overlay_file = f"overlays/{overlay_name(rel)}"
-        save_png(picture, out / overlay_file)
-    return regions, overlay_file, picture
-
-
-def verdict_fields(p: Prediction, regions: list, overlay: str) -> dict[str, Any]:
-    """The columns every predictions table has for one image, in order (regions as dicts)."""
-    return {
-        "score": p.score,
-        "normalized_score": round(float(p.normalized_score), 4),
-        "verdict": "fail" if p.is_anomalous else "pass",
-        "is_anomalous": p.is_anomalous,
-        "threshold": p.threshold,
-        "n_regions": len(regions),
-        "regions": [r.to_dict() for r in regions],
-        "overlay": overlay,
-    }
+        row["overlay"] = f"overlays/{overlay_name(rel)}"
+        save_png(picture, out / row["overlay"])
+    return row, picture
 
 
 def error_fields(message: str) -> dict[str, Any]:
@@ -240,13 +219,12 @@ def predict_to_folder(
     notices += format_notices("predicted ", image_formats(files), train_formats)
     scale = detector.colour_scale
     if scale is None and predictions:
-        maps = np.stack([p.anomaly_map for p in predictions])
-        scale = (float(maps.min()), float(max(maps.max(), t)))
+        scale = colour_scale_for(None, np.stack([p.anomaly_map for p in predictions]), t)
         notices.append(
             "this model was saved before defectscope fixed a colour scale at fit time: the "
             "overlays of this call share a scale from this call's own maps (re-fit to fix it)"
         )
-    on_map = bool(detector.fit_info_.get("threshold_on_map", True))
+    on_map = detector.threshold_on_map
     rows = []
     ranked = sorted(
         (i for i, p in enumerate(results) if p is not None), key=lambda i: -results[i].score
@@ -265,12 +243,12 @@ def predict_to_folder(
         if p is None:
             rows.append({**where, **error_fields(errors[i])})
             continue
-        regions, overlay_file, picture = annotate(
+        row, picture = annotate(
             p, rel, scale, on_map, out, save=save, keep=save != "none" and i in top
         )
         if picture is not None and i in top:
             sheet[i] = picture
-        rows.append({**where, **verdict_fields(p, regions, overlay_file), "error": ""})
+        rows.append({**where, **row, "error": ""})
     header = list(rows[0])
     cells = ([json.dumps(r[k]) if k == "regions" else r[k] for k in header] for r in rows)
     write_csv(out / "predictions.csv", header, cells)

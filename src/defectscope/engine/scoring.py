@@ -12,6 +12,7 @@ import numpy as np
 from defectscope.data.loader import ImageInput
 from defectscope.errors import ConfigError, DataError, ScoringError
 from defectscope.results import Prediction, ScoredImages
+from defectscope.verdict import fails
 
 
 def as_image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
@@ -191,11 +192,17 @@ class Scorer(ABC):
         scale = self.fit_info_.get("colour_scale")
         return (float(scale[0]), float(scale[1])) if scale else None
 
+    @property
+    def threshold_on_map(self) -> bool:
+        """Whether an image's score is its map's maximum, so that the map above the threshold
+        marks the regions that made it fail (False for image-level detectors)."""
+        return bool(self.fit_info_.get("threshold_on_map", True))
+
     def is_anomalous(self, scores, threshold: float | None = None) -> np.ndarray:
-        """The verdict rule, in one place: a part fails when its score is above the threshold
-        (default: the model's)."""
+        """The verdict rule (:func:`defectscope.verdict.fails`) at ``threshold`` (default: the
+        model's): a part fails when its score is above it."""
         t = float(self.threshold_ if threshold is None else threshold)
-        return np.asarray(scores) > t
+        return np.asarray(fails(scores, t))
 
     def score_samples(self, images) -> np.ndarray:
         """scikit-learn's outlier-detector convention: higher is more normal (the negated

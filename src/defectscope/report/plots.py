@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from defectscope.data.images import load_image
 from defectscope.report.visualize import CMAP, mask_image, overlay
 from defectscope.results import CategoryResult, pick_examples
+from defectscope.verdict import fails
 
 DPI = 100
 
@@ -211,7 +212,7 @@ def synthetic_grid(result: CategoryResult, path: Path, columns: int = 4) -> Path
         )
         top.imshow(image)
         top.contour(mask, levels=[0.5], colors="yellow", linewidths=0.6)
-        verdict = "FAIL" if score > result.threshold else "pass"
+        verdict = "FAIL" if fails(score, result.threshold) else "pass"
         top.set_title(f"{kind}: {score:.3g} {verdict}", fontsize=8)
         bottom.imshow(overlay(image, amap, vmin, vmax))
     fig.suptitle(

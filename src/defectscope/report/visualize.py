@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from defectscope.atomic import write_bytes
+from defectscope.verdict import fails
 
 #: the colour map of every heatmap (matplotlib's name, for the figures' colour bars)
 CMAP = "jet"
@@ -114,7 +115,7 @@ def annotated_overlay(
     canvas = Image.new("RGB", (width + bar_width, height + banner), (255, 255, 255))
     canvas.paste(body, (0, banner))
     draw = ImageDraw.Draw(canvas)
-    failed = score > threshold
+    failed = fails(score, threshold)
     draw.rectangle(
         (0, 0, width + bar_width, banner - 1), fill=(200, 30, 30) if failed else (30, 130, 60)
     )
@@ -182,3 +183,27 @@ def tile_sheet(
         r, c = divmod(i, columns)
         sheet.paste(thumb, (pad + c * (width + pad), head + r * (cell_h + pad)))
     return np.asarray(sheet)
+
+
+def verdict_overlay(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    scale: tuple[float, float],
+    row: dict,
+    regions: list,
+    on_map: bool,
+    label: str,
+) -> np.ndarray:
+    """The annotated overlay of one verdict row (:func:`defectscope.verdict.verdict_row`):
+    drawn from the row, so that picture and table always agree."""
+    return annotated_overlay(
+        image,
+        anomaly_map,
+        scale,
+        score=row["score"],
+        normalized=row["normalized_score"],
+        threshold=row["threshold"],
+        threshold_on_map=on_map,
+        regions=regions,
+        label=label,
+    )

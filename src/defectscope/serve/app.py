@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from defectscope.errors import DataError, DefectscopeError
+from defectscope.verdict import RULE, colour_scale_for, verdict_row
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
         scorer, max_batch=limits.max_batch, max_wait=limits.max_wait, max_queue=limits.max_queue
     )
     identity = scorer.identity()
-    on_map = bool(scorer.fit_info_.get("threshold_on_map", True))
+    on_map = scorer.threshold_on_map
 
     @asynccontextmanager
     async def lifespan(app):
@@ -186,6 +187,7 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
             "colour_scale": scorer.colour_scale,
             "score_scale": scorer.fit_info_.get("score_scale"),
             "threshold_on_map": on_map,
+            "verdict_rule": RULE,
             "config": config.to_dict() if config is not None else scorer.metadata.get("config"),
             "limits": limits.__dict__,
         }
@@ -273,51 +275,26 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
             raise ApiError(_status_of(exc), str(exc)) from exc
 
     def describe(name, image, score, amap, threshold, want_overlay, want_heatmap) -> dict[str, Any]:
-        from defectscope.regions import find_regions
+        from PIL import Image
+
+        from defectscope.report.visualize import overlay as heatmap
+        from defectscope.report.visualize import verdict_overlay
 
         height, width = image.shape[:2]
-        regions = find_regions(amap, threshold, (width, height)) if on_map else []
         normalized = float(scorer.normalize([score], threshold)[0])
-        out = {
-            "name": name,
-            "score": float(score),
-            "normalized_score": round(normalized, 4),
-            "verdict": "fail" if score > threshold else "pass",
-            "is_anomalous": bool(score > threshold),
-            "threshold": threshold,
-            "width": width,
-            "height": height,
-            "regions": [r.to_dict() for r in regions],
+        row, regions = verdict_row(score, normalized, threshold, amap, (width, height), on_map)
+        out = {"name": name, **row, "width": width, "height": height}
+        scale = colour_scale_for(scorer.colour_scale, amap, threshold)
+        pictures = {
+            "heatmap_png_base64": want_heatmap and (lambda: heatmap(image, amap, *scale)),
+            "overlay_png_base64": want_overlay
+            and (lambda: verdict_overlay(image, amap, scale, row, regions, on_map, name)),
         }
-        if want_heatmap:
-            from PIL import Image
-
-            from defectscope.report.visualize import overlay as heatmap
-
-            scale = scorer.colour_scale or (float(amap.min()), float(max(amap.max(), threshold)))
-            buffer = io.BytesIO()
-            Image.fromarray(heatmap(image, amap, *scale)).save(buffer, format="PNG")
-            out["heatmap_png_base64"] = base64.b64encode(buffer.getvalue()).decode("ascii")
-        if want_overlay:
-            from PIL import Image
-
-            from defectscope.report.visualize import annotated_overlay
-
-            scale = scorer.colour_scale or (float(amap.min()), float(max(amap.max(), threshold)))
-            picture = annotated_overlay(
-                image,
-                amap,
-                scale,
-                score=float(score),
-                normalized=normalized,
-                threshold=threshold,
-                threshold_on_map=on_map,
-                regions=regions,
-                label=name,
-            )
-            buffer = io.BytesIO()
-            Image.fromarray(picture).save(buffer, format="PNG")
-            out["overlay_png_base64"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        for key, draw in pictures.items():
+            if draw:
+                buffer = io.BytesIO()
+                Image.fromarray(draw()).save(buffer, format="PNG")
+                out[key] = base64.b64encode(buffer.getvalue()).decode("ascii")
         return out
 
     @app.post("/predict")

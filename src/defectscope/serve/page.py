@@ -48,7 +48,9 @@ function render() {
   sliderValue.textContent = t.toPrecision(4);
   let failed = 0;
   for (const item of shown) {
-    const fail = item.score > t;
+    // at the threshold the server judged with, its verdict; elsewhere the same rule as the
+    // server's (defectscope.verdict.fails: a part fails when its score is above the threshold)
+    const fail = t === item.threshold ? item.failed : item.score > t;
     failed += fail;
     item.badge.textContent = fail ? "FAIL" : "pass";
     item.badge.className = "verdict " + (fail ? "fail" : "pass");
@@ -95,7 +97,8 @@ async function send(files) {
     line.append(badge, name);
     card.append(img, line);
     document.getElementById("results").prepend(card);
-    shown.push({score: r.score, badge: badge, card: card});
+    shown.push({score: r.score, threshold: r.threshold, failed: r.is_anomalous, badge: badge,
+                card: card});
     // the slider covers every shown score, so any verdict can be flipped
     const margin = 0.5 * ((model.score_scale && model.score_scale.spread) || 1);
     slider.max = Math.max(parseFloat(slider.max), r.score + margin);
