@@ -62,7 +62,7 @@ def main() -> None:
         model = make_detector(args.detector, {}).fit(train).save(work / "model.safetensors")
         if args.exported:
             from defectscope.engine.exported import export_onnx
-            from defectscope.engine.persistence import load
+            from defectscope.engine.loading import load
 
             model = export_onnx(load(model), work / "model.onnx")
         rows = []

@@ -21,7 +21,7 @@ from pathlib import Path
 CHILD = """
 import sys, time
 from pathlib import Path
-from defectscope.engine.persistence import load
+from defectscope.engine.loading import load
 from defectscope.engine.predicting import expand_inputs
 start = time.perf_counter()
 model = load(sys.argv[1])

@@ -34,6 +34,8 @@ LAYERS = {
     "digest": 0,
     "atomic": 0,
     "regions": 0,
+    "verdict": 0,
+    "version": 0,
 }
 
 
@@ -105,6 +107,75 @@ def package_cycles(src: Path) -> list[list[str]]:
         if node not in state:
             visit(node, [node])
     return cycles
+
+
+def module_graph(src: Path) -> dict[str, set[str]]:
+    """``module -> modules it imports`` over every module under ``src`` (imports inside
+    functions included): ``from defectscope.a import b`` is an import of ``defectscope.a.b``
+    when that is a module, else of ``defectscope.a``."""
+    modules = {module_name(path, src): path for path in src.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        for _, name in imports(path):
+            while name not in modules and "." in name:
+                name = name.rsplit(".", 1)[0]
+            if name in modules and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def module_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return sorted(out)
+
+
+def test_no_import_cycles_between_modules():
+    """No module imports, at any depth, a module that imports it back, not even inside a
+    function (such an import hides the cycle, it does not remove it)."""
+    assert module_cycles(module_graph(SRC)) == []
+
+
+def test_the_cycle_check_finds_a_planted_cycle(tmp_path):
+    fake = tmp_path / "defectscope"
+    (fake / "engine").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "engine" / "__init__.py").write_text("")
+    (fake / "engine" / "a.py").write_text("from defectscope.engine.b import g\n")
+    (fake / "engine" / "b.py").write_text("def g():\n    from defectscope.engine import a\n")
+    (fake / "engine" / "c.py").write_text("from defectscope.engine import a\n")
+    assert module_cycles(module_graph(fake)) == [["defectscope.engine.a", "defectscope.engine.b"]]
 
 
 def test_no_import_cycles_between_packages():

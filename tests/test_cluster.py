@@ -237,7 +237,7 @@ def test_ray_fit_of_a_root_and_sharded_fit_equal_serial(local_ray, mvtec_root, t
 def test_ray_batch_predict_equals_serial_in_order(local_ray, fitted, texture, tmp_path):
     from defectscope.cluster.predict import predict_ray
     from defectscope.engine.exported import export_onnx
-    from defectscope.engine.persistence import load
+    from defectscope.engine.loading import load
 
     onnx = export_onnx(fitted, tmp_path / "m.onnx")
     images = sorted(str(p) for p in (texture / "test").rglob("*.png"))

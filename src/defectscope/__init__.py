@@ -9,21 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def _version() -> str:
-    """The installed distribution's version: pyproject.toml is its one home."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("defectscope")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "0+unknown"
-
-
-__version__ = _version()
+from defectscope.version import __version__
 
 _LAZY = {
-    "load": ("defectscope.engine.persistence", "load"),
+    "load": ("defectscope.engine.loading", "load"),
     "evaluate": ("defectscope.engine.evaluation", "evaluate"),
     "export_onnx": ("defectscope.engine.exported", "export_onnx"),
     "ExportedModel": ("defectscope.engine.exported", "ExportedModel"),

@@ -237,7 +237,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
     )
-    from defectscope import __version__
+    from defectscope.version import __version__
 
     parser.add_argument("--version", action="version", version=f"defectscope {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -487,7 +487,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace):
-    from defectscope.engine.persistence import load
+    from defectscope.engine.loading import load
 
     overrides: dict[str, Any] = {"progress": not args.quiet}
     for key in ("runtime", "batch_size", "num_workers"):
@@ -724,7 +724,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from defectscope.engine.exported import export_onnx
-    from defectscope.engine.persistence import load, model_path
+    from defectscope.engine.loading import load
+    from defectscope.engine.persistence import model_path
     from defectscope.runs import check_output_file
 
     detector = load(args.model, progress=not args.quiet)

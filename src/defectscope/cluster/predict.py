@@ -55,7 +55,7 @@ class PredictActor:
         threshold: float | None,
         load_options: dict[str, Any],
     ) -> None:
-        from defectscope.engine.persistence import load
+        from defectscope.engine.loading import load
 
         self.detector = load(model, progress=False, **load_options)
         self.out = Path(out)
@@ -160,7 +160,6 @@ def predict_ray(
     import pyarrow.parquet as pq
     import ray
 
-    from defectscope import __version__
     from defectscope.data.images import is_image_file
     from defectscope.data.video import is_video_file
     from defectscope.engine.predicting import (
@@ -169,6 +168,7 @@ def predict_ray(
         relative_names,
         write_meta,
     )
+    from defectscope.version import __version__
 
     if save not in SAVE_CHOICES:
         raise ConfigError(f"save must be one of {', '.join(SAVE_CHOICES)}, got {save!r}")
@@ -201,7 +201,7 @@ def predict_ray(
     load_options.setdefault("batch_size", batch_size)
     load_options.setdefault("num_workers", 1)
     # the driver checks the model once (a wrong path fails here, not in every actor)
-    from defectscope.engine.persistence import load
+    from defectscope.engine.loading import load
 
     scorer = load(model, progress=False, **load_options)
     identity = scorer.identity()

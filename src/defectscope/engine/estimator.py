@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,12 +24,25 @@ from defectscope.config import Options
 from defectscope.data.images import source_bit_depth
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.data.mvtec import Category, load_category
+from defectscope.engine.operating import (
+    FEW_GOOD,
+    check_fit_info,
+    check_threshold_source,
+    checked_threshold,
+    choose,
+)
 from defectscope.engine.options import split_params
 from defectscope.engine.scoring import Scorer
 from defectscope.engine.settings import ENGINE_NAMES, EngineOptions
-from defectscope.engine.sharding import Executor
+from defectscope.engine.sharding import Executor, ShardJob, ShardResult
 from defectscope.engine.shortcuts import IntensitySummary, batch_stats, image_formats
-from defectscope.errors import ConfigError, DataError, NotFittedError
+from defectscope.errors import (
+    ConfigError,
+    DataError,
+    DefectscopeError,
+    ModelFileError,
+    NotFittedError,
+)
 from defectscope.models import DETECTORS, DetectorInfo
 from defectscope.progress import progress_bar
 
@@ -284,7 +297,6 @@ class Detector(Scorer):
         threshold comes from those scores (:mod:`defectscope.engine.operating`), and the final
         model keeps every image. Returns ``(module, threshold, scales, source)``."""
         from defectscope.data.anomalies import check_size, make_defects
-        from defectscope.engine.operating import FEW_GOOD, choose
 
         n = len(paths)
         folds = fold_split(n, self._fold_count(fitter, engine, n))
@@ -549,7 +561,7 @@ class Detector(Scorer):
     def _feed_shards(self, fitter, paths: list[Path], shards: int, executor, first) -> None:
         """Fit ``paths`` in shards through ``executor`` and combine them into ``fitter``;
         ``first``: the images whose mean sets the shared gain target."""
-        from defectscope.engine.sharding import SerialExecutor, ShardJob, fit_shard, split_evenly
+        from defectscope.engine.sharding import SerialExecutor, split_evenly
 
         config, engine = self.options()
         # Every shard shares what a serial fit takes from its first batch (the illumination
@@ -566,8 +578,7 @@ class Detector(Scorer):
         fitter.combine([result.partial for result in results])
 
     def fit_shard(self, paths: Sequence[str | Path], shared: dict[str, float]):
-        """One shard of a sharded fit (see :func:`defectscope.engine.sharding.fit_shard`)."""
-        from defectscope.engine.sharding import ShardResult
+        """One shard of a sharded fit (see :func:`fit_shard`)."""
 
         config, engine = self.options()
         fitter = self.info.load().make_fitter(config, self._hooks(engine))
@@ -627,6 +638,72 @@ class Detector(Scorer):
 
         self.model_file_ = save_detector(self, path)
         return self.model_file_
+
+    @classmethod
+    def from_saved(
+        cls,
+        file: Path,
+        header: dict[str, Any],
+        read_tensors: Callable[[], dict[str, Any]],
+        overrides: dict[str, Any],
+    ) -> Detector:
+        """The fitted detector a model file describes: its ``header`` (read and checksum-checked
+        by :func:`~defectscope.engine.persistence.read_header`) checked field by field, then its
+        tensors (``read_tensors()``, numpy) restored, torch-free where the lean path can run.
+        ``overrides``: the options that may change on load (runtime, batch size, workers,
+        progress, the weights file's new place)."""
+        try:
+            config = cls.info.config.from_dict(header["config"], where=f"{file}: ")
+            engine = EngineOptions.from_dict(header["engine"], where=f"{file}: ")
+            threshold = checked_threshold(header["fitted"]["threshold"])
+            check_threshold_source(header["fitted"].get("threshold_source"), threshold)
+            check_fit_info(header["fitted"])
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(
+                f"{file} has an invalid config ({exc}); a newer defectscope may have written "
+                "it, or it was edited: re-run `defectscope fit`"
+            ) from exc
+        detector = cls(**{**config.to_dict(), **engine.to_dict(), **overrides})
+        config, engine = detector.options()  # with the overrides (e.g. a moved weights file)
+        tensors = read_tensors()
+        fitted = {k: v for k, v in header["fitted"].items() if k != "threshold"}
+        try:
+            module = detector._restore(config, engine, tensors, fitted)
+        except DefectscopeError:
+            raise
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ModelFileError(
+                f"{file} has tensors that do not fit its config ({exc}); re-run `defectscope fit`"
+            ) from exc
+        detector._end_stage()
+        detector._set_fitted(module, threshold, config, engine, fitted)
+        detector.model_file_ = file
+        return detector
+
+    def _restore(self, config, engine, tensors: dict[str, Any], fitted: dict[str, Any]):
+        """The scoring module of a model file's tensors: torch-free where the lean path can run
+        (:mod:`defectscope.engine.lean`), else the detector's PyTorch module."""
+        from defectscope.engine.lean import lean_key, lean_module
+
+        on_stage = self._start_stages(engine)
+        module = lean_module(self.name, config, engine, tensors, fitted, on_stage)
+        if module is not None:
+            return module
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():
+            # the arrays read from the file are read-only; the modules never write to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            as_tensors = {k: torch.from_numpy(v) for k, v in tensors.items()}
+        module = self.info.load().restore(config, as_tensors, fitted, self._hooks(engine))
+        if lean_key(self.name, config, engine) is not None:
+            # restoring exported the graph the lean path needs: score as every later load will
+            lean = lean_module(self.name, config, engine, tensors, fitted, on_stage)
+            if lean is not None:
+                return lean
+        return module
 
 
 def class_docstring(info: DetectorInfo) -> str:
@@ -698,3 +775,9 @@ def estimator_class(name: str) -> type[Detector]:
 def make_detector(name: str, params: dict[str, Any]) -> Detector:
     """A new estimator by registry name with the given options."""
     return estimator_class(name)(**params)
+
+
+def fit_shard(job: ShardJob) -> ShardResult:
+    """Feed one shard's images to a new fitter; runs in whatever process the executor chose."""
+    detector = make_detector(job.detector, {**job.params, "progress": False})
+    return detector.fit_shard(job.paths, job.shared)

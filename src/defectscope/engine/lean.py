@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.config import Options
-from defectscope.engine.exported import run_micro_batches, session_options
+from defectscope.engine.onnx_session import run_micro_batches, session_options
 from defectscope.engine.runtime import cached_graph, graph_metadata, resolve_runtime
 from defectscope.engine.settings import EngineOptions
 

@@ -9,6 +9,9 @@ naming the file and what is wrong.
 
 Saving writes a temporary file next to the target and renames it, so a crash never leaves a
 half-written model; temporary files left by an interrupted save are removed by the next save.
+This module only reads and writes; a detector restores itself from what it read
+(:meth:`~defectscope.engine.estimator.Detector.from_saved`), and
+:func:`defectscope.engine.loading.load` puts the two together.
 """
 
 from __future__ import annotations
@@ -20,12 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from defectscope.atomic import publish, temporary
-from defectscope.engine.operating import (
-    check_fit_info,
-    check_threshold_source,
-    checked_threshold,
-)
-from defectscope.errors import ConfigError, DefectscopeError, ModelFileError, unknown_name
+from defectscope.errors import ModelFileError
 
 FORMAT = "defectscope-model"
 #: 3: checksums required, the threshold recorded twice (value and its source)
@@ -81,7 +79,7 @@ def save_detector(detector: Any, path: str | Path) -> Path:
     """Write a fitted estimator atomically; returns the file written."""
     from safetensors.numpy import save_file
 
-    from defectscope import __version__
+    from defectscope.version import __version__
 
     detector.check_fitted()
     path = model_path(path)
@@ -171,63 +169,12 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def load(
-    path: str | Path,
-    *,
-    runtime: str | None = None,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    progress: bool | None = None,
-    weights: str | None = None,
-):
-    """Load a model saved with ``save``, or an exported ``.onnx`` file.
-
-    Args:
-        path: the ``.safetensors`` file, a run folder holding ``model.safetensors``, or an
-            ``.onnx`` file written by ``defectscope export``.
-        runtime, batch_size, num_workers, progress: how to run it (None: as saved).
-        weights: where the backbone weights file now lives, if it moved (checked by SHA-256).
-
-    These are the only options that can change on load: none changes what the model computes.
-    """
-    given = {
-        "runtime": runtime,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "progress": progress,
-        "weights": weights,
-    }
-    overrides = {k: v for k, v in given.items() if v is not None}
-    if Path(path).suffix == ".onnx":
-        from defectscope.engine.exported import ExportedModel
-
-        return ExportedModel(path, **{k: v for k, v in overrides.items() if k != "runtime"})
+def read_tensors(file: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """The tensors of a model file (numpy), checked against the digest in its header and for
+    non-finite values."""
     import numpy as np
     from safetensors.numpy import load_file
 
-    from defectscope.engine.estimator import ESTIMATORS
-    from defectscope.engine.settings import EngineOptions
-
-    file = model_path(path)
-    header = read_header(file)
-    name = header["detector"]
-    if name not in ESTIMATORS:
-        raise ModelFileError(f"{file}: " + unknown_name("detector", str(name), ESTIMATORS))
-    cls = ESTIMATORS[name]
-    try:
-        config = cls.info.config.from_dict(header["config"], where=f"{file}: ")
-        engine = EngineOptions.from_dict(header["engine"], where=f"{file}: ")
-        threshold = checked_threshold(header["fitted"]["threshold"])
-        check_threshold_source(header["fitted"].get("threshold_source"), threshold)
-        check_fit_info(header["fitted"])
-    except (ConfigError, KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(
-            f"{file} has an invalid config ({exc}); a newer defectscope may have written it, or "
-            "it was edited: re-run `defectscope fit`"
-        ) from exc
-    params = {**config.to_dict(), **engine.to_dict(), **overrides}
-    detector = cls(**params)
-    config, engine = detector.options()  # with the overrides (e.g. a moved weights file)
     try:
         tensors = load_file(str(file))
     except Exception as exc:  # noqa: BLE001 - every reader failure means a damaged file
@@ -243,44 +190,4 @@ def load(
     for key, tensor in tensors.items():
         if tensor.dtype.kind == "f" and not np.isfinite(tensor).all():
             raise ModelFileError(f"{file}: tensor {key} holds NaN or infinite values; re-fit")
-    fitted = {k: v for k, v in header["fitted"].items() if k != "threshold"}
-    try:
-        module = _restore(detector, config, engine, tensors, fitted)
-    except DefectscopeError:
-        raise
-    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise ModelFileError(
-            f"{file} has tensors that do not fit its config ({exc}); re-run `defectscope fit`"
-        ) from exc
-    detector._end_stage()
-    detector._set_fitted(module, threshold, config, engine, fitted)
-    detector.model_file_ = file
-    return detector
-
-
-def _restore(detector, config, engine, tensors: dict[str, Any], fitted: dict[str, Any]):
-    """The scoring module of a model file's tensors: torch-free where the lean path can run
-    (:mod:`defectscope.engine.lean`), else the detector's PyTorch module."""
-    from defectscope.engine.lean import lean_module
-
-    on_stage = detector._start_stages(engine)
-    module = lean_module(detector.name, config, engine, tensors, fitted, on_stage)
-    if module is not None:
-        return module
-    import warnings
-
-    import torch
-
-    from defectscope.engine.lean import lean_key
-
-    with warnings.catch_warnings():
-        # the arrays read from the file are read-only; the modules never write to these tensors
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        as_tensors = {k: torch.from_numpy(v) for k, v in tensors.items()}
-    module = detector.info.load().restore(config, as_tensors, fitted, detector._hooks(engine))
-    if lean_key(detector.name, config, engine) is not None:
-        # restoring exported the graph the lean path needs: score as every later load will
-        lean = lean_module(detector.name, config, engine, tensors, fitted, on_stage)
-        if lean is not None:
-            return lean
-    return module
+    return tensors

@@ -161,9 +161,9 @@ def predict_to_folder(
     """
     from datetime import datetime, timezone
 
-    from defectscope import __version__
     from defectscope.engine.shortcuts import format_notices, image_formats, shift_notices
     from defectscope.report.visualize import save_png, tile_sheet
+    from defectscope.version import __version__
 
     if save not in SAVE_CHOICES:
         raise DataError(f"save must be one of {', '.join(SAVE_CHOICES)}, got {save!r}")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch is imported where a module is exported or checked, ne
     from torch import nn
 
 from defectscope.atomic import temporary
-from defectscope.engine.exported import run_micro_batches, session_options
+from defectscope.engine.onnx_session import run_micro_batches, session_options
 from defectscope.engine.settings import RUNTIMES
 from defectscope.errors import ConfigError, unknown_name
 

@@ -58,11 +58,3 @@ class ShardResult:
 
     partial: dict[str, Any]
     intensity: list[tuple[np.ndarray, np.ndarray]]
-
-
-def fit_shard(job: ShardJob) -> ShardResult:
-    """Feed one shard's images to a new fitter; runs in whatever process the executor chose."""
-    from defectscope.engine.estimator import make_detector
-
-    detector = make_detector(job.detector, {**job.params, "progress": False})
-    return detector.fit_shard(job.paths, job.shared)

@@ -206,7 +206,7 @@ def render(
 ) -> str:
     """The report page from the ``results.json`` payload, figure paths (relative to ``run``,
     embedded from there) and run metadata."""
-    from defectscope import __version__
+    from defectscope.version import __version__
 
     rows = payload["rows"]
     results = payload.get("results", [])

@@ -102,11 +102,11 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
     ``.onnx``: the ``.onnx`` file needs no torch)."""
     from contextlib import asynccontextmanager
 
-    from defectscope import __version__
     from defectscope.data.images import decode_image
-    from defectscope.engine.persistence import load
+    from defectscope.engine.loading import load
     from defectscope.serve.batcher import MicroBatcher, QueueFull
     from defectscope.serve.page import PAGE
+    from defectscope.version import __version__
 
     scorer = load(model, progress=False)
     height, width = scorer.input_shape
