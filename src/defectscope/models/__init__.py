@@ -32,6 +32,9 @@ class DetectorInfo:
         shardable: its training images may be split across shards (``fit(..., shards=N)``);
             its fitter implements ``partial`` and ``combine``.
         summary: one line for help texts.
+        lean: module path of its torch-free path, or None: a module with ``lean_key``,
+            ``lean_fitter`` and ``lean_restore`` (the :class:`~defectscope.models.lean.LeanPath`
+            protocol); the engine finds it here and names no detector.
     """
 
     name: str
@@ -41,10 +44,16 @@ class DetectorInfo:
     supervised: bool = False
     shardable: bool = False
     summary: str = ""
+    lean: str | None = None
 
     def load(self) -> ModuleType:
         """The implementation module (imports torch)."""
         return importlib.import_module(self.implementation)
+
+    def load_lean(self) -> ModuleType | None:
+        """The torch-free implementation module (:class:`~defectscope.models.lean.LeanPath`),
+        or None for a detector without one."""
+        return importlib.import_module(self.lean) if self.lean else None
 
 
 DETECTORS: dict[str, DetectorInfo] = {
@@ -56,6 +65,7 @@ DETECTORS: dict[str, DetectorInfo] = {
             PadimConfig,
             "defectscope.models.padim.model",
             shardable=True,
+            lean="defectscope.models.padim.lean",
             summary="Gaussian per patch position over CNN features (fast, streaming)",
         ),
         DetectorInfo(
@@ -64,6 +74,7 @@ DETECTORS: dict[str, DetectorInfo] = {
             PatchcoreConfig,
             "defectscope.models.patchcore.model",
             shardable=True,
+            lean="defectscope.models.patchcore.lean",
             summary="nearest-neighbour distance to a coreset memory bank (most accurate)",
         ),
         DetectorInfo(

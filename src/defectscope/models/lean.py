@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from hashlib import sha256
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,6 +28,44 @@ LEAN_ILLUMINATION = ("none", "gain", "standardize")
 EPS = 1.0 / 255.0
 
 Features = Callable[[np.ndarray], np.ndarray]
+
+
+class LeanPath(Protocol):
+    """What a detector's torch-free module (``DetectorInfo.lean``) provides. The engine
+    (:mod:`defectscope.engine.lean`) finds the cached graph by :meth:`lean_key`, runs it as a
+    :class:`LeanEmbedding` and hands it here; a new detector with a torch-free path writes
+    these three functions in its own folder and names the module in its ``DetectorInfo``.
+
+    The fitter returned implements :class:`~defectscope.models.base.Fitter` on numpy arrays
+    and the module :class:`~defectscope.models.base.AnomalyModule`'s scoring on numpy arrays;
+    both carry ``lean = True``.
+    """
+
+    def lean_key(self, config: Any) -> str | None:
+        """The cache key of the embedding graph for ``config`` (:func:`graph_key`), or None
+        where the torch-free path cannot compute what the PyTorch module would."""
+
+    def lean_fitter(
+        self,
+        config: Any,
+        embedding: LeanEmbedding,
+        meta: dict[str, Any],
+        weights: dict[str, Any],
+        on_stage: Callable[[str], None] | None,
+    ) -> Any:
+        """A fitter on ``embedding`` (``meta``: the cached graph's metadata; ``weights``: the
+        weights' source and digest to record in fit info)."""
+
+    def lean_restore(
+        self,
+        config: Any,
+        embedding: LeanEmbedding,
+        meta: dict[str, Any],
+        tensors: dict[str, np.ndarray],
+        info: dict[str, Any],
+    ) -> Any:
+        """The scoring module of a model file's ``tensors``; ValueError where they do not fit
+        (the PyTorch path then restores the file and says what is wrong)."""
 
 
 def graph_key(tag: str, config, *extra) -> str | None:

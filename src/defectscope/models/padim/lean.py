@@ -176,3 +176,20 @@ class PadimLeanFitter(FoldedStatistics, LeanGain):
         return PadimLean(
             self.embedding, mean, precision, self.feature_index, self.target, config, info
         )
+
+
+# -- the torch-free path's contract (defectscope.models.lean.LeanPath) ---------------------------
+
+
+def lean_key(config: PadimConfig) -> str | None:
+    return embedding_key(config)
+
+
+def lean_fitter(config: PadimConfig, embedding, meta: dict, weights: dict, on_stage=None):
+    index = np.asarray(meta["feature_index"], dtype=np.int64)
+    return PadimLeanFitter(config, embedding, index, weights)
+
+
+def lean_restore(config: PadimConfig, embedding, meta: dict, tensors: dict, info: dict):
+    index = np.asarray(meta["feature_index"], dtype=np.int64)
+    return PadimLean.restore(embedding, index, config, tensors, info)

@@ -335,3 +335,18 @@ class PatchcoreLeanFitter(FoldedBank, LeanGain):
             **self.weights,
         }
         return PatchcoreLean(self.embedding, bank, self.target, config, info)
+
+
+# -- the torch-free path's contract (defectscope.models.lean.LeanPath) ---------------------------
+
+
+def lean_key(config: PatchcoreConfig) -> str | None:
+    return embedding_key(config) if lean_supported(config) else None
+
+
+def lean_fitter(config: PatchcoreConfig, embedding, meta: dict, weights: dict, on_stage=None):
+    return PatchcoreLeanFitter(config, embedding, weights, on_stage)
+
+
+def lean_restore(config: PatchcoreConfig, embedding, meta: dict, tensors: dict, info: dict):
+    return PatchcoreLean.restore(embedding, int(meta["dim"]), config, tensors, info)
