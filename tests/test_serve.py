@@ -383,3 +383,54 @@ def test_the_service_and_predict_give_the_same_row_and_overlay(
     written = np.asarray(Image.open(run / row["overlay"]))
     assert row["name"] == served["name"] == image.name  # the same label on both
     np.testing.assert_array_equal(from_service, written)
+
+
+@pytest.mark.slow
+def test_a_bounded_fuzz_of_the_service_on_loopback(live_server, texture):
+    """Odd requests to every route over real sockets, 80 of them within 120 s: each gets a
+    2xx or a 4xx/503 with a JSON reason, never a 500 or a dropped connection, and the service
+    still answers afterwards."""
+    import random
+
+    import httpx
+
+    from .fuzz.mutate import image_mutations
+
+    rng = random.Random(0)
+    image = png(sorted((texture / "test" / "good").glob("*.png"))[0])
+    mutations = image_mutations()
+    odd_params = ["", "nan", "inf", "-1", "1e308", "abc", "true", "0", "[]", "%00", "9" * 400]
+    statuses: dict[int, int] = {}
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=live_server, timeout=20) as http:
+        for case in range(80):
+            assert time.monotonic() < deadline, f"the fuzz ran past 120 s at case {case}"
+            body = image
+            if rng.random() < 0.7:
+                body, _ = mutations[rng.randrange(len(mutations))](
+                    image, np.random.default_rng(case)
+                )
+            params = {
+                key: rng.choice(odd_params)
+                for key in rng.sample(["threshold", "overlay", "heatmap", "name", "x"], 2)
+            }
+            kind = rng.choice(["raw", "multipart", "json", "get", "unknown"])
+            if kind == "raw":
+                headers = {"content-type": rng.choice(["image/png", "text/plain", "", "a/b"])}
+                response = http.post("/predict", content=body, params=params, headers=headers)
+            elif kind == "multipart":
+                name = rng.choice(["a.png", "", "../../x.png", "é.png", "a" * 300 + ".png"])
+                files = [("files", (name, body, "image/png"))] * rng.randint(1, 3)
+                response = http.post("/predict", files=files, params=params)
+            elif kind == "json":
+                response = http.post("/predict", json={"image": "abc"}, params=params)
+            elif kind == "get":
+                response = http.get(rng.choice(["/model", "/health", "/", "/predict"]))
+            else:
+                response = http.request(rng.choice(["PUT", "DELETE"]), "/predict", content=body)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            assert response.status_code < 500 or response.status_code == 503, response.text
+            if response.status_code >= 400 and kind != "unknown":
+                assert "error" in response.json() or "detail" in response.json(), response.text
+        assert http.get("/health").json() == {"status": "ok"}
+    assert sum(statuses.values()) == 80 and any(s >= 400 for s in statuses), statuses
