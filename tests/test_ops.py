@@ -100,3 +100,28 @@ def test_resize_blur_equals_upsample_then_blur():
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
     rows, cols = moments.resize_blur_matrix(16, 64, 4.0), moments.resize_blur_matrix(12, 48, 4.0)
     np.testing.assert_allclose(moments.upsample_maps(maps.numpy(), rows, cols), got, atol=1e-4)
+
+
+def test_greedy_coreset_counts_its_picks_without_changing_them():
+    from defectscope.ops.coreset import greedy_coreset
+
+    x = np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32)
+    seen = []
+    counted = greedy_coreset(x, 500, projection_dim=8, on_pick=lambda d, k: seen.append((d, k)))
+    plain = greedy_coreset(x, 500, projection_dim=8)
+    np.testing.assert_array_equal(counted.indices, plain.indices)
+    assert len(seen) == 99 and all(k == 500 for _, k in seen)
+    assert [d for d, _ in seen] == sorted({d for d, _ in seen}) and seen[-1][0] == 495
+
+
+def test_a_stage_line_counts_in_place(capsys):
+    from defectscope.progress import Stages
+
+    stages = Stages(enabled=True)
+    stages.start("selecting a greedy coreset of 5 of 9 patches")
+    bar = stages._bar
+    stages.start("selecting a greedy coreset of 5 of 9 patches: 3 of 5 picks")
+    assert stages._bar is bar and "3 of 5 picks" in bar.desc  # the same line, counting
+    stages.start("saving")
+    assert stages._bar is not bar  # another step: a new line
+    stages.finish()

@@ -49,11 +49,19 @@ class Stages:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._bar: Any = None
+        self._step = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self, text: str) -> None:
+        """Show ``text`` as the current step. ``"<step>: <count>"`` with the step already shown
+        updates its count on the same line (the seconds keep running)."""
+        step = text.split(": ", 1)[0]
+        if self._bar is not None and step == self._step:
+            self._bar.set_description_str(text, refresh=False)
+            return
         self.finish()
+        self._step = step
         if not self.enabled:
             return
         from tqdm import tqdm

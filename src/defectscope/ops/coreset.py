@@ -13,6 +13,7 @@ the same selection with one matrix-vector product and in-place updates per pick.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +74,14 @@ def greedy_coreset_reference(
     return Coreset(np.asarray(chosen, dtype=np.int64), float(min_dist.max()), projection)
 
 
-def greedy_coreset(x: np.ndarray, k: int, *, projection_dim: int = 128, seed: int = 0) -> Coreset:
+def greedy_coreset(
+    x: np.ndarray,
+    k: int,
+    *,
+    projection_dim: int = 128,
+    seed: int = 0,
+    on_pick: Callable[[int, int], None] | None = None,
+) -> Coreset:
     """Greedy k-center over ``x: (N, D)``, exact: the selection of
     :func:`greedy_coreset_reference` with the same arguments (ties aside), several times faster.
 
@@ -90,6 +98,8 @@ def greedy_coreset(x: np.ndarray, k: int, *, projection_dim: int = 128, seed: in
         projection_dim: dimensions of the random projection distances are measured in; fewer
             is proportionally faster (see the study in ``benchmarks/README.md``).
         seed: seed of the projection and of the first pick.
+        on_pick: called as ``on_pick(done, k)`` about a hundred times during the selection
+            (for a progress line that counts picks).
     """
     x = np.asarray(x)
     projection = random_projection(x.shape[1], projection_dim, seed)
@@ -101,7 +111,10 @@ def greedy_coreset(x: np.ndarray, k: int, *, projection_dim: int = 128, seed: in
     min_d2 = sq - 2.0 * (z @ z[first]) + sq[first]
     buffer = np.empty_like(min_d2)
     chosen = [first]
-    for _ in range(1, k):
+    every = max(1, k // 100)
+    for done in range(1, k):
+        if on_pick is not None and done % every == 0:
+            on_pick(done, k)
         pick = int(min_d2.argmax())
         chosen.append(pick)
         np.matmul(z, z[pick], out=buffer)

@@ -55,8 +55,12 @@ def select(
     k = max(1, round(ratio * n))
     rng = np.random.default_rng(config.seed)
     radius = None
+    stage = f"selecting a {config.coreset_method} coreset of {k:,} of {n:,} patches"
+    on_pick = None
     if on_stage is not None:
-        on_stage(f"selecting a {config.coreset_method} coreset of {k} of {n} patches")
+        on_stage(stage)
+        if config.coreset_method in ("greedy", "approximate") and k < n:
+            on_pick = lambda done, total: on_stage(f"{stage}: {done:,} of {total:,} picks")  # noqa: E731
     if config.coreset_method == "none" or k >= n:
         index = np.arange(n)
         radius = 0.0  # every patch is in the bank
@@ -67,7 +71,11 @@ def select(
         if config.coreset_method == "approximate":
             pool = rng.permutation(n)[: max(k, round(config.presample * n))]
         selected = greedy_coreset(
-            patches[pool], k, projection_dim=config.projection_dim, seed=config.seed
+            patches[pool],
+            k,
+            projection_dim=config.projection_dim,
+            seed=config.seed,
+            on_pick=on_pick,
         )
         index, radius = pool[selected.indices], selected.radius
     return np.ascontiguousarray(patches[index]), radius
