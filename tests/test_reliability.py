@@ -373,3 +373,24 @@ def test_temporary_files_of_killed_writers_are_removed_never_a_live_ones(fitted,
 
 
 _OUT = {"capture_output": True, "text": True, "check": True}
+
+
+def test_the_kinds_the_long_fuzz_run_found(fitted, tmp_path):
+    """Three kinds the 1,000-case run found: a TIFF missing its width tag (Pillow raises
+    TypeError), a vanishing sigma, an integer too large for numpy in a fit record."""
+    from defectscope import PaDiM
+    from defectscope.engine.operating import check_fit_info
+    from defectscope.errors import ConfigError
+
+    from .fuzz.mutate import flip_bits
+    from .test_fuzz import IMAGES
+
+    data, _ = flip_bits(IMAGES["TIFF"], np.random.default_rng(643))  # the case the run found
+    (tmp_path / "x.tif").write_bytes(data)
+    with pytest.raises(DataError, match="unreadable or truncated"):
+        load_image(tmp_path / "x.tif", SIZE)
+    with pytest.raises(Exception, match=r"sigma must be 0 \(no smoothing\) or in \[0.05, 1000\]"):
+        PaDiM(sigma=1e-300).options()
+    info = {**fitted.fit_info_, "score_scale": {"good_median": 1.0, "spread": 10**30}}
+    with pytest.raises(ConfigError, match="score_scale"):
+        check_fit_info(info)

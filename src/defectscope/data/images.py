@@ -130,7 +130,8 @@ def _open(path: Path | io.BytesIO, what: str, name: str | None = None) -> Image.
         raise DataError(
             f"{what} {path} is not an image PIL can read; remove it or convert it to PNG"
         ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises (TypeError and
+        # KeyError for TIFF tags that went missing, too), the file is damaged
         raise DataError(
             f"{what} {path} is unreadable or truncated ({exc}); re-export or remove it"
         ) from exc
@@ -160,7 +161,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
             return (height, width) if _swaps_sides(image) else (width, height)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, the file is damaged
         raise DataError(f"image {path} is unreadable ({exc}); re-export or remove it") from exc
 
 

@@ -219,24 +219,19 @@ def check_fit_info(info: Any) -> None:
     if not isinstance(info, dict):
         raise ConfigError("its fit record is not a mapping")
 
-    def number(value: Any) -> bool:
-        return (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        )
-
     scale = info.get("colour_scale")
     if scale is not None and not (
         isinstance(scale, list)
         and len(scale) == 2
-        and all(map(number, scale))
+        and all(map(_number, scale))
         and scale[0] < scale[1]
     ):
         raise ConfigError(f"colour_scale must be two finite numbers, low < high; got {scale!r}")
     spread = info.get("score_scale")
     if spread is not None and not (
         isinstance(spread, dict)
-        and number(spread.get("good_median"))
-        and number(spread.get("spread"))
+        and _number(spread.get("good_median"))
+        and _number(spread.get("spread"))
         and spread["spread"] > 0
     ):
         raise ConfigError(
@@ -268,9 +263,12 @@ def check_fit_info(info: Any) -> None:
 
 
 def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    """A finite int or float in ``[low, high]``; ints beyond 64 bits are no number numpy
+    takes."""
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
+        and (isinstance(value, float) or abs(value) < 2**63)
         and math.isfinite(value)
         and low <= value <= high
     )

@@ -36,5 +36,9 @@ class PadimConfig(BackboneOptions):
         # below 1e-8 the float32 factor of a flat patch's covariance overflows; above 1e4 the
         # regularisation outweighs every feature's variance and the model sees nothing
         self.require(1e-8 <= self.regularization <= 1e4, "regularization", "in [1e-8, 1e4]")
-        self.require(self.sigma >= 0, "sigma", ">= 0")
+        self.require(
+            self.sigma == 0 or 0.05 <= self.sigma <= 1000,
+            "sigma",
+            "0 (no smoothing) or in [0.05, 1000] pixels",
+        )
         self.require(self.n_features is None or self.n_features >= 0, "n_features", ">= 0")

@@ -82,7 +82,11 @@ class PatchcoreConfig(BackboneOptions):
         self.require(self.projection_dim >= 0, "projection_dim", ">= 0 (0: no projection)")
         self.require(self.num_neighbors >= 1, "num_neighbors", ">= 1")
         self.require(self.k_nearest >= 1, "k_nearest", ">= 1")
-        self.require(self.sigma >= 0, "sigma", ">= 0")
+        self.require(
+            self.sigma == 0 or 0.05 <= self.sigma <= 1000,
+            "sigma",
+            "0 (no smoothing) or in [0.05, 1000] pixels",
+        )
 
 
 #: the default budget of the patches waiting for their coreset, in GB: about 160,000 patches
