@@ -244,7 +244,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(model, limits: Limits | None = None):
+def running_server(model, limits: Limits | None = None, feedback_dir=None):
     """The service as `defectscope serve` configures it, on a free loopback port, in a thread;
     stopped at the end."""
     import uvicorn
@@ -253,7 +253,7 @@ def running_server(model, limits: Limits | None = None):
 
     port = _free_port()
     limits = limits or Limits()
-    app = create_app(model, limits=limits)
+    app = create_app(model, limits=limits, feedback_dir=feedback_dir)
     server = uvicorn.Server(server_config(app, port=port, limits=limits, quiet=True))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -269,8 +269,13 @@ def running_server(model, limits: Limits | None = None):
 
 
 @pytest.fixture(scope="module")
-def live_server(onnx_model):
-    with running_server(onnx_model) as port:
+def feedback_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("feedback")
+
+
+@pytest.fixture(scope="module")
+def live_server(onnx_model, feedback_dir):
+    with running_server(onnx_model, feedback_dir=feedback_dir) as port:
         yield f"http://127.0.0.1:{port}"
 
 
@@ -310,7 +315,9 @@ def test_slow_clients_are_cut_off(onnx_model):
 
 
 @pytest.mark.slow
-def test_operator_page_in_headless_chromium(live_server, texture, tmp_path):
+def test_operator_page_in_headless_chromium(live_server, feedback_dir, texture, tmp_path):
+    import json
+
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip(
@@ -351,8 +358,15 @@ def test_operator_page_in_headless_chromium(live_server, texture, tmp_path):
             page.click("#reset")
             assert badge.inner_text() == "FAIL"
             assert page.locator("#history li").count() == 1
+            # the operator says this one was fine: stored as a false alarm
+            page.locator(".card button[data-label=good]").first.click()
+            page.wait_for_selector(".card .note:has-text('saved as good')", timeout=30_000)
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         finally:
             browser.close()
+        cases = [json.loads(x) for x in (feedback_dir / "feedback.jsonl").read_text().splitlines()]
+        assert len(cases) == 1 and cases[0]["label"] == "good" and cases[0]["false_alarm"]
+        assert (feedback_dir / cases[0]["image"]).read_bytes() == upload.read_bytes()
 
 
 def test_the_service_and_predict_give_the_same_row_and_overlay(
@@ -434,3 +448,63 @@ def test_a_bounded_fuzz_of_the_service_on_loopback(live_server, texture):
                 assert "error" in response.json() or "detail" in response.json(), response.text
         assert http.get("/health").json() == {"status": "ok"}
     assert sum(statuses.values()) == 80 and any(s >= 400 for s in statuses), statuses
+
+
+def test_metrics_in_prometheus_text_format(onnx_model, texture):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    files = sorted((texture / "test" / "good").glob("*.png"))[:3]
+    with TestClient(create_app(onnx_model)) as c:
+        verdicts = [c.post("/predict", content=png(p)).json()["results"][0] for p in files]
+        c.post("/predict", content=b"not an image")
+        text = c.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    counted = {s.labels["verdict"]: s.value for s in families["defectscope_verdicts"].samples
+               if s.name.endswith("_total")}  # fmt: skip
+    failed = sum(v["is_anomalous"] for v in verdicts)
+    assert counted.get("fail", 0) == failed and counted.get("pass", 0) == 3 - failed
+    totals = [s for s in families["defectscope_requests"].samples if s.name.endswith("_total")]
+    requests = {(s.labels["route"], s.labels["status"]): s.value for s in totals}
+    assert requests[("/predict", "200")] == 3 and requests[("/predict", "415")] == 1
+    scores = [s for s in families["defectscope_normalized_score"].samples
+              if s.name.endswith("_count")]  # fmt: skip
+    assert scores[0].value == 3
+    [info] = families["defectscope_model_info"].samples
+    assert (
+        info.labels["model_sha256"] == verdicts and False or len(info.labels["model_sha256"]) == 64
+    )
+    [brightness] = families["defectscope_brightness_shift_sigmas"].samples
+    assert np.isfinite(brightness.value) and abs(brightness.value) < 10  # test parts like training
+
+
+def test_feedback_is_stored_only_for_judged_images(onnx_model, texture, tmp_path):
+    import json
+
+    good, other = sorted((texture / "test" / "good").glob("*.png"))[:2]
+    with TestClient(create_app(onnx_model)) as off:
+        answer = off.post(
+            "/feedback", files={"image": ("a.png", png(good))}, data={"label": "good"}
+        )
+        assert answer.status_code == 404 and "--feedback-dir" in answer.json()["error"]
+    store = tmp_path / "feedback"
+    with TestClient(create_app(onnx_model, feedback_dir=store)) as c:
+        [judged] = c.post("/predict", files=[("files", ("a.png", png(good)))]).json()["results"]
+        sha = c.get("/model").json()["model_sha256"]
+
+        def send(image, **fields):
+            return c.post("/feedback", files={"image": ("a.png", image)}, data=fields)
+
+        assert send(png(good), label="maybe").status_code == 422
+        never = send(png(other), label="good")
+        assert never.status_code == 404 and "has not judged that image" in never.json()["error"]
+        assert send(png(good), label="good", score="1e9").status_code == 409
+        assert send(png(good), label="good", model_sha256="0" * 64).status_code == 409
+        saved = send(png(good), label="defective", score=str(judged["score"]), model_sha256=sha)
+        assert saved.status_code == 200, saved.text
+        case = saved.json()["stored"]
+        assert case["image_sha256"] == judged["image_sha256"] and case["label"] == "defective"
+        assert case["escape"] == (judged["verdict"] == "pass") and not case["false_alarm"]
+        assert (store / case["image"]).read_bytes() == png(good)
+        assert c.get("/feedback").json()["cases"] == [case]
+    lines = (store / "feedback.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [case]

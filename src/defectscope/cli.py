@@ -393,6 +393,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     srv.add_argument(
         "--max-connections", type=int, default=64, help="open connections; more get 503 (64)"
     )
+    srv.add_argument(
+        "--feedback-dir",
+        help="store operators' feedback (POST /feedback: good or defective) in this folder; "
+        "default: feedback is off",
+    )
 
     rep = verbs.add_parser("report", help="rebuild report.html of a saved run folder")
     rep.add_argument("run_dir", help="a run folder written by evaluate or benchmark")
@@ -803,7 +808,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _say(args, f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    serve(args.model, host=args.host, port=args.port, api_key=key, limits=limits, quiet=args.quiet)
+    if args.feedback_dir is not None:
+        from defectscope.runs import check_writable
+
+        Path(args.feedback_dir).mkdir(parents=True, exist_ok=True)
+        check_writable(Path(args.feedback_dir))
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        api_key=key,
+        limits=limits,
+        quiet=args.quiet,
+        feedback_dir=args.feedback_dir,
+    )
     return 0
 
 

@@ -10,10 +10,12 @@ files: the page is a string in :mod:`defectscope.serve.page`.
 # No ``from __future__ import annotations``: FastAPI reads the route signatures at run time.
 import asyncio
 import base64
+import hashlib
 import io
 import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from defectscope.errors import DataError, DefectscopeError
@@ -97,9 +99,16 @@ def _status_of(error: DataError) -> int:
     return 422
 
 
-def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits = Limits()):
+def create_app(
+    model: str | Path,
+    *,
+    api_key: str | None = None,
+    limits: Limits = Limits(),
+    feedback_dir: str | Path | None = None,
+):
     """A FastAPI application serving ``model`` (a run folder, ``.safetensors`` or exported
-    ``.onnx``: the ``.onnx`` file needs no torch)."""
+    ``.onnx``: the ``.onnx`` file needs no torch); operator feedback is stored under
+    ``feedback_dir`` (None: feedback is off)."""
     from contextlib import asynccontextmanager
 
     from defectscope.data.images import decode_image
@@ -117,6 +126,13 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
     )
     identity = scorer.identity()
     on_map = scorer.threshold_on_map
+    from defectscope.serve.monitor import LABELS, REMEMBERED, FeedbackStore, Judged, Metrics
+
+    train_sizes = (scorer.fit_info_.get("formats") or {}).get("sizes")
+    metrics = Metrics(identity, __version__, scorer.training_intensity, train_sizes)
+    judged = Judged()
+    store = FeedbackStore(Path(feedback_dir)) if feedback_dir is not None else None
+    routes = {"/predict", "/model", "/health", "/metrics", "/feedback", "/"}
 
     @asynccontextmanager
     async def lifespan(app):
@@ -136,7 +152,11 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
+        start = time.perf_counter()
         response = await call_next(request)
+        route = request.url.path if request.url.path in routes else "other"
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - start)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -322,13 +342,100 @@ def create_app(model: str | Path, *, api_key: str | None = None, limits: Limits 
             await run_in_threadpool(describe, name, image, s, m, t, overlay, heatmap)
             for (name, _), image, s, m in zip(files, images, scores, maps)
         ]
+        for (_, data), image, result in zip(files, images, results):
+            digest = hashlib.sha256(data).hexdigest()
+            result["image_sha256"] = digest
+            judged.remember(
+                digest,
+                {
+                    key: result[key]
+                    for key in ("name", "score", "threshold", "verdict", "normalized_score")
+                }
+                | {"model_sha256": identity["model_sha256"]},
+            )
+            metrics.judged(image, result["is_anomalous"], result["normalized_score"])
         return {
             "results": results,
             "model_sha256": identity["model_sha256"],
             "detector": identity["detector"],
         }
 
+    @app.get("/metrics")
+    async def prometheus(request: Request):
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        check_key(request)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    def feedback_store() -> FeedbackStore:
+        if store is None:
+            raise ApiError(404, "feedback is off: start the service with --feedback-dir DIR")
+        return store
+
+    @app.post("/feedback")
+    async def feedback(request: Request):
+        """An operator's word on a judged image: multipart ``image`` (the bytes that were
+        sent to /predict), ``label`` (good or defective) and, optionally, the ``score`` and
+        ``model_sha256`` it was judged with (checked against what this service answered)."""
+        check_key(request)
+        cases = feedback_store()
+        request._body = await read_body(request)
+        try:
+            form = await request.form(max_files=1, max_fields=10)
+        except Exception as exc:  # noqa: BLE001 - a malformed form is the client's error
+            raise ApiError(400, f"send multipart fields image and label ({exc})") from exc
+        label = form.get("label")
+        if label not in LABELS:
+            raise ApiError(422, f"label must be one of {', '.join(LABELS)}, got {label!r:.40}")
+        upload = form.get("image")
+        if not hasattr(upload, "read"):
+            raise ApiError(400, "no image: send the judged image as the multipart field image")
+        data = await upload.read()
+        record = judged.get(hashlib.sha256(data).hexdigest())
+        if record is None:
+            raise ApiError(
+                404,
+                "this service has not judged that image (or no longer remembers it: it keeps "
+                f"the last {len(judged)} of at most {REMEMBERED:,}); send it to /predict first",
+            )
+        given_sha = form.get("model_sha256")
+        if given_sha not in (None, "", record["model_sha256"]):
+            raise ApiError(409, "that verdict came from another model than the one served")
+        given_score = form.get("score")
+        if given_score not in (None, ""):
+            try:
+                score = float(given_score)
+            except ValueError as exc:
+                raise ApiError(422, f"score must be a number, got {given_score!r:.40}") from exc
+            if not np.isclose(score, record["score"], rtol=1e-4, atol=1e-6):
+                raise ApiError(
+                    409, f"that image was judged with score {record['score']:.6g}, not {score:.6g}"
+                )
+        suffix = SUFFIXES.get(image_format(data), ".png")
+        case = await run_in_threadpool(cases.add, data, suffix, label, record)
+        metrics.feedback.labels(label).inc()
+        return {"stored": case}
+
+    @app.get("/feedback")
+    async def feedback_list(request: Request):
+        check_key(request)
+        return {"cases": feedback_store().cases()}
+
     return app
+
+
+#: file suffixes of the formats the service accepts (feedback images keep theirs)
+SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+
+
+def image_format(data: bytes) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format
+    except Exception:  # noqa: BLE001 - it was decoded once already; any failure: default
+        return None
 
 
 def server_config(
@@ -374,11 +481,12 @@ def serve(
     api_key: str | None = None,
     limits: Limits = Limits(),
     quiet: bool = False,
+    feedback_dir: str | Path | None = None,
 ) -> None:
     """Load ``model`` and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(model, api_key=api_key, limits=limits)
+    app = create_app(model, api_key=api_key, limits=limits, feedback_dir=feedback_dir)
     config = server_config(app, host=host, port=port, limits=limits, quiet=quiet)
     uvicorn.Server(config).run()
 

@@ -12,6 +12,7 @@ body { font-family: system-ui, sans-serif; margin: 1em 2em; color: #222; }
 #results { display: flex; flex-wrap: wrap; gap: 1em; }
 .card { border: 1px solid #ccc; border-radius: 6px; padding: 0.5em; width: 320px; }
 .card img { width: 100%; }
+.feedback button { font-size: 0.8em; margin: 0.3em 0.3em 0 0; } .note { font-size: 0.8em; }
 .verdict { font-weight: bold; padding: 0.1em 0.5em; border-radius: 4px; color: #fff; }
 .fail { background: #c8261e; } .pass { background: #1e8a3c; }
 #history { font-size: 0.9em; } #error { color: #c8261e; }
@@ -76,7 +77,11 @@ async function send(files) {
   document.getElementById("error").textContent = "";
   const form = new FormData();
   // relative names (a dropped folder's cut/000.png and hole/000.png stay apart)
-  for (const file of files) form.append("files", file, file.webkitRelativePath || file.name);
+  const sent = new Map();
+  for (const file of files) {
+    form.append("files", file, file.webkitRelativePath || file.name);
+    sent.set(file.webkitRelativePath || file.name, file);
+  }
   // the plain heatmap: the verdict, its colours and the counts are drawn here, from the
   // slider, so that nothing on the page disagrees with it
   const response = await fetch("/predict?heatmap=true", {method: "POST", body: form, headers});
@@ -95,7 +100,30 @@ async function send(files) {
     name.textContent = " " + r.name + "  score " + r.score.toPrecision(4) +
         " (model scale " + r.normalized_score.toFixed(2) + ")";
     line.append(badge, name);
-    card.append(img, line);
+    // the operator's word on this verdict, stored by the service (--feedback-dir)
+    const said = document.createElement("div");
+    said.className = "feedback";
+    for (const [label, text] of [["good", "mark as good (false alarm)"],
+                                 ["defective", "mark as defect"]]) {
+      const button = document.createElement("button");
+      button.textContent = text;
+      button.dataset.label = label;
+      button.addEventListener("click", async () => {
+        const form = new FormData();
+        form.append("image", sent.get(r.name), r.name);
+        form.append("label", label);
+        form.append("score", r.score);
+        form.append("model_sha256", body.model_sha256);
+        const answer = await fetch("/feedback", {method: "POST", body: form, headers});
+        const reply = await answer.json();
+        note.textContent = answer.ok ? "saved as " + label : reply.error;
+      });
+      said.append(button);
+    }
+    const note = document.createElement("span");
+    note.className = "note";
+    said.append(note);
+    card.append(img, line, said);
     document.getElementById("results").prepend(card);
     shown.push({score: r.score, threshold: r.threshold, failed: r.is_anomalous, badge: badge,
                 card: card});
