@@ -39,6 +39,8 @@ EXAMPLES = {
     "demo": "defectscope demo",
     "export": "defectscope export --model runs/fit/tire --format onnx",
     "serve": "defectscope serve --model runs/fit/tire/model.onnx --port 8000",
+    "update": "defectscope update --model runs/fit/tire --good new_good_parts/\n"
+    "  defectscope update --model runs/fit/tire --restore",
     "calibrate": "defectscope calibrate --model runs/fit/tire --data labelled/tire\n"
     "  defectscope calibrate --model runs/fit/tire --data labelled/tire --false-reject-rate 0.01",
 }
@@ -251,7 +253,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         # calibrate rewrites a model, export writes next to it, serve writes nothing
-        _add_common(sub, run_folder=name not in ("calibrate", "export", "serve"))
+        _add_common(sub, run_folder=name not in ("calibrate", "update", "export", "serve"))
         return sub
 
     models_help = ""
@@ -317,6 +319,24 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--actor-cpus", type=float, default=1.0, help="with --executor ray: CPUs per actor"
+    )
+
+    upd = verb(
+        "update",
+        "fold new good images into a fitted model without a refit (PaDiM, PatchCore), or "
+        "restore the version before the last update",
+    )
+    upd.add_argument("--model", required=True, help="model file or run folder (not .onnx)")
+    upd.add_argument("--good", nargs="+", metavar="IMAGE", help="good images or folders to add")
+    upd.add_argument(
+        "--defective",
+        nargs="+",
+        metavar="IMAGE",
+        default=[],
+        help="parts that escaped (passed but were defective): recorded for calibrate",
+    )
+    upd.add_argument(
+        "--restore", action="store_true", help="put back the model as it was before the update"
     )
 
     cal = verb(
@@ -615,6 +635,52 @@ def _predict_ray(args: argparse.Namespace) -> int:
     return 1 if meta["errors"] else 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    from defectscope.atomic import write_bytes
+    from defectscope.engine.persistence import keep_previous, model_path
+
+    if str(args.model).endswith(".onnx"):
+        raise ConfigError(
+            "update changes a fitted model (.safetensors or its run folder); update that, then "
+            "export it again"
+        )
+    path = model_path(args.model)
+    previous = path.with_name(f"{path.stem}.previous{path.suffix}")
+    if args.restore:
+        if args.good or args.defective:
+            raise ConfigError("--restore takes no images: it puts back the previous version")
+        if not previous.is_file():
+            raise ConfigError(f"nothing to restore: {previous} does not exist")
+        current, earlier = path.read_bytes(), previous.read_bytes()
+        write_bytes(previous, current)  # restoring twice undoes the restore
+        write_bytes(path, earlier)
+        print(f"restored {path} from {previous} (the replaced version is now {previous.name})")
+        return 0
+    if not args.good:
+        raise ConfigError("update needs --good IMAGE... (or --restore)")
+    from defectscope.engine.predicting import expand_inputs
+
+    good, _ = expand_inputs(args.good)
+    escapes = expand_inputs(args.defective)[0] if args.defective else []
+    detector = _load_model(args)
+    entry = detector.update(good, defective=escapes)
+    kept = keep_previous(path)
+    detector.save(path)
+    info = detector.fit_info_
+    size = f"bank {info['bank_size']:,} patches; " if "bank_size" in info else ""
+    print(
+        f"added {entry['added']} good images to {path} ({size}{info.get('n_train')} training "
+        f"images in all); threshold {entry['threshold_before']:.4g} -> "
+        f"{entry['threshold_after']:.4g}"
+        + (f"; {len(escapes)} escapes recorded for calibrate" if escapes else "")
+    )
+    if kept is not None:
+        print(
+            f"the previous version is {kept}: `defectscope update --model {args.model} --restore`"
+        )
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from defectscope.engine.calibration import MOST_GOOD, calibrate, trade_off_lines
     from defectscope.engine.persistence import keep_previous, model_path
@@ -834,6 +900,7 @@ COMMANDS = {
     "report": cmd_report,
     "export": cmd_export,
     "calibrate": cmd_calibrate,
+    "update": cmd_update,
     "serve": cmd_serve,
 }
 

@@ -45,6 +45,7 @@ from defectscope.errors import (
 )
 from defectscope.models import DETECTORS, DetectorInfo
 from defectscope.progress import progress_bar
+from defectscope.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +392,11 @@ class Detector(Scorer):
             "n_out_of_fold": n_scored,
             "folds": len(folds),
             "operating_point": point.to_dict(),
+            # kept so that `update` can choose the threshold again with more good images
+            "scores": {
+                "good": [float(x) for x in good[scored]],
+                "synthetic": None if synthetic is None else [float(x) for x in synthetic],
+            },
         }
         self._end_stage()
         return fitter.finalize(), point.threshold, scales, source
@@ -630,6 +636,84 @@ class Detector(Scorer):
         self._end_stage()
         _, engine = self.options()
         return self._run(self.module_, images, engine, self.config_.input_shape, desc)
+
+    # -- learning from the line -----------------------------------------------------------------
+    def update(self, images, *, defective=()) -> dict[str, Any]:
+        """Fold more good images into this fitted model, without a refit: PaDiM merges their
+        statistics, PatchCore appends a coreset of their patches (the detector's
+        ``lean_update``). The threshold is chosen again by the fit's rule from the fit's
+        out-of-fold scores and the new images' scores under the model before the update (they
+        are out-of-sample for it, as out-of-fold scores are). ``defective``: parts that escaped,
+        recorded (by SHA-256) for ``calibrate``. Returns what changed; the lineage is appended
+        to ``fit_info_["lineage"]``.
+
+        Raises:
+            ConfigError: the detector, or this model's configuration, cannot be updated.
+        """
+        from defectscope.digest import file_sha256
+
+        self.check_fitted()
+        config, engine = self.options()
+        path = self.info.load_lean()
+        if path is None or not hasattr(path, "lean_update") or not getattr(self.module_, "lean", 0):
+            raise ConfigError(
+                f"this {self.name} model cannot take new images without a refit (update needs "
+                "PaDiM or PatchCore on the torch-free path: runtime onnxruntime, illumination "
+                "none, gain or standardize); fit it again on all the images"
+            )
+        paths = training_paths(images)
+        escapes = training_paths(defective) if defective else []
+        before = self.score(paths).scores.astype(np.float64)
+        batches = (
+            batch
+            for _, batch in iter_batches(
+                paths, config.input_shape, engine.batch_size, engine.num_workers, self.bit_depth
+            )
+        )
+        self._start_stages(engine)(f"folding {len(paths)} images into the model")
+        module = path.lean_update(config, self.module_, batches)
+        self._end_stage()
+        info = {**self.fit_info_, **module.fit_info()}
+        source = dict(info.get("threshold_source") or {})
+        old_threshold = float(self.threshold_)
+        threshold = old_threshold
+        kept = source.get("scores")
+        if isinstance(kept, dict) and kept.get("good") is not None:
+            good = np.concatenate([np.asarray(kept["good"], dtype=np.float64), before])
+            synthetic = kept.get("synthetic")
+            point = choose(
+                good,
+                None if synthetic is None else np.asarray(synthetic, dtype=np.float64),
+                rule=engine.threshold_rule,
+                quantile=engine.threshold_quantile,
+                max_false_reject=engine.max_false_reject,
+            )
+            threshold = point.threshold
+            source.update(
+                rule=point.description + f" (with {len(paths)} images added by update)",
+                threshold=threshold,
+                operating_point=point.to_dict(),
+                scores={"good": [float(x) for x in good], "synthetic": synthetic},
+            )
+            source["n_out_of_fold"] = len(good)
+        else:
+            source["threshold"] = threshold  # a model fitted before its scores were kept
+        entry = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "defectscope_version": __version__,
+            "previous_model_sha256": file_sha256(self.model_file_)
+            if getattr(self, "model_file_", None)
+            else None,
+            "added": len(paths),
+            "added_sha256": [file_sha256(p) for p in paths],
+            "escapes_sha256": [file_sha256(p) for p in escapes],
+            "threshold_before": old_threshold,
+            "threshold_after": threshold,
+        }
+        info["lineage"] = [*info.get("lineage", []), entry]
+        info["threshold_source"] = source
+        self._set_fitted(module, threshold, config, engine, info)
+        return entry
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

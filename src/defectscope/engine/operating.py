@@ -260,6 +260,31 @@ def check_fit_info(info: Any) -> None:
     source = info.get("threshold_source")
     if isinstance(source, dict) and source.get("operating_point") is not None:
         _check_point(source["operating_point"])
+    if isinstance(source, dict) and source.get("scores") is not None:
+        _check_scores(source["scores"])
+    lineage = info.get("lineage")
+    if lineage is not None and not (
+        isinstance(lineage, list)
+        and len(lineage) <= 100_000
+        and all(isinstance(e, dict) for e in lineage)
+    ):
+        raise ConfigError(f"lineage must be a list of records; got {lineage!r:.200}")
+
+
+def _check_scores(record: Any) -> None:
+    """The out-of-fold good scores and synthetic-defect scores kept for ``update``."""
+
+    def numbers(values: Any) -> bool:
+        return isinstance(values, list) and len(values) <= 1_000_000 and all(map(_number, values))
+
+    if not (
+        isinstance(record, dict)
+        and set(record) == {"good", "synthetic"}
+        and numbers(record["good"])
+        and len(record["good"]) > 0
+        and (record["synthetic"] is None or numbers(record["synthetic"]))
+    ):
+        raise ConfigError(f"threshold_source.scores is damaged; got {record!r:.200}")
 
 
 def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:

@@ -67,6 +67,10 @@ class LeanPath(Protocol):
         """The scoring module of a model file's ``tensors``; ValueError where they do not fit
         (the PyTorch path then restores the file and says what is wrong)."""
 
+    def lean_update(self, config: Any, module: Any, batches: Any) -> Any:
+        """Optional: ``module`` with more good images (uint8 batches) folded in, under the
+        rule of fit (``defectscope update``); a detector without it is refitted instead."""
+
 
 def graph_key(tag: str, config, *extra) -> str | None:
     """The cache key of a detector's embedding graph from its config (backbone, layers, input

@@ -80,6 +80,31 @@ class PadimLean(LeanPatchModule):
             "illumination_target": np.asarray([self.target], dtype=np.float32),
         }
 
+    def updated(self, config: PadimConfig, batches) -> PadimLean:
+        """This model with more good images folded in (uint8 ``(B, H, W, 3)`` batches): the
+        accumulated Gaussian of each position is rebuilt from the mean, the covariance (the
+        inverse of the saved whitening factor, float64) and ``n_train``, the new embeddings
+        merged in, and the precision factor recomputed, as a fit on all the images computes it
+        (to float32 rounding of the saved factor)."""
+        count = int(self.info.get("n_train", 0))
+        if count < 2:
+            raise ValueError("this model records no n_train of at least 2: refit it to update")
+        positions, dim = self.mean.shape
+        acc = GaussianAccumulator(positions, dim)
+        factor = np.linalg.inv(self.precision_chol.astype(np.float64))  # cov = factor factor^T
+        scatter = np.matmul(factor, factor.transpose(0, 2, 1))
+        scatter[:, np.arange(dim), np.arange(dim)] -= config.regularization
+        acc.count, acc.mean = count, self.mean.astype(np.float64)
+        acc.scatter = scatter * (count - 1)
+        for batch in batches:
+            acc.update(self.embedding(batch, self.target))
+        precision = precision_cholesky_of(acc, config.regularization)
+        info = {**self.info, "n_train": acc.count}
+        mean = acc.mean.astype(np.float32)
+        return PadimLean(
+            self.embedding, mean, precision, self.feature_index, self.target, config, info
+        )
+
     @classmethod
     def restore(
         cls,
@@ -193,3 +218,7 @@ def lean_fitter(config: PadimConfig, embedding, meta: dict, weights: dict, on_st
 def lean_restore(config: PadimConfig, embedding, meta: dict, tensors: dict, info: dict):
     index = np.asarray(meta["feature_index"], dtype=np.int64)
     return PadimLean.restore(embedding, index, config, tensors, info)
+
+
+def lean_update(config: PadimConfig, module: PadimLean, batches) -> PadimLean:
+    return module.updated(config, batches)

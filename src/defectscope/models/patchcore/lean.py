@@ -253,6 +253,33 @@ class PatchcoreLean(LeanPatchModule):
         dist = nearest_distance(feats.reshape(batch * positions, dim), self.bank)
         return self.scores_and_maps(dist.reshape(batch, positions))
 
+    def updated(self, config: PatchcoreConfig, batches, on_stage=None) -> PatchcoreLean:
+        """This model with more good images folded in: a coreset of their patches, chosen by
+        the rule of fit (``coreset_ratio`` of them), appended to the bank; nothing of the bank
+        is dropped, so no score can rise."""
+        parts = []
+        for batch in batches:
+            feats = self.embedding(batch, self.target)
+            parts.append(feats.reshape(-1, feats.shape[-1]))
+        if not parts:
+            return self
+        patches = np.concatenate(parts)
+        if len(patches) * patches.itemsize * patches.shape[1] > memory_budget_bytes(config):
+            raise ConfigError(
+                f"{len(patches):,} new patches exceed the memory budget of "
+                f"{memory_budget_bytes(config) / 1e9:.3g} GB: update with fewer images at a time"
+            )
+        chosen, _ = select(patches, config.coreset_ratio, config, on_stage)
+        bank = np.ascontiguousarray(np.concatenate([self.bank, chosen]), dtype=np.float32)
+        positions = self.embedding.feature_size[0] * self.embedding.feature_size[1]
+        added = len(patches) // positions
+        info = {
+            **self.info,
+            "bank_size": len(bank),
+            "n_train": int(self.info.get("n_train", 0)) + added,
+        }
+        return PatchcoreLean(self.embedding, bank, self.target, config, info)
+
     def fitted_state(self) -> dict[str, np.ndarray]:
         """The model file's tensors, as :meth:`PatchcoreModel.fitted_state` names them."""
         return {
@@ -358,3 +385,7 @@ def lean_fitter(config: PatchcoreConfig, embedding, meta: dict, weights: dict, o
 
 def lean_restore(config: PatchcoreConfig, embedding, meta: dict, tensors: dict, info: dict):
     return PatchcoreLean.restore(embedding, int(meta["dim"]), config, tensors, info)
+
+
+def lean_update(config: PatchcoreConfig, module: PatchcoreLean, batches) -> PatchcoreLean:
+    return module.updated(config, batches)
