@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -508,3 +509,67 @@ def test_feedback_is_stored_only_for_judged_images(onnx_model, texture, tmp_path
         assert c.get("/feedback").json()["cases"] == [case]
     lines = (store / "feedback.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [case]
+
+
+@pytest.mark.slow
+def test_a_hot_swap_under_eight_clients_fails_no_request(onnx_model, texture, tmp_path):
+    """Feedback says a flagged part is good; POST /model/update folds it into the model file
+    and swaps the new model in while 8 loopback clients keep sending: every request succeeds,
+    and the taught part passes afterwards."""
+    import shutil
+    import threading
+
+    import httpx
+
+    run = Path(shutil.copytree(onnx_model.parent, tmp_path / "run"))
+    (run / "model.onnx").unlink()
+    others = sorted((texture / "test" / "good").glob("*.png"))
+    part = np.asarray(Image.open(others[0]).convert("RGB")).copy()
+    part[20:26, 8:56] = 255  # a bright scratch the model has never seen
+    taught = tmp_path / "scratched.png"
+    Image.fromarray(part).save(taught)
+    with running_server(run, feedback_dir=tmp_path / "feedback") as port:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=60) as http:
+            [before] = http.post("/predict", content=png(taught)).json()["results"]
+            assert before["verdict"] == "fail"
+            sha = http.get("/model").json()["model_sha256"]
+            stored = http.post(
+                "/feedback", files={"image": ("t.png", png(taught))}, data={"label": "good"}
+            )
+            assert stored.status_code == 200, stored.text
+        failures, codes, stop = [], [], threading.Event()
+
+        def client(k: int) -> None:
+            deadline = time.monotonic() + 60
+            with httpx.Client(base_url=base, timeout=60) as own:
+                for i in range(200):  # bounded in count and time
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return
+                    try:
+                        r = own.post("/predict", content=png(others[(k + i) % len(others)]))
+                        codes.append(r.status_code)
+                        if r.status_code != 200:
+                            failures.append(r.text)
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        with httpx.Client(base_url=base, timeout=120) as http:
+            swapped = http.post("/model/update")
+            assert swapped.status_code == 200, swapped.text
+            assert swapped.json()["added"] == 1 and swapped.json()["model_sha256"] != sha
+            time.sleep(1.0)
+            stop.set()
+            for t in threads:
+                t.join(timeout=90)
+            assert failures == [] and len(codes) > 16
+            [after] = http.post("/predict", content=png(taught)).json()["results"]
+            assert after["score"] < before["score"] and after["verdict"] == "pass"
+            assert http.get("/model").json()["model_sha256"] == swapped.json()["model_sha256"]
+            again = http.post("/model/update").json()  # nothing new to fold
+            assert again["added"] == 0
+    assert (run / "model.previous.safetensors").is_file()

@@ -418,6 +418,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="store operators' feedback (POST /feedback: good or defective) in this folder; "
         "default: feedback is off",
     )
+    srv.add_argument(
+        "--learn",
+        action="store_true",
+        help="fold each good feedback into the model (a model file, not .onnx) and swap it in "
+        "(POST /model/update does it on demand)",
+    )
 
     rep = verbs.add_parser("report", help="rebuild report.html of a saved run folder")
     rep.add_argument("run_dir", help="a run folder written by evaluate or benchmark")
@@ -874,6 +880,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _say(args, f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    if args.learn and (args.feedback_dir is None or str(args.model).endswith(".onnx")):
+        raise ConfigError("--learn needs --feedback-dir and a model file (not an exported .onnx)")
     if args.feedback_dir is not None:
         from defectscope.runs import check_writable
 
@@ -887,6 +895,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits=limits,
         quiet=args.quiet,
         feedback_dir=args.feedback_dir,
+        learn=args.learn,
     )
     return 0
 

@@ -15,6 +15,7 @@ import io
 import logging
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,10 +106,13 @@ def create_app(
     api_key: str | None = None,
     limits: Limits = Limits(),
     feedback_dir: str | Path | None = None,
+    learn: bool = False,
 ):
     """A FastAPI application serving ``model`` (a run folder, ``.safetensors`` or exported
     ``.onnx``: the ``.onnx`` file needs no torch); operator feedback is stored under
-    ``feedback_dir`` (None: feedback is off)."""
+    ``feedback_dir`` (None: feedback is off). ``POST /model/update`` folds the good feedback
+    into a ``.safetensors`` model and swaps it in while requests go on; ``learn`` does so after
+    each good feedback."""
     from contextlib import asynccontextmanager
 
     from defectscope.data.images import decode_image
@@ -169,6 +173,55 @@ def create_app(
 
     app.state.batcher = batcher
     app.state.scorer = scorer
+    identities = {id(scorer): identity}
+    updating = threading.Lock()
+
+    def identity_of(used) -> dict[str, Any]:
+        return identities.get(id(used)) or used.identity()
+
+    def fold_feedback() -> dict[str, Any]:
+        """Fold the stored good feedback not yet in the model into a fresh copy of it, save it
+        (the previous version kept), and swap it in: the next batch is scored by it."""
+        from defectscope.engine.persistence import keep_previous, model_path
+
+        current = batcher.scorer
+        if str(model).endswith(".onnx"):
+            raise ApiError(409, "an exported .onnx model cannot learn: serve the model file")
+        store_ = feedback_store()
+        taught = {
+            sha for entry in current.fit_info_.get("lineage", []) for sha in entry["added_sha256"]
+        }
+        cases = [c for c in store_.cases(limit=REMEMBERED) if c["label"] == "good"]
+        new = {c["image_sha256"]: store_.folder / c["image"] for c in cases}
+        paths = [path for sha, path in new.items() if sha not in taught]
+        if not paths:
+            return {"added": 0, "model_sha256": identity_of(current)["model_sha256"]}
+        fresh = load(model, progress=False)
+        try:
+            entry = fresh.update(paths)
+        except DefectscopeError as exc:
+            raise ApiError(409, str(exc)) from exc
+        file = model_path(model)
+        keep_previous(file)
+        fresh.save(file)
+        fresh.score([np.zeros((height, width, 3), dtype=np.uint8)])  # warm, before the swap
+        identities[id(fresh)] = fresh.identity()
+        batcher.scorer = fresh  # atomic: the batches after this one use the new model
+        app.state.scorer = fresh
+        return {
+            "added": entry["added"],
+            "threshold_before": entry["threshold_before"],
+            "threshold_after": entry["threshold_after"],
+            "model_sha256": identities[id(fresh)]["model_sha256"],
+        }
+
+    def update_now() -> dict[str, Any]:
+        if not updating.acquire(blocking=False):
+            raise ApiError(409, "an update is already running; try again when it has finished")
+        try:
+            return fold_feedback()
+        finally:
+            updating.release()
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -198,9 +251,10 @@ def create_app(
     @app.get("/model")
     async def model_info(request: Request):
         check_key(request)
+        scorer = batcher.scorer
         config = getattr(scorer, "config_", None)
         return {
-            **identity,
+            **identity_of(scorer),
             "defectscope_version": __version__,
             "image_size": width,
             "input_shape": [height, width],
@@ -290,11 +344,13 @@ def create_app(
     def decode(name: str, data: bytes) -> np.ndarray:
         check_upload(name, data, limits.max_decoded_bytes)
         try:
-            return decode_image(data, None, name, scorer.bit_depth)
+            return decode_image(data, None, name, batcher.scorer.bit_depth)
         except DataError as exc:
             raise ApiError(_status_of(exc), str(exc)) from exc
 
-    def describe(name, image, score, amap, threshold, want_overlay, want_heatmap) -> dict[str, Any]:
+    def describe(
+        scorer, name, image, score, amap, threshold, want_overlay, want_heatmap
+    ) -> dict[str, Any]:
         from PIL import Image
 
         from defectscope.report.visualize import overlay as heatmap
@@ -327,7 +383,6 @@ def create_app(
         check_key(request)
         if threshold is not None and not np.isfinite(threshold):
             raise ApiError(422, "threshold must be a finite number")
-        t = float(scorer.threshold_ if threshold is None else threshold)
         files = await uploads(request)
         images = [await run_in_threadpool(decode, name, data) for name, data in files]
         try:
@@ -335,13 +390,15 @@ def create_app(
         except QueueFull as exc:
             raise ApiError(503, f"busy: {exc}; retry shortly", {"Retry-After": "1"}) from exc
         try:
-            scores, maps = await asyncio.wrap_future(future)
+            scores, maps, used = await asyncio.wrap_future(future)
         except DefectscopeError as exc:
             raise ApiError(422, str(exc)) from exc
+        t = float(used.threshold_ if threshold is None else threshold)
         results = [
-            await run_in_threadpool(describe, name, image, s, m, t, overlay, heatmap)
+            await run_in_threadpool(describe, used, name, image, s, m, t, overlay, heatmap)
             for (name, _), image, s, m in zip(files, images, scores, maps)
         ]
+        identity = identity_of(used)
         for (_, data), image, result in zip(files, images, results):
             digest = hashlib.sha256(data).hexdigest()
             result["image_sha256"] = digest
@@ -414,7 +471,17 @@ def create_app(
         suffix = SUFFIXES.get(image_format(data), ".png")
         case = await run_in_threadpool(cases.add, data, suffix, label, record)
         metrics.feedback.labels(label).inc()
+        if learn and label == "good" and not updating.locked():
+            # folded in the background; a feedback that arrives meanwhile waits for the next
+            asyncio.get_running_loop().run_in_executor(None, _quietly(update_now))
         return {"stored": case}
+
+    @app.post("/model/update")
+    async def model_update(request: Request):
+        """Fold the good feedback not yet in the model into it and swap the new version in,
+        while requests go on being served."""
+        check_key(request)
+        return await run_in_threadpool(update_now)
 
     @app.get("/feedback")
     async def feedback_list(request: Request):
@@ -422,6 +489,21 @@ def create_app(
         return {"cases": feedback_store().cases()}
 
     return app
+
+
+def _quietly(fn):
+    """``fn`` for a background thread: a refusal (an update already running) is not an
+    error there, and anything else is logged, never lost silently."""
+
+    def run():
+        try:
+            fn()
+        except ApiError:
+            pass
+        except Exception:  # noqa: BLE001 - a background update must not die unseen
+            logging.getLogger(__name__).exception("background model update failed")
+
+    return run
 
 
 #: file suffixes of the formats the service accepts (feedback images keep theirs)
@@ -482,11 +564,12 @@ def serve(
     limits: Limits = Limits(),
     quiet: bool = False,
     feedback_dir: str | Path | None = None,
+    learn: bool = False,
 ) -> None:
     """Load ``model`` and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(model, api_key=api_key, limits=limits, feedback_dir=feedback_dir)
+    app = create_app(model, api_key=api_key, limits=limits, feedback_dir=feedback_dir, learn=learn)
     config = server_config(app, host=host, port=port, limits=limits, quiet=quiet)
     uvicorn.Server(config).run()
 

@@ -51,7 +51,9 @@ class MicroBatcher:
         self._thread.start()
 
     def submit(self, images: list[np.ndarray]) -> Future:
-        """Queue one request's images; the future gives ``(scores, maps)`` in input order."""
+        """Queue one request's images; the future gives ``(scores, maps, scorer)`` in input
+        order, ``scorer`` being the model that scored them (the service judges with its
+        threshold, so a request never mixes two models across a hot swap)."""
         with self._lock:
             if self._waiting + len(images) > self.max_queue:
                 raise QueueFull(f"{self._waiting} images are waiting (limit {self.max_queue})")
@@ -95,8 +97,9 @@ class MicroBatcher:
 
     def _run(self, jobs: list[_Job], count: int) -> None:
         images = [image for job in jobs for image in job.images]
+        scorer = self.scorer  # a model swapped in now serves the next batch, not this one
         try:
-            scored = self.scorer.score(images)
+            scored = scorer.score(images)
             error = None
         except Exception as exc:  # noqa: BLE001 - handed to the requests, not lost
             error = exc
@@ -111,6 +114,6 @@ class MicroBatcher:
                 job.future.set_exception(error)
             else:
                 job.future.set_result(
-                    (scored.scores[start : start + n], scored.maps[start : start + n])
+                    (scored.scores[start : start + n], scored.maps[start : start + n], scorer)
                 )
             start += n
