@@ -570,6 +570,7 @@ def test_a_hot_swap_under_eight_clients_fails_no_request(onnx_model, texture, tm
             [after] = http.post("/predict", content=png(taught)).json()["results"]
             assert after["score"] < before["score"] and after["verdict"] == "pass"
             assert http.get("/model").json()["model_sha256"] == swapped.json()["model_sha256"]
+            assert swapped.json()["model_sha256"] in http.get("/metrics").text
             again = http.post("/model/update").json()  # nothing new to fold
             assert again["added"] == 0
     assert (run / "model.previous.safetensors").is_file()

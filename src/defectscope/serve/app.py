@@ -208,6 +208,7 @@ def create_app(
         identities[id(fresh)] = fresh.identity()
         batcher.scorer = fresh  # atomic: the batches after this one use the new model
         app.state.scorer = fresh
+        metrics.set_model(identities[id(fresh)])
         return {
             "added": entry["added"],
             "threshold_before": entry["threshold_before"],

@@ -71,18 +71,24 @@ class Metrics:
         self.feedback = Counter(
             "defectscope_feedback", "operator feedback stored, by label", ["label"], registry=r
         )
-        Info("defectscope_model", "the model served", registry=r).info(
+        self._model = Info("defectscope_model", "the model served", registry=r)
+        self._version = version
+        self.set_model(identity)
+        self._training = training
+        self._train_sizes = set(train_sizes or ())
+        self._recent: collections.deque = collections.deque(maxlen=RECENT)
+        self._lock = threading.Lock()
+
+    def set_model(self, identity: dict[str, Any]) -> None:
+        """The model served (again after a hot swap)."""
+        self._model.info(
             {
-                "version": version,
+                "version": self._version,
                 "detector": str(identity.get("detector")),
                 "model_sha256": str(identity.get("model_sha256")),
                 "threshold": f"{identity.get('threshold'):.6g}",
             }
         )
-        self._training = training
-        self._train_sizes = set(train_sizes or ())
-        self._recent: collections.deque = collections.deque(maxlen=RECENT)
-        self._lock = threading.Lock()
 
     def judged(self, image: np.ndarray, failed: bool, normalized: float) -> None:
         self.verdicts.labels("fail" if failed else "pass").inc()
