@@ -362,6 +362,14 @@ def test_operator_page_in_headless_chromium(live_server, feedback_dir, texture, 
             # the operator says this one was fine: stored as a false alarm
             page.locator(".card button[data-label=good]").first.click()
             page.wait_for_selector(".card .note:has-text('saved as good')", timeout=30_000)
+            # the chart of recent scores has drawn the one score, in red (above the threshold)
+            drawn = page.evaluate(
+                "() => { const c = document.getElementById('chart').getContext('2d');"
+                " const d = c.getImageData(0, 0, 640, 120).data; let red = 0;"
+                " for (let i = 0; i < d.length; i += 4) red += d[i] > 150 && d[i + 1] < 80;"
+                " return red; }"
+            )
+            assert drawn > 5
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         finally:
             browser.close()

@@ -221,6 +221,11 @@ def create_app(
             raise ApiError(409, "an update is already running; try again when it has finished")
         try:
             return fold_feedback()
+        except OSError as exc:  # a full disk: the new version was not written, nothing swapped
+            raise ApiError(
+                507, f"the updated model could not be saved ({exc.strerror or exc}); the served "
+                "model is unchanged"
+            ) from exc
         finally:
             updating.release()
 

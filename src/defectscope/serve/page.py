@@ -32,6 +32,9 @@ body { font-family: system-ui, sans-serif; margin: 1em 2em; color: #222; }
 </div>
 <div id="error" role="alert"></div>
 <div id="results"></div>
+<h2>Recent scores</h2>
+<canvas id="chart" width="640" height="120"
+        aria-label="recent scores against the threshold"></canvas>
 <h2>Last results</h2><ol id="history"></ol>
 <script>
 const params = new URLSearchParams(location.search);
@@ -43,6 +46,27 @@ const slider = document.getElementById("threshold");
 const sliderValue = document.getElementById("threshold-value");
 
 function threshold() { return parseFloat(slider.value); }
+
+// the last 100 scores, oldest left, against the threshold line (red: above it)
+const recent = [];
+function drawChart() {
+  const canvas = document.getElementById("chart");
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, t = threshold();
+  ctx.clearRect(0, 0, w, h);
+  if (!recent.length) return;
+  const low = Math.min(t, ...recent), high = Math.max(t, ...recent);
+  const span = (high - low) || 1;
+  const y = v => h - 8 - (h - 16) * (v - low) / span;
+  ctx.strokeStyle = "#888"; ctx.setLineDash([4, 4]);
+  ctx.beginPath(); ctx.moveTo(0, y(t)); ctx.lineTo(w, y(t)); ctx.stroke(); ctx.setLineDash([]);
+  ctx.fillStyle = "#555"; ctx.font = "11px sans-serif";
+  ctx.fillText("threshold " + t.toPrecision(4), w - 120, Math.max(12, y(t) - 4));
+  recent.forEach((v, i) => {
+    ctx.fillStyle = v > t ? "#c8261e" : "#1e8a3c";
+    ctx.beginPath(); ctx.arc(6 + i * (w - 12) / 99, y(v), 3, 0, 2 * Math.PI); ctx.fill();
+  });
+}
 
 function render() {
   const t = threshold();
@@ -57,6 +81,7 @@ function render() {
     item.badge.className = "verdict " + (fail ? "fail" : "pass");
     item.card.className = "card " + (fail ? "failed" : "passed");
   }
+  drawChart();
   document.getElementById("counts").textContent =
       shown.length ? failed + " of " + shown.length + " shown failed at " + t.toPrecision(4) : "";
 }
@@ -125,6 +150,8 @@ async function send(files) {
     said.append(note);
     card.append(img, line, said);
     document.getElementById("results").prepend(card);
+    recent.push(r.score);
+    if (recent.length > 100) recent.shift();
     shown.push({score: r.score, threshold: r.threshold, failed: r.is_anomalous, badge: badge,
                 card: card});
     // the slider covers every shown score, so any verdict can be flipped
