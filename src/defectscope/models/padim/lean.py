@@ -21,6 +21,7 @@ from defectscope.models.padim.config import PadimConfig
 from defectscope.ops.moments import (
     FoldAccumulators,
     GaussianAccumulator,
+    lower_inverse,
     mahalanobis,
     precision_cholesky_of,
 )
@@ -91,11 +92,15 @@ class PadimLean(LeanPatchModule):
             raise ValueError("this model records no n_train of at least 2: refit it to update")
         positions, dim = self.mean.shape
         acc = GaussianAccumulator(positions, dim)
-        factor = np.linalg.inv(self.precision_chol.astype(np.float64))  # cov = factor factor^T
-        scatter = np.matmul(factor, factor.transpose(0, 2, 1))
-        scatter[:, np.arange(dim), np.arange(dim)] -= config.regularization
         acc.count, acc.mean = count, self.mean.astype(np.float64)
-        acc.scatter = scatter * (count - 1)
+        diagonal = np.arange(dim)
+        for start in range(0, positions, 512):  # float64 temporaries of 512 positions at a time
+            stop = min(positions, start + 512)
+            # the whitening factor W is lower triangular and cov = W^-1 W^-T
+            factor = lower_inverse(self.precision_chol[start:stop].astype(np.float64))
+            cov = np.matmul(factor, factor.transpose(0, 2, 1))
+            cov[:, diagonal, diagonal] -= config.regularization
+            acc.scatter[start:stop] = cov * (count - 1)
         for batch in batches:
             acc.update(self.embedding(batch, self.target))
         precision = precision_cholesky_of(acc, config.regularization)
