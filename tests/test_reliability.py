@@ -358,6 +358,7 @@ def test_temporary_files_of_killed_writers_are_removed_never_a_live_ones(fitted,
     import os
     import subprocess
     import sys
+    import time
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **_OUT)
     dead_pid = int(gone.stdout)  # that process has exited: its file is an orphan
@@ -365,11 +366,14 @@ def test_temporary_files_of_killed_writers_are_removed_never_a_live_ones(fitted,
     orphan = tmp_path / f".model.safetensors.{dead_pid}.abc123.tmp"
     live = tmp_path / f".model.safetensors.{os.getpid()}.def456.tmp"  # a writer still running
     other = tmp_path / f".other.png.{dead_pid}.x.tmp"  # another file's: not ours to judge
-    for path in (orphan, live, other):
+    legacy = tmp_path / ".model.safetensors.k3j2h1.tmp"  # an earlier release's, two days old
+    recent = tmp_path / ".model.safetensors.q9w8e7.tmp"  # the same, a minute old: kept
+    for path in (orphan, live, other, legacy, recent):
         path.write_bytes(b"half a model, as a kill -9 leaves it")
+    os.utime(legacy, (time.time() - 2 * 86_400,) * 2)
     fitted.save(target)
-    assert target.is_file() and not orphan.exists()
-    assert live.exists() and other.exists()
+    assert target.is_file() and not orphan.exists() and not legacy.exists()
+    assert live.exists() and other.exists() and recent.exists()
 
 
 _OUT = {"capture_output": True, "text": True, "check": True}

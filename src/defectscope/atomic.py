@@ -9,6 +9,7 @@ import glob
 import io
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,20 @@ def remove_orphans(path: Path) -> list[Path]:
     removed = []
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        # names without a PID were written by earlier releases: orphans once a day old
+        orphan = not _running(int(pid)) if pid.isdigit() else _older_than(stale, 86_400)
+        if orphan:
             with contextlib.suppress(OSError):
                 stale.unlink()
                 removed.append(stale)
     return removed
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _running(pid: int) -> bool:
