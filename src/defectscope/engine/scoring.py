@@ -175,7 +175,13 @@ class Scorer(ABC):
             "model_sha256": file_sha256(file) if file else None,
             "detector": self.name,
             "threshold": self.threshold_,
-            "threshold_source": self.fit_info_.get("threshold_source"),
+            # without the kept out-of-fold scores: hundreds of numbers no result needs
+            "threshold_source": {
+                k: v
+                for k, v in (self.fit_info_.get("threshold_source") or {}).items()
+                if k != "scores"
+            }
+            or None,
         }
 
     @property

@@ -223,8 +223,9 @@ def create_app(
             return fold_feedback()
         except OSError as exc:  # a full disk: the new version was not written, nothing swapped
             raise ApiError(
-                507, f"the updated model could not be saved ({exc.strerror or exc}); the served "
-                "model is unchanged"
+                507,
+                f"the updated model could not be saved ({exc.strerror or exc}); the served "
+                "model is unchanged",
             ) from exc
         finally:
             updating.release()
