@@ -19,8 +19,11 @@ RULE = "a part fails when its score is above the threshold (score > threshold; e
 
 
 def fails(scores: Any, threshold: float) -> Any:
-    """The verdict rule: ``score > threshold``, for one score (a bool) or an array of them."""
-    out = np.asarray(scores) > threshold
+    """The verdict rule: ``score > threshold``, for one score (a bool) or an array of them.
+    Compared in float64: a float32 array against a Python float would otherwise round the
+    threshold to float32 (NumPy 2's rule for scalars), and a score between the two roundings
+    would get another verdict here than in a comparison of Python floats."""
+    out = np.asarray(scores, dtype=np.float64) > threshold
     return bool(out) if out.ndim == 0 else out
 
 
