@@ -92,6 +92,9 @@ def find_regions(
         limit: keep at most this many regions.
     """
     anomaly_map = np.asarray(anomaly_map)
+    if anomaly_map.dtype == np.float32:  # a threshold beyond float32's range: the same answer
+        limit32 = float(np.finfo(np.float32).max)
+        threshold = min(max(float(threshold), -limit32), limit32)
     above = anomaly_map > threshold
     if not above.any():
         return []
