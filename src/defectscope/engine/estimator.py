@@ -663,16 +663,22 @@ class Detector(Scorer):
             )
         paths = training_paths(images)
         escapes = training_paths(defective) if defective else []
-        before = self.score(paths).scores.astype(np.float64)
-        batches = (
-            batch
+        scores: list[np.ndarray] = []
+        step = self.module_.max_batch or engine.batch_size
+
+        def batches() -> Iterator[np.ndarray]:
+            """Each image decoded once: scored by the model as it was (out-of-sample scores
+            for the threshold), then handed to the update."""
             for _, batch in iter_batches(
                 paths, config.input_shape, engine.batch_size, engine.num_workers, self.bit_depth
-            )
-        )
+            ):
+                scores.extend(part[0] for part in _lean_scores(self.module_, batch, step))
+                yield batch
+
         self._start_stages(engine)(f"folding {len(paths)} images into the model")
-        module = path.lean_update(config, self.module_, batches)
+        module = path.lean_update(config, self.module_, batches())
         self._end_stage()
+        before = np.concatenate(scores).astype(np.float64) if scores else np.empty(0)
         info = {**self.fit_info_, **module.fit_info()}
         source = dict(info.get("threshold_source") or {})
         old_threshold = float(self.threshold_)
@@ -694,8 +700,8 @@ class Detector(Scorer):
                 threshold=threshold,
                 operating_point=point.to_dict(),
                 scores={"good": [float(x) for x in good], "synthetic": synthetic},
+                n_out_of_fold=len(good),
             )
-            source["n_out_of_fold"] = len(good)
         else:
             source["threshold"] = threshold  # a model fitted before its scores were kept
         entry = {
