@@ -10,7 +10,7 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,20 +71,28 @@ def _running(pid: int) -> bool:
     return True
 
 
-def write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` whole or not at all: into a temporary file beside it, then
-    renamed. On any failure (a full disk, an interrupt) the temporary file is removed and a
-    previous ``path`` is left as it was: never a half-written file, never a stray temp file."""
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[str]:
+    """A temporary file beside ``path`` to write the new version into; published as ``path``
+    (:func:`publish`) when the block ends normally. On any failure (a full disk, an interrupt)
+    the temporary file is removed and a previous ``path`` is left as it was: never a
+    half-written file, never a stray temp file."""
     path = Path(path)
     tmp = temporary(path)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
+        yield tmp
         publish(tmp, path)
-    except BaseException:
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` whole or not at all (:func:`replacing`)."""
+    path = Path(path)
+    with replacing(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
     return path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from defectscope.atomic import publish, temporary
+from defectscope.atomic import replacing
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.digest import file_sha256
 from defectscope.engine.onnx_session import run_micro_batches, session_options
@@ -93,8 +92,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
-    tmp = temporary(path)
-    try:
+    with replacing(path) as tmp:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings on shape branches, constant here
             torch.onnx.export(
@@ -140,10 +138,6 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
         entry.value = export_digest(graph.graph.SerializeToString(), text)
         onnx.save(graph, tmp)
         _check_parity(wrapper, tmp, (height, width))
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

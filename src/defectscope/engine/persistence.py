@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from defectscope.atomic import publish, temporary
+from defectscope.atomic import replacing
 from defectscope.errors import ModelFileError
 
 FORMAT = "defectscope-model"
@@ -65,13 +64,8 @@ def keep_previous(path: str | Path) -> Path | None:
     if not path.is_file():
         return None
     kept = path.with_name(f"{path.stem}.previous{path.suffix}")
-    tmp = temporary(kept)
-    try:
+    with replacing(kept) as tmp:
         shutil.copyfile(path, tmp)
-        publish(tmp, kept)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return kept
 
 
@@ -104,13 +98,8 @@ def save_detector(detector: Any, path: str | Path) -> Path:
         "config": text,
         "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
-    tmp = temporary(path)
-    try:
+    with replacing(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
