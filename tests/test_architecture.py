@@ -16,6 +16,8 @@ LAYERS = {
     "cli": 6,
     "serve": 5,
     "cluster": 5,
+    # auto: a workflow over the estimators (it names the detectors it tries; the engine does not)
+    "auto": 5,
     "engine": 4,
     "report": 3,
     "models": 2,

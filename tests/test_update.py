@@ -36,6 +36,38 @@ def test_padim_update_equals_a_fit_on_all_the_images(texture):
     assert first.fit_info_["lineage"] == [entry]
 
 
+def test_a_lineage_entry_edited_by_hand_is_refused_on_load():
+    from defectscope.engine.operating import check_fit_info
+
+    entry = {
+        "date": "2026-11-30T10:00:00+00:00",
+        "defectscope_version": "0.1.0",
+        "previous_model_sha256": "a" * 64,
+        "added": 2,
+        "added_sha256": ["b" * 64, "c" * 64],
+        "escapes_sha256": [],
+        "threshold_before": 1.5,
+        "threshold_after": 1.25,
+    }
+    check_fit_info({"lineage": [entry, {**entry, "previous_model_sha256": None}]})
+    damaged = [
+        {k: v for k, v in entry.items() if k != "added_sha256"},  # what /model/update reads
+        {**entry, "added_sha256": "b" * 64},
+        {**entry, "added_sha256": ["B" * 64, "c" * 64]},
+        {**entry, "added_sha256": ["b" * 63, "c" * 64]},
+        {**entry, "added": 3},  # counts and digests disagree
+        {**entry, "added": True},
+        {**entry, "escapes_sha256": None},
+        {**entry, "previous_model_sha256": "x"},
+        {**entry, "threshold_after": float("inf")},
+        {**entry, "date": 20261130},
+        "an update",
+    ]
+    for bad in damaged:
+        with pytest.raises(ConfigError, match="lineage must be a list of update records"):
+            check_fit_info({"lineage": [entry, bad]})
+
+
 def test_patchcore_update_teaches_a_part_and_raises_no_score(texture):
     train = list(load_category(texture).train_paths)
     model = PatchCore(**FAST, coreset_ratio=0.1).fit(train)

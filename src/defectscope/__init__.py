@@ -14,6 +14,7 @@ from defectscope.version import __version__
 _LAZY = {
     "load": ("defectscope.engine.loading", "load"),
     "evaluate": ("defectscope.engine.evaluation", "evaluate"),
+    "auto_fit": ("defectscope.auto", "auto_fit"),
     "export_onnx": ("defectscope.engine.exported", "export_onnx"),
     "ExportedModel": ("defectscope.engine.exported", "ExportedModel"),
     "Detector": ("defectscope.engine.estimator", "Detector"),

@@ -273,6 +273,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="split one category's training images into this many shards, fitted apart and "
         "merged (padim, patchcore; with --executor ray, on the cluster)",
     )
+    fit.add_argument(
+        "--auto",
+        action="store_true",
+        help="choose the detector and its options without labels: fit a few candidates (PatchCore"
+        ", PaDiM, the aspect ratio kept, k-NN, layers, lighting), rank them by how well they "
+        "separate synthetic defects from good parts under changed light, keep the best",
+    )
+    fit.add_argument(
+        "--budget-s",
+        type=float,
+        help="with --auto: seconds the candidates may take (default: 5 default fits; the first "
+        "candidate, the default configuration, always runs)",
+    )
     model_options(fit)
     _add_executor_options(fit)
 
@@ -465,6 +478,81 @@ def _fit_root(args, data, model: str, params: dict[str, Any], executor) -> int:
     return 1 if failures else 0
 
 
+def _write_fit_files(args: argparse.Namespace, run: Path, detector, data, path: Path) -> None:
+    """A fit's ``config.json`` (every option) and ``run.json`` (the fit record) beside the
+    model saved at ``path``."""
+    try:
+        config, engine = detector.options()
+        saved = {"model": detector.name, "data": str(data), **config.to_dict(), **engine.to_dict()}
+        saved.pop("progress")
+        write_text(run / "config.json", json.dumps(saved, indent=2))
+        fitted = {"command": args.command, "fitted": detector.fit_info_}
+        write_text(run / "run.json", json.dumps(fitted, indent=2, default=str))
+    except (OSError, TypeError, ValueError) as exc:
+        raise OutputError(
+            f"the fitted model is saved in {path}, but writing its run files failed: {exc}"
+        ) from exc
+
+
+def _fit_auto(args: argparse.Namespace, data) -> int:
+    """``fit --auto``: the candidates of :mod:`defectscope.auto`, the winner saved."""
+    from defectscope.data import load_category
+    from defectscope.data.mvtec import is_category
+    from defectscope.auto import auto_fit, candidates, chosen_options, summary
+    from defectscope.runs import run_folder
+
+    if _from_config(args, "model") is not None:
+        raise ConfigError("--auto chooses the detector; drop --model (or fit it without --auto)")
+    if args.shards > 1 or _wants_ray(args):
+        raise ConfigError("--auto fits here, unsharded; drop --shards and --executor")
+    if Path(data).is_dir() and not is_category(Path(data)):
+        raise ConfigError(
+            f"--auto fits one category; {data} is a root of several: run it once per category"
+        )
+    if args.budget_s is not None and not (0 < args.budget_s < float("inf")):
+        raise ConfigError(f"--budget-s must be a number of seconds > 0, got {args.budget_s:g}")
+    given: dict[str, Any] = {}
+    for own in model_params(args, sorted({c.model for c in candidates()})).values():
+        given.update(own)
+    chosen = chosen_options(given)
+    if chosen:
+        raise ConfigError(
+            "--auto chooses the detector and its options itself; drop "
+            + ", ".join(map(_flag, chosen))
+            + " (or fit that detector without --auto)"
+        )
+    category = load_category(data)
+    for notice in category.notices:
+        if "train" in notice:
+            _say(args, f"notice: {notice}")
+
+    def said(record: dict[str, Any], detector) -> None:
+        if "skipped" in record:
+            _say(args, f"auto: {record['label']}: not tried ({record['skipped']})")
+        else:
+            _say(
+                args,
+                f"auto: {record['label']}: ranking AUROC {record['ranking_auroc']:.3f} "
+                f"({record['seconds']:.0f} s)",
+            )
+
+    with run_folder(Path(args.project) / "fit", args.name or category.name) as run:
+        start = time.perf_counter()
+        detector = auto_fit(category, budget_s=args.budget_s, on_candidate=said, **given)
+        seconds = time.perf_counter() - start
+        path = detector.save(run / "model.safetensors")
+    _write_fit_files(args, run, detector, data, path)
+    print(summary(detector.fit_info_["auto"]))
+    print(
+        f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
+        f"in {seconds:.1f} s (every candidate); threshold {detector.threshold_:.4g}; saved {path}"
+    )
+    from defectscope.engine.operating import OperatingPoint
+
+    print(OperatingPoint(**detector.fit_info_["threshold_source"]["operating_point"]).summary())
+    return 0
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from defectscope.data import load_category
     from defectscope.data.mvtec import is_category
@@ -475,6 +563,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     data = _from_config(args, "data")
     if data is None:
         raise ConfigError("fit needs --data (a category folder), or `data` in the --config file")
+    if args.auto:
+        return _fit_auto(args, data)
+    if args.budget_s is not None:
+        raise ConfigError("--budget-s bounds --auto; add --auto or drop --budget-s")
     params = model_params(args, [model])[model]
     detector = make_detector(model, params)
     detector.options()  # bad options fail before any work
@@ -494,17 +586,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             detector.fit(category, shards=args.shards, executor=executor)
         seconds = time.perf_counter() - start
         path = detector.save(run / "model.safetensors")
-    try:
-        config, engine = detector.options()
-        saved = {"model": model, "data": str(data), **config.to_dict(), **engine.to_dict()}
-        saved.pop("progress")
-        write_text(run / "config.json", json.dumps(saved, indent=2))
-        fitted = {"command": args.command, "fitted": detector.fit_info_}
-        write_text(run / "run.json", json.dumps(fitted, indent=2, default=str))
-    except (OSError, TypeError, ValueError) as exc:
-        raise OutputError(
-            f"the fitted model is saved in {path}, but writing its run files failed: {exc}"
-        ) from exc
+    _write_fit_files(args, run, detector, data, path)
     print(
         f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
         f"in {seconds:.1f} s; threshold {detector.threshold_:.4g}; saved {path}"

@@ -120,6 +120,14 @@ def _lean_scores(module, batch: np.ndarray, step: int):
         yield module(batch[start : start + step])
 
 
+def relit(batch: np.ndarray, first: int = 0) -> np.ndarray:
+    """uint8 ``batch (N, H, W, C)`` with image ``i`` scaled by ``LIGHTING_GAINS[(first + i) %
+    2]``, clipped to 0..255: the same parts under a dimmer or brighter light."""
+    gains = np.asarray(LIGHTING_GAINS, dtype=np.float32)
+    factor = gains[(first + np.arange(len(batch))) % len(gains)].reshape(-1, 1, 1, 1)
+    return np.clip(batch.astype(np.float32) * factor + 0.5, 0, 255).astype(np.uint8)
+
+
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """``(held, rest)`` indices: a seeded ``fraction`` of ``n`` (1 to 32, leaving at least 2)."""
     if fraction <= 0:
@@ -150,6 +158,9 @@ SYNTHETIC_PER_IMAGE = 8
 MAX_SAMPLE_MAPS = 64
 #: synthetic examples kept (with their maps) for the report's grid
 MAX_EXAMPLES = 12
+#: brightness factors of the lighting probe, taken in turn image by image (a change of light
+#: between the training day and a later one of this order is common on a line)
+LIGHTING_GAINS = (0.9, 1.1)
 #: the folds' statistics may take this much memory together (PaDiM keeps one Gaussian per fold)
 FOLD_MEMORY = 1 << 30
 
@@ -233,6 +244,7 @@ class Detector(Scorer):
         *,
         shards: int = 1,
         executor: Executor | None = None,
+        lighting_probe: bool = False,
     ) -> Detector:
         """Learn from images; returns ``self``.
 
@@ -244,6 +256,11 @@ class Detector(Scorer):
                 of the shards' coresets). Detectors that cannot be sharded refuse ``shards > 1``.
             executor: runs the shards (:mod:`defectscope.engine.sharding`); default: here, one
                 after the other. ``defectscope.cluster.RayExecutor`` runs them on a Ray cluster.
+            lighting_probe: also score each out-of-fold image with its brightness scaled by
+                :data:`LIGHTING_GAINS` (by the model of the other folds), kept in
+                ``lighting_scores_``: how far a change of light alone moves a good part's score
+                (:mod:`defectscope.auto` ranks configurations with it). Costs one more
+                scoring pass over the out-of-fold images; the model and threshold are the same.
         """
         config, engine = self.options()
         paths = self._check_training_data(data, labels)
@@ -269,7 +286,9 @@ class Detector(Scorer):
                 module = fitter.finalize()
             threshold = 0.5  # a probability
         elif fitter.out_of_fold and shards == 1:
-            module, threshold, scales, source = self._fit_out_of_fold(fitter, paths, config, engine)
+            module, threshold, scales, source = self._fit_out_of_fold(
+                fitter, paths, config, engine, lighting_probe
+            )
         else:
             module, threshold, scales, source = self._fit_holdout(
                 fitter, paths, config, engine, shards, executor
@@ -292,7 +311,9 @@ class Detector(Scorer):
         self._set_fitted(module, threshold, config, engine, info)
         return self
 
-    def _fit_out_of_fold(self, fitter, paths: list[Path], config, engine: EngineOptions):
+    def _fit_out_of_fold(
+        self, fitter, paths: list[Path], config, engine: EngineOptions, lighting: bool = False
+    ):
         """Every training image in one of ``threshold_folds`` folds; each is scored (and
         synthetic defects made from it are scored) by the model of the other folds, the
         threshold comes from those scores (:mod:`defectscope.engine.operating`), and the final
@@ -329,6 +350,7 @@ class Detector(Scorer):
         sample_scores: list[np.ndarray] = []
         sample_maps: list[np.ndarray] = []
         examples: list[tuple] = []
+        lit: list[np.ndarray] = []
         done = 0
         for k, members in enumerate(folds):
             members = [i for i in members if scored[i]]
@@ -344,6 +366,9 @@ class Detector(Scorer):
                 module, fold_paths, engine, config.input_shape, desc
             ):
                 good[[members[i] for i in idx]] = scores
+                if lighting:
+                    shifted = relit(batch, done)
+                    lit.append(np.concatenate([p[0] for p in score(module, shifted, step)]))
                 room = MAX_SAMPLE_MAPS - sum(len(m) for m in sample_maps)
                 if room > 0:
                     sample_scores.append(scores[:room])
@@ -381,6 +406,8 @@ class Detector(Scorer):
         #: one score per training image (NaN where more than MAX_OUT_OF_FOLD were not scored)
         self.out_of_fold_scores_ = good
         self.synthetic_scores_ = synthetic
+        #: scores of the out-of-fold images under changed light (``fit(lighting_probe=True)``)
+        self.lighting_scores_ = np.concatenate(lit).astype(np.float32) if lit else None
         scales = fixed_scales(
             good[scored],
             np.concatenate(sample_maps),

@@ -262,13 +262,75 @@ def check_fit_info(info: Any) -> None:
         _check_point(source["operating_point"])
     if isinstance(source, dict) and source.get("scores") is not None:
         _check_scores(source["scores"])
+    if info.get("auto") is not None:
+        _check_auto(info["auto"])
     lineage = info.get("lineage")
     if lineage is not None and not (
-        isinstance(lineage, list)
-        and len(lineage) <= 100_000
-        and all(isinstance(e, dict) for e in lineage)
+        isinstance(lineage, list) and len(lineage) <= 100_000 and all(map(_lineage_entry, lineage))
     ):
-        raise ConfigError(f"lineage must be a list of records; got {lineage!r:.200}")
+        raise ConfigError(
+            "lineage must be a list of update records (date, version, previous model's and added "
+            f"images' SHA-256, counts, thresholds); got {lineage!r:.200}"
+        )
+
+
+def _check_auto(record: Any) -> None:
+    """ConfigError unless ``record`` (a model's ``fit_info_["auto"]``) has the shape
+    :func:`defectscope.auto.auto_fit` writes: the report and ``/model`` print it."""
+
+    def ok_candidate(r: Any) -> bool:
+        if not (isinstance(r, dict) and isinstance(r.get("label"), str)):
+            return False
+        if "skipped" in r:
+            return isinstance(r["skipped"], str)
+        lit = r.get("lighting_false_reject")
+        return (
+            all(_number(r.get(k), 0, 1) for k in ("ranking_auroc", "synthetic_auroc"))
+            and _number(r.get("synthetic_catch_rate"), 0, 1)
+            and (lit is None or _number(lit, 0, 1))
+            and _number(r.get("seconds"), 0)
+        )
+
+    if not (
+        isinstance(record, dict)
+        and isinstance(record.get("chosen"), str)
+        and isinstance(record.get("rule"), str)
+        and _number(record.get("seconds"), 0)
+        and (record.get("budget_s") is None or _number(record["budget_s"], 0))
+        and isinstance(record.get("candidates"), list)
+        and 0 < len(record["candidates"]) <= 100
+        and all(map(ok_candidate, record["candidates"]))
+        and record["chosen"] in {r["label"] for r in record["candidates"] if "skipped" not in r}
+    ):
+        raise ConfigError(f"its auto record is damaged; got {record!r:.200}")
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _lineage_entry(entry: Any) -> bool:
+    """One record ``update`` appends to a model's lineage, with every field it writes."""
+
+    def digests(values: Any) -> bool:
+        return (
+            isinstance(values, list)
+            and len(values) <= 1_000_000
+            and all(isinstance(v, str) and _SHA256.fullmatch(v) for v in values)
+        )
+
+    previous = entry.get("previous_model_sha256") if isinstance(entry, dict) else None
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("date"), str)
+        and isinstance(entry.get("defectscope_version"), str)
+        and (previous is None or (isinstance(previous, str) and bool(_SHA256.fullmatch(previous))))
+        and _count(entry.get("added"))
+        and digests(entry.get("added_sha256"))
+        and len(entry["added_sha256"]) == entry["added"]
+        and digests(entry.get("escapes_sha256"))
+        and _number(entry.get("threshold_before"))
+        and _number(entry.get("threshold_after"))
+    )
 
 
 def _check_scores(record: Any) -> None:

@@ -161,6 +161,38 @@ def _expected(point: dict[str, Any]) -> str:
     return text
 
 
+def _auto_table(auto: dict[str, Any]) -> list[str]:
+    """What ``fit --auto`` tried, how each candidate ranked without labels, and what it chose."""
+    rows = []
+    for r in auto["candidates"]:
+        label = html.escape(r["label"])
+        if "skipped" in r:
+            rows.append(
+                f"<tr><td>{label}</td><td colspan=5>not tried: "
+                f"{html.escape(r['skipped'])}</td></tr>"
+            )
+            continue
+        chosen = r["label"] == auto["chosen"]
+        lit = r.get("lighting_false_reject")
+        rows.append(
+            f"<tr{' class=chosen' if chosen else ''}><td>{'<b>' if chosen else ''}{label}"
+            f"{' (chosen)</b>' if chosen else ''}</td><td>{r['ranking_auroc']:.3f}</td>"
+            f"<td>{r['synthetic_auroc']:.3f}</td><td>{r['synthetic_catch_rate']:.0%}</td>"
+            f"<td>{'' if lit is None else f'{lit:.0%}'}</td><td>{r['seconds']:.0f}</td></tr>"
+        )
+    return [
+        f"<p>Configuration chosen without labels (<code>fit --auto</code>, "
+        f"{auto['seconds']:.0f} s): <b>{html.escape(auto['chosen'])}</b>. Rule: "
+        f"{html.escape(auto['rule'])}. The test split chose nothing.</p>",
+        "<table><caption>candidates (figures from the training images and synthetic defects "
+        "only)</caption><tr><th>candidate</th><th>ranking AUROC</th><th>synthetic AUROC</th>"
+        "<th>synthetic defects caught</th><th>good parts rejected at x0.9/x1.1 light</th>"
+        "<th>fit s</th></tr>",
+        *rows,
+        "</table>",
+    ]
+
+
 def _summary(result: dict[str, Any]) -> list[str]:
     s = result.get("summary") or outcome_summary(result["images"])
     defective, good = s["caught"] + s["missed"], s["rejected"] + s["passed"]
@@ -182,6 +214,9 @@ def _summary(result: dict[str, Any]) -> list[str]:
         f"<tr><td>good</td><td>{s['rejected']} rejected</td><td>{s['passed']} passed</td></tr>"
         "</table>",
     ]
+    auto = model.get("auto")
+    if auto:
+        parts += _auto_table(auto)
     if s["defect_types"]:
         parts.append(
             "<table><caption>per defect type (image AUROC: that type against the good images)"

@@ -269,6 +269,8 @@ def create_app(
             "score_scale": scorer.fit_info_.get("score_scale"),
             "threshold_on_map": on_map,
             "verdict_rule": RULE,
+            # fit --auto: every candidate tried and why this one won (None for other fits)
+            "auto": scorer.fit_info_.get("auto"),
             "config": config.to_dict() if config is not None else scorer.metadata.get("config"),
             "limits": limits.__dict__,
         }

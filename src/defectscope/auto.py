@@ -1,0 +1,280 @@
+"""A label-free choice of configuration: fit a few candidate configurations, rank them by how
+well each separates synthetic defects from good parts, keep the winner (``fit --auto``,
+``defectscope.auto_fit``). A workflow over the estimators, above the engine: it names the
+detectors it tries, which the engine never does.
+
+Every candidate is an ordinary fit (:meth:`Detector.fit` with ``lighting_probe``): each
+training image is scored out of fold, synthetic defects made from the training images
+(:mod:`defectscope.data.anomalies`) are scored by the same fold models, and so is every
+out-of-fold image under a dimmer and a brighter light (:data:`estimator.LIGHTING_GAINS`). A
+candidate's **ranking AUROC** is the AUROC of its synthetic-defect scores against both sets of
+good scores: it rewards a configuration that finds defects and does not mistake a change of
+light for one. No label and no test image is read.
+
+The candidates, tried in this order within the time budget (the first is the default fit, so
+a budget that allows one fit gives the default):
+
+1. PatchCore with its defaults;
+2. PatchCore at the training images' aspect ratio (only where they are not square), about as
+   many patches as the default;
+3. PaDiM with its defaults;
+4. PatchCore scoring the mean distance to the 3 nearest bank patches;
+5. PatchCore on the stride-8 and stride-16 stages' neighbours ``blocks.2`` + ``blocks.3``;
+6. PatchCore without the lighting correction.
+
+A candidate replaces the best so far only when its ranking AUROC is higher by more than
+:data:`MARGIN` (about the standard error of an AUROC of 200 defects against 200 good scores):
+without evidence beyond noise, the earlier (more conventional) configuration stays. The
+winner is an ordinary fitted model: save, load, export, serve and Ray take it as any other;
+``fit_info_["auto"]`` records every candidate's figures and why the winner won.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectscope.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: a later candidate must beat the best so far by more than this ranking AUROC
+MARGIN = 0.005
+#: without ``budget_s``: the candidates may take this many times the first (default) fit
+BUDGET_FITS = 5.0
+#: the options a user may set for an automatic fit: every engine option and the seed; the
+#: detector's own options are what ``auto`` chooses
+SHARED = ("seed",)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration ``auto`` may choose."""
+
+    label: str
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+    #: expected fit time relative to the default fit (for the budget)
+    cost: float = 1.0
+
+
+def aspect_kept(height: int, width: int, area: int = 320 * 320, step: int = 32) -> tuple[int, int]:
+    """``(height, width)``, multiples of ``step``, with about ``area`` pixels and the aspect
+    ratio of a ``height x width`` image (tire's 512 x 384 -> 384 x 288)."""
+    ratio = height / width
+    w = max(step, round(math.sqrt(area / ratio) / step) * step)
+    h = max(step, round(w * ratio / step) * step)
+    return h, w
+
+
+def candidates(image_shape: tuple[int, int] | None = None) -> list[Candidate]:
+    """The candidate configurations, in the order they are tried; ``image_shape`` (height,
+    width) of the training images adds the aspect-kept PatchCore where they are not square."""
+    out = [Candidate("patchcore (defaults)", "patchcore")]
+    if image_shape is not None:
+        height, width = image_shape
+        if abs(height / width - 1) > 0.1:
+            h, w = aspect_kept(height, width)
+            out.append(
+                Candidate(
+                    f"patchcore {w}x{h} (aspect kept)",
+                    "patchcore",
+                    {"image_size": w, "image_height": h},
+                    cost=(h * w) / (320 * 320),
+                )
+            )
+    out += [
+        Candidate("padim (defaults)", "padim", cost=0.7),
+        Candidate("patchcore k_nearest 3", "patchcore", {"k_nearest": 3}),
+        Candidate("patchcore layers blocks.2+3", "patchcore", {"layers": ("blocks.2", "blocks.3")}),
+        Candidate("patchcore illumination none", "patchcore", {"illumination": "none"}),
+    ]
+    return out
+
+
+def ranking_auroc(good: np.ndarray, lit: np.ndarray | None, synthetic: np.ndarray) -> float:
+    """AUROC of ``synthetic`` defect scores against the out-of-fold ``good`` scores and the
+    same images under changed light (``lit``)."""
+    from defectscope.engine.operating import auroc_of
+
+    pool = good if lit is None else np.concatenate([good, lit])
+    return auroc_of(pool, synthetic)
+
+
+def chosen_options(options: Mapping[str, Any]) -> list[str]:
+    """The names in ``options`` that ``auto`` chooses itself (a user may not set them)."""
+    from defectscope.engine.settings import ENGINE_NAMES
+
+    return sorted(k for k in options if k not in ENGINE_NAMES and k not in SHARED)
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    chosen = chosen_options(options)
+    if chosen:
+        raise ConfigError(
+            "auto chooses the detector and its options itself; drop "
+            + ", ".join(chosen)
+            + " (or fit that detector without auto)"
+        )
+    if options.get("synthetic", 1) == 0:
+        raise ConfigError("auto ranks configurations by synthetic defects; synthetic=0 leaves none")
+
+
+def _image_shape(paths: Sequence[Path]) -> tuple[int, int] | None:
+    """``(height, width)`` most training images have (None when none can be read)."""
+    from collections import Counter
+
+    from PIL import Image
+
+    sizes: Counter = Counter()
+    for path in paths[:64]:
+        try:
+            with Image.open(path) as image:
+                sizes[image.size[::-1]] += 1
+        except (OSError, ValueError):
+            continue
+    return sizes.most_common(1)[0][0] if sizes else None
+
+
+def auto_fit(
+    data,
+    *,
+    budget_s: float | None = None,
+    candidates_: Sequence[Candidate] | None = None,
+    on_candidate: Callable[[dict[str, Any], Any], None] | None = None,
+    **options: Any,
+):
+    """Fit the candidates on ``data`` (a category folder, a Category or image files) within
+    ``budget_s`` seconds and return the winner, a fitted estimator whose ``fit_info_["auto"]``
+    records the choice. ``options``: engine options and ``seed``, shared by every candidate.
+    ``on_candidate(record, detector)`` is called as each candidate finishes (``detector``:
+    the fitted candidate, or None for one the budget skipped).
+
+    The first candidate always runs, whatever the budget (without a fit there is nothing to
+    return); a later one starts only when its expected time fits in what is left. Without
+    ``budget_s`` the budget is :data:`BUDGET_FITS` times the first fit's time.
+    """
+    from defectscope.engine.estimator import make_detector, training_paths
+
+    if budget_s is not None and not (
+        isinstance(budget_s, (int, float)) and math.isfinite(budget_s) and budget_s > 0
+    ):
+        raise ConfigError(f"budget_s must be a number of seconds > 0, got {budget_s!r}")
+    _check_options(options)
+    paths = training_paths(data)
+    pool = list(candidates_) if candidates_ is not None else candidates(_image_shape(paths))
+    if not pool:
+        raise ConfigError("auto needs at least one candidate configuration")
+    for c in pool:  # every candidate's options are valid before the first fit starts
+        make_detector(c.model, {**options, **c.params}).options()
+
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    best = None
+    best_record: dict[str, Any] | None = None
+    unit = None  # seconds of a cost-1 fit, from the first candidate
+    for i, c in enumerate(pool):
+        elapsed = time.perf_counter() - start
+        if unit is not None:
+            limit = budget_s if budget_s is not None else BUDGET_FITS * unit * pool[0].cost
+            expected = unit * c.cost
+            if elapsed + expected > limit:
+                records.append(
+                    {
+                        "label": c.label,
+                        "model": c.model,
+                        "params": _jsonable(c.params),
+                        "skipped": f"expected {expected:.0f} s; {max(0.0, limit - elapsed):.0f} "
+                        f"s of the {limit:.0f} s budget left",
+                    }
+                )
+                if on_candidate:
+                    on_candidate(records[-1], None)
+                continue
+        detector = make_detector(c.model, {**options, **c.params})
+        t0 = time.perf_counter()
+        detector.fit(data, lighting_probe=True)
+        seconds = time.perf_counter() - t0
+        if unit is None:
+            unit = seconds / c.cost
+        record = _record(c, detector, seconds)
+        records.append(record)
+        if on_candidate:
+            on_candidate(record, detector)
+        if best_record is None or record["ranking_auroc"] > best_record["ranking_auroc"] + MARGIN:
+            best, best_record = detector, record
+        del detector
+        log.info("auto: candidate %d/%d %s: %s", i + 1, len(pool), c.label, record)
+
+    assert best is not None and best_record is not None
+    total = time.perf_counter() - start
+    best.fit_info_ = {
+        **best.fit_info_,
+        "auto": {
+            "chosen": best_record["label"],
+            "rule": (
+                "the highest ranking AUROC (synthetic defects against out-of-fold good scores "
+                f"and the same images at x{' and x'.join(map(str, _gains()))} light); a later "
+                f"candidate must beat the best so far by more than {MARGIN}"
+            ),
+            "budget_s": None if budget_s is None else float(budget_s),
+            "seconds": round(total, 3),
+            "candidates": records,
+        },
+    }
+    return best
+
+
+def _gains() -> tuple[float, ...]:
+    from defectscope.engine.estimator import LIGHTING_GAINS
+
+    return LIGHTING_GAINS
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+
+
+def _record(c: Candidate, detector, seconds: float) -> dict[str, Any]:
+    good = np.asarray(detector.out_of_fold_scores_, dtype=np.float64)
+    good = good[np.isfinite(good)]
+    lit = getattr(detector, "lighting_scores_", None)
+    syn = detector.synthetic_scores_
+    point = detector.fit_info_["threshold_source"]["operating_point"]
+    ranking = ranking_auroc(good, lit, np.asarray(syn, dtype=np.float64))
+    light = None if lit is None else float(np.mean(lit > detector.threshold_))
+    return {
+        "label": c.label,
+        "model": c.model,
+        "params": _jsonable(c.params),
+        "ranking_auroc": round(float(ranking), 6),
+        "synthetic_auroc": round(float(point["synthetic_auroc"]), 6),
+        "synthetic_catch_rate": round(float(point["synthetic_catch_rate"]), 6),
+        "lighting_false_reject": None if light is None else round(light, 6),
+        "seconds": round(seconds, 3),
+    }
+
+
+def summary(record: Mapping[str, Any]) -> str:
+    """One line per candidate of an ``auto`` record, and which won."""
+    lines = []
+    for r in record["candidates"]:
+        if "skipped" in r:
+            lines.append(f"  {r['label']}: not tried ({r['skipped']})")
+            continue
+        mark = "*" if r["label"] == record["chosen"] else " "
+        lit = r.get("lighting_false_reject")
+        lines.append(
+            f"{mark} {r['label']}: ranking AUROC {r['ranking_auroc']:.3f} (synthetic "
+            f"{r['synthetic_auroc']:.3f}, catches {r['synthetic_catch_rate']:.0%}"
+            + (f", rejects {lit:.0%} of good parts at x0.9/x1.1 light" if lit is not None else "")
+            + f"), {r['seconds']:.0f} s"
+        )
+    return "\n".join([f"auto chose {record['chosen']} in {record['seconds']:.0f} s:", *lines])
