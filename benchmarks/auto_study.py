@@ -25,8 +25,8 @@ OUT = Path(__file__).parent / "results" / "auto_study.jsonl"
 
 
 def run(args: argparse.Namespace) -> None:
-    from defectscope.data import load_category
     from defectscope.auto import auto_fit
+    from defectscope.data import load_category
     from defectscope.engine.evaluation import evaluate
 
     for seed in args.seeds:

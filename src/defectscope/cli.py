@@ -496,9 +496,9 @@ def _write_fit_files(args: argparse.Namespace, run: Path, detector, data, path: 
 
 def _fit_auto(args: argparse.Namespace, data) -> int:
     """``fit --auto``: the candidates of :mod:`defectscope.auto`, the winner saved."""
+    from defectscope.auto import auto_fit, candidates, chosen_options, summary
     from defectscope.data import load_category
     from defectscope.data.mvtec import is_category
-    from defectscope.auto import auto_fit, candidates, chosen_options, summary
     from defectscope.runs import run_folder
 
     if _from_config(args, "model") is not None:
