@@ -27,7 +27,7 @@ OUT = Path(__file__).parent / "results" / "auto_study.jsonl"
 def run(args: argparse.Namespace) -> None:
     from defectscope.auto import auto_fit
     from defectscope.data import load_category
-    from defectscope.engine.evaluation import evaluate
+    from defectscope.engine.workflows.evaluation import evaluate
 
     for seed in args.seeds:
         for name in args.categories:

@@ -39,7 +39,7 @@ def run_defectscope(category_dir: Path, runtime: str, detector: str = "padim") -
     anomalib, or (``detector="patchcore"``, for ``lean.py``) PatchCore's defaults."""
     from defectscope import PaDiM, PatchCore
     from defectscope.data import load_category
-    from defectscope.engine.evaluation import evaluate
+    from defectscope.engine.workflows.evaluation import evaluate
 
     category = load_category(category_dir, require_test=True)
     if detector == "patchcore":
@@ -80,7 +80,8 @@ def run_anomalib(category_dir: Path) -> dict:
     from anomalib.metrics import AUROC, Evaluator
     from anomalib.models import Padim
 
-    from defectscope.backbones import build_backbone, resolve_spec
+    from defectscope.backbones.networks import build_backbone
+    from defectscope.backbones.specs import resolve_spec
     from defectscope.models.padim.model import channel_subset
 
     test_dir = category_dir / "test"

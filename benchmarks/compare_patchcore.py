@@ -21,7 +21,7 @@ import torch
 def embeddings(folder: str, image_size: int) -> torch.Tensor:
     from defectscope.data import load_category
     from defectscope.data.loader import iter_batches
-    from defectscope.engine.estimator import make_detector, to_tensor
+    from defectscope.engine.fitting.estimator import make_detector, to_tensor
 
     category = load_category(folder)
     # A tiny random bank: only the fitted feature pipeline (and its gain target) is needed.

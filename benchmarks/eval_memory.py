@@ -23,7 +23,7 @@ from pathlib import Path
 CHILD = """
 import json, sys, time
 import defectscope
-from defectscope.engine.evaluation import evaluate
+from defectscope.engine.workflows.evaluation import evaluate
 def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from defectscope.data.synthetic import make_category
-    from defectscope.engine.estimator import make_detector
+    from defectscope.engine.fitting.estimator import make_detector
 
     work = Path(tempfile.mkdtemp(prefix="defectscope-evalmem-"))
     try:
@@ -61,8 +61,8 @@ def main() -> None:
         )
         model = make_detector(args.detector, {}).fit(train).save(work / "model.safetensors")
         if args.exported:
-            from defectscope.engine.exported import export_onnx
-            from defectscope.engine.loading import load
+            from defectscope.engine.runtimes.exported import export_onnx
+            from defectscope.engine.workflows.loading import load
 
             model = export_onnx(load(model), work / "model.onnx")
         rows = []

@@ -21,8 +21,8 @@ from pathlib import Path
 CHILD = """
 import sys, time
 from pathlib import Path
-from defectscope.engine.loading import load
-from defectscope.engine.predicting import expand_inputs
+from defectscope.engine.workflows.loading import load
+from defectscope.engine.workflows.predicting import expand_inputs
 start = time.perf_counter()
 model = load(sys.argv[1])
 files, _ = expand_inputs([sys.argv[2]])

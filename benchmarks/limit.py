@@ -23,7 +23,7 @@ from defectscope import PaDiM
 from defectscope.data import load_category
 from defectscope.data.images import load_image
 from defectscope.data.loader import iter_batches
-from defectscope.engine.runtime import OnnxModule
+from defectscope.engine.runtimes.runtime import OnnxModule
 
 
 def median_rate(fn, count: int, repeats: int) -> float:

@@ -34,8 +34,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from defectscope.data import load_category
-    from defectscope.engine.estimator import make_detector
-    from defectscope.engine.operating import RULES, auroc_of, choose
+    from defectscope.engine.fitting.estimator import make_detector
+    from defectscope.engine.rules.operating import RULES, auroc_of, choose
     from defectscope.metrics import best_f1, f1_at
 
     rows = []

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 import defectscope
 from defectscope.data import load_category
-from defectscope.engine.estimator import holdout_split
+from defectscope.engine.fitting.estimator import holdout_split
 from defectscope.metrics import auroc
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from defectscope.data import load_category
-from defectscope.engine import estimator
+from defectscope.engine.fitting import estimator
 from defectscope.metrics import auroc
 
 

@@ -148,7 +148,7 @@ def part_predict_memory(args, work: Path) -> None:
 def part_shards(args) -> None:
     from defectscope import PatchCore
     from defectscope.data import load_category
-    from defectscope.engine.evaluation import evaluate
+    from defectscope.engine.workflows.evaluation import evaluate
 
     for category in ("screw", "tire"):
         cat = load_category(args.data / category)

@@ -23,7 +23,7 @@ import time
 
 def child(data: str, count: int, model: str, evaluate: bool) -> None:
     from defectscope.data import load_category
-    from defectscope.engine.estimator import make_detector
+    from defectscope.engine.fitting.estimator import make_detector
 
     category = load_category(data)
     paths = list(category.train_paths)
@@ -37,7 +37,7 @@ def child(data: str, count: int, model: str, evaluate: bool) -> None:
     info = detector.fit_info_
     row.update({k: info[k] for k in ("bank_size", "chunks_reduced_early") if k in info})
     if evaluate:
-        from defectscope.engine.evaluation import evaluate as run
+        from defectscope.engine.workflows.evaluation import evaluate as run
 
         start = time.perf_counter()
         row["image_auroc"] = run(detector, category).metrics["image_auroc"]

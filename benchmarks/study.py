@@ -94,8 +94,8 @@ SETTINGS = [
 
 CHILD = """
 import json, resource, sys, time
-from defectscope.engine.estimator import make_detector
-from defectscope.engine.evaluation import evaluate
+from defectscope.engine.fitting.estimator import make_detector
+from defectscope.engine.workflows.evaluation import evaluate
 from defectscope.data import load_category
 name, options, folder = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 category = load_category(folder, require_test=True)

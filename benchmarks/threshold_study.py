@@ -40,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from defectscope.data import load_category
-    from defectscope.engine.calibration import choose_threshold, outcome
-    from defectscope.engine.estimator import holdout_split, make_detector
+    from defectscope.engine.fitting.estimator import holdout_split, make_detector
+    from defectscope.engine.workflows.calibration import choose_threshold, outcome
 
     out = Path(__file__).parent / "results" / "threshold_study.jsonl"
     rows = []

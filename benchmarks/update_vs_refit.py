@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from defectscope.data import load_category
-    from defectscope.engine.estimator import make_detector
+    from defectscope.engine.fitting.estimator import make_detector
     from defectscope.metrics import auroc
 
     for name in args.categories:

@@ -583,7 +583,7 @@ def round_two(c: Cases, predict: list[str]) -> None:  # noqa: PLR0915 - one list
     def edited_export(change, recompute: bool) -> Path:
         import onnx
 
-        from defectscope.engine.exported import DIGEST_KEY, METADATA_KEY, export_digest
+        from defectscope.engine.runtimes.exported import DIGEST_KEY, METADATA_KEY, export_digest
 
         model = onnx.load(P(onnx_file))
         props = {p.key: p for p in model.metadata_props}

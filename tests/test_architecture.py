@@ -22,7 +22,6 @@ LAYERS = {
     "report": 3,
     "models": 2,
     "backbones": 1,
-    "specs": 1,
     # the base: pure functions and types
     "ops": 0,
     "data": 0,
@@ -210,7 +209,7 @@ def _modules_after(code: str) -> set[str]:
     [
         "import defectscope",
         "from defectscope.cli import build_parser; build_parser()",
-        "import defectscope.models, defectscope.engine.options",
+        "import defectscope.models, defectscope.engine.fitting.options",
     ],
 )
 def test_light_paths_do_not_import_torch(code):
@@ -244,3 +243,56 @@ def test_every_declared_lean_path_keeps_the_contract():
         for name in ("lean_key", "lean_fitter", "lean_restore"):
             wanted = list(inspect.signature(getattr(LeanPath, name)).parameters)[1:]
             assert list(inspect.signature(getattr(module, name)).parameters) == wanted, name
+
+
+#: the engine's folders, top to bottom: an import between two of them points down
+ENGINE_LAYERS = {
+    "workflows": 4,
+    "fitting": 3,
+    "persistence": 2,
+    "runtimes": 2,
+    "scoring": 1,
+    "rules": 0,
+}
+
+
+def engine_upward_imports(engine: Path) -> list[str]:
+    problems = []
+    for path in sorted(engine.rglob("*.py")):
+        parts = path.relative_to(engine).parts
+        if len(parts) == 1:
+            if parts[0] != "__init__.py":
+                problems.append(f"{path.name}: a module outside the engine's folders")
+            continue
+        here = parts[0]
+        if here not in ENGINE_LAYERS:
+            problems.append(f"{here}/: a folder without a layer in ENGINE_LAYERS")
+            continue
+        for line, name in imports(path):
+            bits = name.split(".")
+            if bits[:2] != ["defectscope", "engine"] or len(bits) < 3:
+                continue
+            there = bits[2]
+            if there != here and ENGINE_LAYERS.get(there, -1) >= ENGINE_LAYERS[here]:
+                problems.append(f"{here}/{path.name}:{line} imports {name}")
+    return problems
+
+
+def test_the_engine_s_folders_are_layers():
+    """The engine's folders show its architecture: workflows on fitting, fitting on files and
+    runtimes, those on scoring, everything on the shared rules; never back up or sideways."""
+    assert engine_upward_imports(SRC / "engine") == []
+
+
+def test_the_engine_layer_check_finds_an_upward_import(tmp_path):
+    engine = tmp_path / "engine"
+    (engine / "rules").mkdir(parents=True)
+    (engine / "scoring").mkdir()
+    (engine / "rules" / "bad.py").write_text(
+        "def f():\n    from defectscope.engine.scoring.scorer import Scorer\n"
+    )
+    (engine / "scoring" / "ok.py").write_text("from defectscope.engine.rules import bad\n")
+    found = engine_upward_imports(engine)
+    assert found and all(
+        f.startswith("rules/bad.py:2 imports defectscope.engine.scoring") for f in found
+    )

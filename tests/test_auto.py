@@ -16,8 +16,8 @@ from defectscope.auto import (
     ranking_auroc,
     summary,
 )
-from defectscope.engine.estimator import LIGHTING_GAINS, relit
-from defectscope.engine.operating import check_fit_info
+from defectscope.engine.fitting.estimator import LIGHTING_GAINS, relit
+from defectscope.engine.rules.operating import check_fit_info
 from defectscope.errors import ConfigError
 
 from .conftest import SIZE

@@ -1,12 +1,8 @@
 import pytest
 import torch
 
-from defectscope.backbones import (
-    FeatureExtractor,
-    build_backbone,
-    load_weights,
-    resolve_spec,
-)
+from defectscope.backbones.networks import FeatureExtractor, build_backbone, load_weights
+from defectscope.backbones.specs import resolve_spec
 from defectscope.errors import BackboneError
 
 from .conftest import small_padim
@@ -47,7 +43,7 @@ def test_default_layers_are_stride_4_8_16():
     ],
 )
 def test_prefix_extractor_equals_the_fx_trace(name, layers):
-    from defectscope.backbones import Prefix
+    from defectscope.backbones.networks import Prefix
 
     torch.manual_seed(0)
     model, _ = build_backbone(resolve_spec(name), "random")

@@ -6,8 +6,8 @@ from defectscope import Autoencoder, Classifier
 from defectscope.data import load_category
 from defectscope.data.splits import stratified_folds
 from defectscope.data.synthetic import make_category
-from defectscope.engine.evaluation import evaluate
-from defectscope.engine.workflows import cross_validate
+from defectscope.engine.workflows.benchmark import cross_validate
+from defectscope.engine.workflows.evaluation import evaluate
 from defectscope.errors import ConfigError, DataError
 
 from .conftest import SIZE

@@ -140,7 +140,7 @@ def test_every_option_is_a_flag_and_a_config_key():
     import dataclasses
 
     from defectscope.cli import _cli_values, build_parser
-    from defectscope.engine.settings import EngineOptions
+    from defectscope.engine.rules.settings import EngineOptions
     from defectscope.models import DETECTORS
 
     parser = build_parser()

@@ -16,9 +16,9 @@ import torch
 
 from defectscope import PatchCore
 from defectscope.data import load_category
-from defectscope.engine.evaluation import evaluate
-from defectscope.engine.sharding import SerialExecutor, split_evenly
-from defectscope.engine.workflows import benchmark, fit_root
+from defectscope.engine.fitting.sharding import SerialExecutor, split_evenly
+from defectscope.engine.workflows.benchmark import benchmark, fit_root
+from defectscope.engine.workflows.evaluation import evaluate
 from defectscope.errors import ConfigError
 from defectscope.models.features import Illumination
 from defectscope.ops.coreset import Coreset, covering_radius, random_projection
@@ -67,7 +67,7 @@ def test_patchcore_shards_cover_every_patch_and_detect(texture):
     feats = []
     for path in load_category(texture).train_paths:
         from defectscope.data.images import load_image
-        from defectscope.engine.estimator import to_tensor
+        from defectscope.engine.fitting.estimator import to_tensor
 
         image = to_tensor(np.ascontiguousarray(load_image(path, SIZE)[None]))
         with torch.inference_mode():
@@ -236,8 +236,8 @@ def test_ray_fit_of_a_root_and_sharded_fit_equal_serial(local_ray, mvtec_root, t
 @SLOW
 def test_ray_batch_predict_equals_serial_in_order(local_ray, fitted, texture, tmp_path):
     from defectscope.cluster.predict import predict_ray
-    from defectscope.engine.exported import export_onnx
-    from defectscope.engine.loading import load
+    from defectscope.engine.runtimes.exported import export_onnx
+    from defectscope.engine.workflows.loading import load
 
     onnx = export_onnx(fitted, tmp_path / "m.onnx")
     images = sorted(str(p) for p in (texture / "test").rglob("*.png"))
@@ -291,7 +291,7 @@ def test_ray_predict_says_the_shift_a_local_predict_says(local_ray, fitted, text
     from PIL import Image
 
     from defectscope.cluster.predict import predict_ray
-    from defectscope.engine.predicting import predict_to_folder
+    from defectscope.engine.workflows.predicting import predict_to_folder
 
     dark = tmp_path / "dark"
     dark.mkdir()
@@ -311,7 +311,7 @@ def test_ray_predict_says_the_shift_a_local_predict_says(local_ray, fitted, text
 @SLOW
 def test_cli_predict_on_ray_writes_both_tables(local_ray, fitted, texture, tmp_path):
     from defectscope.cli import main
-    from defectscope.engine.exported import export_onnx
+    from defectscope.engine.runtimes.exported import export_onnx
 
     onnx = export_onnx(fitted, tmp_path / "m.onnx")
     code = main(

@@ -8,8 +8,8 @@ from sklearn.base import clone
 
 import defectscope
 from defectscope.data import load_category
-from defectscope.engine.estimator import ESTIMATORS
-from defectscope.engine.exported import export_onnx
+from defectscope.engine.fitting.estimator import ESTIMATORS
+from defectscope.engine.runtimes.exported import export_onnx
 from defectscope.errors import NotFittedError
 from defectscope.models import DETECTORS
 

@@ -127,7 +127,7 @@ def parts(texture, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def export_bytes(fitted, tmp_path_factory) -> bytes:
-    from defectscope.engine.exported import export_onnx
+    from defectscope.engine.runtimes.exported import export_onnx
 
     return export_onnx(fitted, tmp_path_factory.mktemp("export") / "model.onnx").read_bytes()
 

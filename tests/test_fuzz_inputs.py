@@ -45,7 +45,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def options_of(model: str) -> list[str]:
-    from defectscope.engine.settings import EngineOptions
+    from defectscope.engine.rules.settings import EngineOptions
 
     return sorted({*DETECTORS[model].config.names(), *EngineOptions.names()} - {"progress"})
 

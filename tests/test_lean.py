@@ -15,7 +15,7 @@ import pytest
 
 import defectscope
 from defectscope.data import load_category
-from defectscope.engine.evaluation import evaluate
+from defectscope.engine.workflows.evaluation import evaluate
 
 from .conftest import SIZE
 
@@ -74,7 +74,7 @@ def test_lean_fits_equal_the_pytorch_fit(pair, texture):
 def test_files_cross_between_the_paths(pair, texture, tmp_path):
     """A lean model's file loads into PyTorch, a PyTorch model's file loads lean; export works
     from a lean model."""
-    from defectscope.engine.exported import ExportedModel, export_onnx
+    from defectscope.engine.runtimes.exported import ExportedModel, export_onnx
 
     first, second = pair  # PyTorch, lean
     images = [s.path for s in load_category(texture).test_samples][:6]
@@ -146,7 +146,7 @@ def test_lean_patchcore_equals_the_pytorch_fit(texture, tmp_path):
 SCRIPT = """
 import json, sys
 import defectscope
-from defectscope.engine.evaluation import evaluate
+from defectscope.engine.workflows.evaluation import evaluate
 model = {model}
 model.fit(sys.argv[1])
 result = evaluate(model, sys.argv[1])

@@ -11,8 +11,8 @@ from PIL import Image
 import defectscope
 from defectscope.cli import main
 from defectscope.data.synthetic import make_category
-from defectscope.engine.evaluation import evaluate
-from defectscope.engine.shortcuts import shortcut_aurocs
+from defectscope.engine.scoring.shortcuts import shortcut_aurocs
+from defectscope.engine.workflows.evaluation import evaluate
 
 from .conftest import SIZE
 
@@ -106,7 +106,7 @@ def test_predict_notices_another_mode_and_size(shifted, tmp_path, capsys):
 
 
 def test_many_sizes_give_one_line_with_counts_and_ranges():
-    from defectscope.engine.shortcuts import format_notices
+    from defectscope.engine.scoring.shortcuts import format_notices
 
     train = {"modes": {"RGB": 50}, "sizes": {f"{w}x{2 * w}": 1 for w in range(100, 150)}}
     seen = {

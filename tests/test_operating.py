@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from defectscope.data.anomalies import KINDS, MIN_SIDE, make_defect, make_defects, perlin
-from defectscope.engine.estimator import fold_split
-from defectscope.engine.operating import (
+from defectscope.engine.fitting.estimator import fold_split
+from defectscope.engine.rules.operating import (
     OperatingPoint,
     auroc_of,
     checked_threshold,
@@ -208,7 +208,7 @@ def test_quantile_rule_and_tiny_training_sets(texture, tmp_path):
 def test_large_training_sets_score_an_even_subset_out_of_fold(texture, monkeypatch):
     """Scoring every image out of fold costs a search per image: above MAX_OUT_OF_FOLD images
     an even subset is scored, so a fit's time stays linear in the training set."""
-    from defectscope.engine import estimator
+    from defectscope.engine.fitting import estimator
 
     monkeypatch.setattr(estimator, "MAX_OUT_OF_FOLD", 7)
     model = small_padim().fit(texture)

@@ -12,7 +12,7 @@ from PIL import Image
 
 import defectscope
 from defectscope.cli import main
-from defectscope.engine.calibration import choose_threshold, outcome
+from defectscope.engine.workflows.calibration import choose_threshold, outcome
 from defectscope.regions import find_regions
 
 from .conftest import PADIM_ARGS

@@ -4,7 +4,7 @@ import torch
 
 import defectscope
 from defectscope.data import load_category
-from defectscope.engine.evaluation import evaluate
+from defectscope.engine.workflows.evaluation import evaluate
 from defectscope.errors import ConfigError, ModelFileError, NotFittedError
 from defectscope.results import Prediction
 
@@ -199,7 +199,8 @@ def test_invalid_parameters(texture, kwargs, message):
 
 
 def test_changed_weights_file_is_refused_on_load(texture, tmp_path):
-    from defectscope.backbones import build_backbone, resolve_spec
+    from defectscope.backbones.networks import build_backbone
+    from defectscope.backbones.specs import resolve_spec
     from defectscope.errors import BackboneError
 
     source, _ = build_backbone(resolve_spec("resnet18"), "random")

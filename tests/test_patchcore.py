@@ -8,7 +8,7 @@ import torch
 
 import defectscope
 from defectscope.data import load_category
-from defectscope.engine.evaluation import evaluate
+from defectscope.engine.workflows.evaluation import evaluate
 from defectscope.ops import greedy_coreset, greedy_coreset_reference, k_nearest, nearest
 from defectscope.ops.coreset import covering_radius
 
@@ -104,7 +104,7 @@ def test_training_images_score_low(patchcore, texture):
 def test_k_nearest_scores_are_mean_distances(texture, tmp_path):
     """k_nearest=3: patch scores are the mean of three distances, so never below k=1's; the
     model still detects, and its export agrees with it."""
-    from defectscope.engine.exported import ExportedModel, export_onnx
+    from defectscope.engine.runtimes.exported import ExportedModel, export_onnx
 
     common = {"image_size": 2 * SIZE, "coreset_ratio": 0.1, "num_workers": 1}
     one = defectscope.PatchCore(**common).fit(texture)
@@ -146,8 +146,8 @@ def wide_texture(texture, tmp_path_factory):
 def test_non_square_inputs_keep_the_aspect_ratio(model, wide_texture, tmp_path):
     """A 4:3 model (96 high, 128 wide) fits, scores with 96 x 128 maps, finds the defects, and
     survives save/load and export with the same scores (ONNX Runtime features)."""
-    from defectscope.engine.estimator import make_detector
-    from defectscope.engine.exported import ExportedModel, export_onnx
+    from defectscope.engine.fitting.estimator import make_detector
+    from defectscope.engine.runtimes.exported import ExportedModel, export_onnx
 
     params = {"image_size": 2 * SIZE, "image_height": 3 * SIZE // 2, "num_workers": 1}
     params.update({"coreset_ratio": 0.1} if model == "patchcore" else {"n_features": 40})
@@ -175,7 +175,7 @@ def test_memory_budget_reduces_patches_as_they_arrive(mvtec_root, tmp_path):
     the same size, the detector still works, and a budget below one batch is one clear error."""
     from defectscope import PatchCore
     from defectscope.data.synthetic import make_category
-    from defectscope.engine.evaluation import evaluate
+    from defectscope.engine.workflows.evaluation import evaluate
     from defectscope.errors import ConfigError
 
     category = make_category(tmp_path / "big", kind="texture", n_train=40, size=128, seed=3)

@@ -116,7 +116,7 @@ def test_unknown_category_message_is_plural_english(mvtec_root):
 def test_pickled_weights_get_our_advice_not_torchs(tmp_path):
     import torch
 
-    from defectscope.backbones import _read_state_dict
+    from defectscope.backbones.networks import _read_state_dict
 
     path = tmp_path / "w.pth"
     torch.save({"args": argparse.Namespace(lr=1)}, path)
@@ -127,7 +127,7 @@ def test_pickled_weights_get_our_advice_not_torchs(tmp_path):
 
 
 def test_orphan_masks_and_empty_masks_get_notices(texture, tmp_path):
-    from defectscope.engine.evaluation import evaluate
+    from defectscope.engine.workflows.evaluation import evaluate
 
     from .conftest import small_padim
 
@@ -190,7 +190,7 @@ def test_failed_run_leaves_no_empty_folder(fitted, tmp_path, capsys):
 
 
 def test_interrupted_benchmark_keeps_a_readable_run(mvtec_root, tmp_path, monkeypatch, capsys):
-    from defectscope.engine import workflows
+    from defectscope.engine.workflows import benchmark as workflows
 
     real = workflows.fit_and_evaluate
     calls = []
@@ -220,7 +220,7 @@ def test_interrupted_benchmark_keeps_a_readable_run(mvtec_root, tmp_path, monkey
 
 
 def test_overlays_named_by_relative_path(fitted, texture, tmp_path):
-    from defectscope.engine.predicting import predict_to_folder
+    from defectscope.engine.workflows.predicting import predict_to_folder
 
     source = sorted((texture / "test" / "scratch").glob("*.png"))
     for folder, name, src in (("d1", "a", 0), ("d1", "a_2", 1), ("d2", "a", 2)):
@@ -262,7 +262,7 @@ def test_an_unreadable_image_is_an_error_row_and_the_others_are_scored(fitted, t
 
 
 def test_links_and_wrong_weights_files_say_what_they_are(texture, tmp_path):
-    from defectscope.backbones import _read_state_dict
+    from defectscope.backbones.networks import _read_state_dict
 
     (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
     (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
@@ -383,7 +383,7 @@ def test_the_kinds_the_long_fuzz_run_found(fitted, tmp_path):
     """Three kinds the 1,000-case run found: a TIFF missing its width tag (Pillow raises
     TypeError), a vanishing sigma, an integer too large for numpy in a fit record."""
     from defectscope import PaDiM
-    from defectscope.engine.operating import check_fit_info
+    from defectscope.engine.rules.operating import check_fit_info
     from defectscope.errors import ConfigError
 
     from .fuzz.mutate import flip_bits

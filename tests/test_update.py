@@ -37,7 +37,7 @@ def test_padim_update_equals_a_fit_on_all_the_images(texture):
 
 
 def test_a_lineage_entry_edited_by_hand_is_refused_on_load():
-    from defectscope.engine.operating import check_fit_info
+    from defectscope.engine.rules.operating import check_fit_info
 
     entry = {
         "date": "2026-11-30T10:00:00+00:00",

@@ -12,12 +12,12 @@ from typing import Any
 from defectscope.version import __version__
 
 _LAZY = {
-    "load": ("defectscope.engine.loading", "load"),
-    "evaluate": ("defectscope.engine.evaluation", "evaluate"),
+    "load": ("defectscope.engine.workflows.loading", "load"),
+    "evaluate": ("defectscope.engine.workflows.evaluation", "evaluate"),
     "auto_fit": ("defectscope.auto", "auto_fit"),
-    "export_onnx": ("defectscope.engine.exported", "export_onnx"),
-    "ExportedModel": ("defectscope.engine.exported", "ExportedModel"),
-    "Detector": ("defectscope.engine.estimator", "Detector"),
+    "export_onnx": ("defectscope.engine.runtimes.exported", "export_onnx"),
+    "ExportedModel": ("defectscope.engine.runtimes.exported", "ExportedModel"),
+    "Detector": ("defectscope.engine.fitting.estimator", "Detector"),
     "Prediction": ("defectscope.results", "Prediction"),
     "DefectscopeError": ("defectscope.errors", "DefectscopeError"),
 }
@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'defectscope' has no attribute {name!r}")
     classes = _estimators()
     if name in classes:
-        from defectscope.engine.estimator import ESTIMATORS
+        from defectscope.engine.fitting.estimator import ESTIMATORS
 
         return ESTIMATORS[classes[name]]
     raise AttributeError(f"module 'defectscope' has no attribute {name!r}")

@@ -102,7 +102,7 @@ def candidates(image_shape: tuple[int, int] | None = None) -> list[Candidate]:
 def ranking_auroc(good: np.ndarray, lit: np.ndarray | None, synthetic: np.ndarray) -> float:
     """AUROC of ``synthetic`` defect scores against the out-of-fold ``good`` scores and the
     same images under changed light (``lit``)."""
-    from defectscope.engine.operating import auroc_of
+    from defectscope.engine.rules.operating import auroc_of
 
     pool = good if lit is None else np.concatenate([good, lit])
     return auroc_of(pool, synthetic)
@@ -110,7 +110,7 @@ def ranking_auroc(good: np.ndarray, lit: np.ndarray | None, synthetic: np.ndarra
 
 def chosen_options(options: Mapping[str, Any]) -> list[str]:
     """The names in ``options`` that ``auto`` chooses itself (a user may not set them)."""
-    from defectscope.engine.settings import ENGINE_NAMES
+    from defectscope.engine.rules.settings import ENGINE_NAMES
 
     return sorted(k for k in options if k not in ENGINE_NAMES and k not in SHARED)
 
@@ -161,7 +161,7 @@ def auto_fit(
     return); a later one starts only when its expected time fits in what is left. Without
     ``budget_s`` the budget is :data:`BUDGET_FITS` times the first fit's time.
     """
-    from defectscope.engine.estimator import make_detector, training_paths
+    from defectscope.engine.fitting.estimator import make_detector, training_paths
 
     if budget_s is not None and not (
         isinstance(budget_s, (int, float)) and math.isfinite(budget_s) and budget_s > 0
@@ -233,7 +233,7 @@ def auto_fit(
 
 
 def _gains() -> tuple[float, ...]:
-    from defectscope.engine.estimator import LIGHTING_GAINS
+    from defectscope.engine.fitting.estimator import LIGHTING_GAINS
 
     return LIGHTING_GAINS
 

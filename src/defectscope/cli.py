@@ -54,7 +54,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """One flag per option of every detector and of the engine, from their dataclasses."""
     import typing
 
-    from defectscope.engine.options import catalogue
+    from defectscope.engine.fitting.options import catalogue
 
     group = parser.add_argument_group(
         "options (defaults < --config < these; each applies to the detectors that take it)"
@@ -82,7 +82,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
-    from defectscope.engine.options import catalogue
+    from defectscope.engine.fitting.options import catalogue
 
     values = {k: getattr(args, k, None) for k in catalogue() if k != "progress"}
     return {k: v for k, v in values.items() if v is not None}
@@ -90,7 +90,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def model_params(args: argparse.Namespace, models: list[str]) -> dict[str, dict[str, Any]]:
     """Per detector, its options: defaults < config file < command line."""
-    from defectscope.engine.options import read_config_file, resolve_params
+    from defectscope.engine.fitting.options import read_config_file, resolve_params
 
     file_values = read_config_file(args.config) if getattr(args, "config", None) else {}
     where = f"config file {args.config}: " if file_values else ""
@@ -109,7 +109,7 @@ def _from_config(args: argparse.Namespace, key: str, default: Any = None) -> Any
             raise ConfigError(f"two data folders given: --data {value} and {positional}")
         value = positional
     if value is None and getattr(args, "config", None):
-        from defectscope.engine.options import read_config_file
+        from defectscope.engine.fitting.options import read_config_file
 
         value = read_config_file(args.config).get(key)
     return default if value is None else value
@@ -451,7 +451,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def _fit_root(args, data, model: str, params: dict[str, Any], executor) -> int:
     """``fit`` over a root: every category, one job each (on Ray with ``--executor ray``)."""
-    from defectscope.engine.workflows import fit_root
+    from defectscope.engine.workflows.benchmark import fit_root
     from defectscope.runs import run_folder
 
     with run_folder(Path(args.project) / "fit", args.name or Path(data).name) as run:
@@ -547,7 +547,7 @@ def _fit_auto(args: argparse.Namespace, data) -> int:
         f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
         f"in {seconds:.1f} s (every candidate); threshold {detector.threshold_:.4g}; saved {path}"
     )
-    from defectscope.engine.operating import OperatingPoint
+    from defectscope.engine.rules.operating import OperatingPoint
 
     print(OperatingPoint(**detector.fit_info_["threshold_source"]["operating_point"]).summary())
     return 0
@@ -556,7 +556,7 @@ def _fit_auto(args: argparse.Namespace, data) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from defectscope.data import load_category
     from defectscope.data.mvtec import is_category
-    from defectscope.engine.estimator import make_detector
+    from defectscope.engine.fitting.estimator import make_detector
     from defectscope.runs import run_folder
 
     model = _from_config(args, "model", DEFAULT_DETECTOR)
@@ -593,14 +593,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     point = detector.fit_info_.get("threshold_source", {}).get("operating_point")
     if point:
-        from defectscope.engine.operating import OperatingPoint
+        from defectscope.engine.rules.operating import OperatingPoint
 
         print(OperatingPoint(**point).summary())
     return 0
 
 
 def _load_model(args: argparse.Namespace):
-    from defectscope.engine.loading import load
+    from defectscope.engine.workflows.loading import load
 
     overrides: dict[str, Any] = {"progress": not args.quiet}
     for key in ("runtime", "batch_size", "num_workers"):
@@ -613,8 +613,8 @@ def _load_model(args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from defectscope.data import load_category
-    from defectscope.engine.evaluation import evaluate
-    from defectscope.engine.workflows import write_run
+    from defectscope.engine.workflows.benchmark import write_run
+    from defectscope.engine.workflows.evaluation import evaluate
     from defectscope.runs import run_folder
 
     detector = _load_model(args)
@@ -642,7 +642,7 @@ def _print_results(results, run: Path, args: argparse.Namespace, notices: bool =
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from defectscope.engine.predicting import predict_to_folder
+    from defectscope.engine.workflows.predicting import predict_to_folder
     from defectscope.runs import run_folder
 
     if not args.inputs and not args.lists:
@@ -725,7 +725,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
 
 def cmd_update(args: argparse.Namespace) -> int:
     from defectscope.atomic import write_bytes
-    from defectscope.engine.persistence import keep_previous, model_path
+    from defectscope.engine.persistence.files import keep_previous, model_path
 
     if str(args.model).endswith(".onnx"):
         raise ConfigError(
@@ -746,7 +746,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         return 0
     if not args.good:
         raise ConfigError("update needs --good IMAGE... (or --restore)")
-    from defectscope.engine.predicting import expand_inputs
+    from defectscope.engine.workflows.predicting import expand_inputs
 
     good, _ = expand_inputs(args.good)
     escapes = expand_inputs(args.defective)[0] if args.defective else []
@@ -770,8 +770,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from defectscope.engine.calibration import MOST_GOOD, calibrate, trade_off_lines
-    from defectscope.engine.persistence import keep_previous, model_path
+    from defectscope.engine.persistence.files import keep_previous, model_path
+    from defectscope.engine.workflows.calibration import MOST_GOOD, calibrate, trade_off_lines
     from defectscope.runs import check_output_file
 
     if str(args.model).endswith(".onnx"):
@@ -824,7 +824,7 @@ def _run_benchmark(
     categories: list[str] | None = None,
 ) -> int:
     """Benchmark, print the table; exit code 1 when any category or model failed."""
-    from defectscope.engine.workflows import benchmark
+    from defectscope.engine.workflows.benchmark import benchmark
 
     executor = _executor(args) if hasattr(args, "executor") else None
     with executor or contextlib.nullcontext():
@@ -882,9 +882,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from defectscope.engine.exported import export_onnx
-    from defectscope.engine.loading import load
-    from defectscope.engine.persistence import model_path
+    from defectscope.engine.persistence.files import model_path
+    from defectscope.engine.runtimes.exported import export_onnx
+    from defectscope.engine.workflows.loading import load
     from defectscope.runs import check_output_file
 
     detector = load(args.model, progress=not args.quiet)

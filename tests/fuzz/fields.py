@@ -120,7 +120,7 @@ def edit_export_field(data: bytes, rng: np.random.Generator) -> tuple[bytes, str
     """One field of an exported ``.onnx`` file's metadata edited; its SHA-256 recomputed."""
     import onnx
 
-    from defectscope.engine.exported import DIGEST_KEY, METADATA_KEY, export_digest
+    from defectscope.engine.runtimes.exported import DIGEST_KEY, METADATA_KEY, export_digest
 
     model = onnx.load_from_string(data)
     props = {p.key: p for p in model.metadata_props}

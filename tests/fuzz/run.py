@@ -35,7 +35,7 @@ def main() -> int:
 
     from defectscope import PaDiM
     from defectscope.data.synthetic import make_category
-    from defectscope.engine.exported import export_onnx
+    from defectscope.engine.runtimes.exported import export_onnx
     from tests.fuzz.fields import edit_export_field, edit_model_field, predict_outcome
     from tests.fuzz.mutate import image_mutations, model_mutations
     from tests.test_fuzz import IMAGES, check_image, check_model, field_parts

@@ -2,8 +2,8 @@
 fit in shards, and batch predictions with Ray Data.
 
 The serial tool never imports Ray. :class:`RayExecutor` is an executor in the sense of
-:mod:`defectscope.engine.sharding`: the engine's workflows hand it plain-data jobs and get the
-results back in order, so a Ray run computes exactly what a serial one does.
+:mod:`defectscope.engine.fitting.sharding`: the engine's workflows hand it plain-data jobs and get
+the results back in order, so a Ray run computes exactly what a serial one does.
 
 Every worker reads the images and writes model files by path: on a multi-machine cluster the
 data and project folders must be mounted at the same path on every node (shared storage).

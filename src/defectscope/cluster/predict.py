@@ -55,7 +55,7 @@ class PredictActor:
         threshold: float | None,
         load_options: dict[str, Any],
     ) -> None:
-        from defectscope.engine.loading import load
+        from defectscope.engine.workflows.loading import load
 
         self.detector = load(model, progress=False, **load_options)
         self.out = Path(out)
@@ -64,7 +64,7 @@ class PredictActor:
         self.on_map = self.detector.threshold_on_map
 
     def _rows(self, paths: list[str], names: list[str]) -> list[dict[str, Any]]:
-        from defectscope.engine.predicting import annotate
+        from defectscope.engine.workflows.predicting import annotate
         from defectscope.verdict import colour_scale_for
 
         stats: list[tuple[np.ndarray, np.ndarray]] = []
@@ -115,9 +115,9 @@ class PredictActor:
 
 
 def error_row(message: str) -> dict[str, Any]:
-    """A local predict's error row (:func:`~defectscope.engine.predicting.error_fields`), with
-    the regions as their JSON text, as in the Parquet file."""
-    from defectscope.engine.predicting import error_fields
+    """A local predict's error row (:func:`~defectscope.engine.workflows.predicting.error_fields`),
+    with the regions as their JSON text, as in the Parquet file."""
+    from defectscope.engine.workflows.predicting import error_fields
 
     row = error_fields(message)
     return {**row, "regions": json.dumps(row["regions"])}
@@ -162,7 +162,7 @@ def predict_ray(
 
     from defectscope.data.images import is_image_file
     from defectscope.data.video import is_video_file
-    from defectscope.engine.predicting import (
+    from defectscope.engine.workflows.predicting import (
         SAVE_CHOICES,
         expand_inputs,
         relative_names,
@@ -201,7 +201,7 @@ def predict_ray(
     load_options.setdefault("batch_size", batch_size)
     load_options.setdefault("num_workers", 1)
     # the driver checks the model once (a wrong path fails here, not in every actor)
-    from defectscope.engine.loading import load
+    from defectscope.engine.workflows.loading import load
 
     scorer = load(model, progress=False, **load_options)
     identity = scorer.identity()
@@ -267,7 +267,7 @@ def predict_ray(
             tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     # the shift check of a local predict, over the images that could be read
-    from defectscope.engine.shortcuts import shift_notices
+    from defectscope.engine.scoring.shortcuts import shift_notices
 
     read = np.isfinite(np.asarray(means, dtype=np.float64))
     if read.any():

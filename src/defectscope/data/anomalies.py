@@ -3,7 +3,7 @@
 They let a fit judge itself before any labelled defect exists: the engine scores synthetic
 defects made from each fold's training images with the model that did not see that fold, beside
 the same images' out-of-fold good scores, and chooses the operating point from the two
-(:mod:`defectscope.engine.operating`).
+(:mod:`defectscope.engine.rules.operating`).
 
 Every generator takes a uint8 image ``(H, W, 3)`` (any size from :data:`MIN_SIDE` px, square or
 not; grayscale arrives as three equal channels), another training image to borrow from, and a

@@ -1,20 +1,21 @@
-"""The engine: everything around a detector's fitter and module. Its modules, by role:
+"""The engine: everything around a detector's fitter and module. Its folders, from the top
+(imports point down this list only; tests/test_architecture.py checks it):
 
-- options: :mod:`.settings` (the engine's own options), :mod:`.options` (every option gathered
-  for the CLI and config files);
-- fitting: :mod:`.estimator` (the Python API's estimators: files -> batches -> fitter/module,
-  out-of-fold scores, a detector restoring itself from a saved file), :mod:`.operating` (the
-  label-free threshold and its checks), :mod:`.sharding` (executors and shard jobs),
-  :mod:`.calibration` (a threshold from labelled parts);
-- scoring: :mod:`.scoring` (shared by estimators and exported files), :mod:`.shortcuts` (the
-  trivial scores and the shift checks);
-- files: :mod:`.persistence` (model files: read and write only), :mod:`.loading` (``load``),
-  :mod:`.exported` (ONNX export and running it without torch);
-- runtimes: :mod:`.onnx_session` (how every ONNX Runtime session runs), :mod:`.runtime` (feature
-  extractors exported and cached), :mod:`.lean` (the torch-free path);
-- workflows: :mod:`.evaluation` (metrics on a test split), :mod:`.predicting` (predict to a
-  folder), :mod:`.workflows` (benchmark, fit over a root).
+- :mod:`.workflows`: ``loading`` (``load``: a model file or an exported .onnx), ``evaluation``
+  (metrics on a test split), ``predicting`` (predict to a folder), ``calibration`` (a threshold
+  from labelled parts), ``benchmark`` (benchmark, fit over a root);
+- :mod:`.fitting`: ``estimator`` (the Python API's estimators: files -> batches ->
+  fitter/module, out-of-fold scores, a detector restoring itself from a saved file),
+  ``options`` (every option gathered for the CLI and config files), ``sharding`` (executors
+  and shard jobs);
+- :mod:`.persistence`: ``files`` (model files: read and write only);
+- :mod:`.runtimes`: ``onnx_session`` (how every ONNX Runtime session runs), ``runtime`` (feature
+  extractors exported and cached), ``lean`` (the torch-free path), ``exported`` (ONNX export
+  and running it without torch);
+- :mod:`.scoring`: ``scorer`` (scoring shared by estimators and exported files), ``shortcuts``
+  (the trivial scores and the shift checks);
+- :mod:`.rules`: ``settings`` (the engine's own options), ``operating`` (the label-free
+  threshold and the checks of a fitted model's record).
 
-Imports point down only (cli -> engine -> report -> models -> ops) and no module imports one
-that imports it back, not even inside a function (tests/test_architecture.py checks both).
+No module imports one that imports it back, not even inside a function.
 """

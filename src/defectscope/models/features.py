@@ -9,19 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectscope.backbones import (
+from defectscope.backbones.networks import FeatureExtractor, build_backbone
+from defectscope.backbones.specs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RANDOM,
     BackboneSpec,
-    FeatureExtractor,
-    build_backbone,
     resolve_spec,
-    weights_digest,
+    weights_sha256,
 )
 from defectscope.models.base import AnomalyModule, Hooks
 from defectscope.models.common import BackboneOptions
-from defectscope.specs import check_weights_unchanged  # noqa: F401 - used by the models
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ def build_extractor(
     hooks.stage(f"building backbone {options.backbone}")
     digest = None
     if options.weights not in (None, RANDOM) and Path(options.weights).is_file():
-        digest = weights_digest(options.weights)
+        digest = weights_sha256(options.weights)
     model, source = build_backbone(spec, options.weights)
     extractor = FeatureExtractor(model, spec.layers).eval()
     for p in extractor.parameters():

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from defectscope.backbones.specs import IMAGENET_MEAN, IMAGENET_STD, weights_identity
 from defectscope.ops.moments import resize_blur_matrix, upsample_maps
-from defectscope.specs import IMAGENET_MEAN, IMAGENET_STD, weights_identity
 
 #: part of every cached graph key: a change to what the embedding graph computes bumps it
 GRAPH_VERSION = 2
@@ -32,8 +32,8 @@ Features = Callable[[np.ndarray], np.ndarray]
 
 class LeanPath(Protocol):
     """What a detector's torch-free module (``DetectorInfo.lean``) provides. The engine
-    (:mod:`defectscope.engine.lean`) finds the cached graph by :meth:`lean_key`, runs it as a
-    :class:`LeanEmbedding` and hands it here; a new detector with a torch-free path writes
+    (:mod:`defectscope.engine.runtimes.lean`) finds the cached graph by :meth:`lean_key`, runs it
+    as a :class:`LeanEmbedding` and hands it here; a new detector with a torch-free path writes
     these three functions in its own folder and names the module in its ``DetectorInfo``.
 
     The fitter returned implements :class:`~defectscope.models.base.Fitter` on numpy arrays

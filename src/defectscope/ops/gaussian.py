@@ -5,12 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from defectscope.ops.moments import (  # noqa: F401 - part of this module's API
-    GaussianAccumulator,
-    precision_cholesky,
-    precision_cholesky_of,
-)
-
 
 def mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision_chol: torch.Tensor) -> torch.Tensor:
     """Mahalanobis distance of every sample at every position.

@@ -2,7 +2,7 @@
 Cholesky factors, the Mahalanobis distance, and the upsample + blur matrices of the maps.
 
 One implementation for both ways a model runs: PyTorch modules wrap these arrays as tensors, and
-the torch-free path (:mod:`defectscope.engine.lean`) uses them as they are.
+the torch-free path (:mod:`defectscope.engine.runtimes.lean`) uses them as they are.
 """
 
 from __future__ import annotations

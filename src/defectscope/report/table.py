@@ -66,8 +66,8 @@ def result_rows(results: Sequence[CategoryResult]) -> list[dict[str, Any]]:
 
 
 def _shortcut(result: CategoryResult) -> dict[str, Any]:
-    """The best trivial score of a result (see engine/shortcuts.py), and whether it matches or
-    beats the detector's image AUROC (a column of its own: CSV cells stay plain values)."""
+    """The best trivial score of a result (see engine/scoring/shortcuts.py), and whether it matches
+    or beats the detector's image AUROC (a column of its own: CSV cells stay plain values)."""
     shortcuts = result.extra.get("shortcuts") or {}
     if not shortcuts:
         return {"shortcut_auroc": None, "shortcut": None, "shortcut_beats_detector": None}

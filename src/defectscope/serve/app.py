@@ -116,7 +116,7 @@ def create_app(
     from contextlib import asynccontextmanager
 
     from defectscope.data.images import decode_image
-    from defectscope.engine.loading import load
+    from defectscope.engine.workflows.loading import load
     from defectscope.serve.batcher import MicroBatcher, QueueFull
     from defectscope.serve.page import PAGE
     from defectscope.version import __version__
@@ -182,7 +182,7 @@ def create_app(
     def fold_feedback() -> dict[str, Any]:
         """Fold the stored good feedback not yet in the model into a fresh copy of it, save it
         (the previous version kept), and swap it in: the next batch is scored by it."""
-        from defectscope.engine.persistence import keep_previous, model_path
+        from defectscope.engine.persistence.files import keep_previous, model_path
 
         current = batcher.scorer
         if str(model).endswith(".onnx"):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.atomic import write_bytes
-from defectscope.engine.shortcuts import batch_stats
+from defectscope.engine.scoring.shortcuts import batch_stats
 
 #: feedback labels: the operator says the part was good (a false alarm if it failed) or
 #: defective (an escape if it passed)

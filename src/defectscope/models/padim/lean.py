@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from defectscope.backbones.specs import resolve_spec
 from defectscope.errors import BackboneError
 from defectscope.models.lean import (
     LeanEmbedding,
@@ -25,7 +26,6 @@ from defectscope.ops.moments import (
     mahalanobis,
     precision_cholesky_of,
 )
-from defectscope.specs import resolve_spec
 
 
 def channel_subset(total: int, n_features: int, rng: np.random.Generator) -> np.ndarray:

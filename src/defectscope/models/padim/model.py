@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectscope.backbones.specs import check_weights_unchanged
 from defectscope.errors import ConfigError
 from defectscope.memory import release_free_memory
 from defectscope.models.base import Fitter, Hooks, image_max
@@ -25,7 +26,6 @@ from defectscope.models.features import (
     PatchMapModule,
     SharedIllumination,
     build_extractor,
-    check_weights_unchanged,
     restore_illumination,
 )
 from defectscope.models.padim.config import PadimConfig

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectscope.backbones.specs import check_weights_unchanged
 from defectscope.errors import ConfigError
 from defectscope.models.base import Fitter, Hooks
 from defectscope.models.features import (
@@ -25,7 +26,6 @@ from defectscope.models.features import (
     PatchMapModule,
     SharedIllumination,
     build_extractor,
-    check_weights_unchanged,
     restore_illumination,
 )
 from defectscope.models.patchcore.config import DEFAULT_LAYERS, PatchcoreConfig
@@ -169,7 +169,7 @@ def _layers(config: PatchcoreConfig) -> tuple[str, ...] | None:
     if config.layers:
         return tuple(config.layers)
     if config.backbone not in DEFAULT_LAYERS:
-        from defectscope.backbones import resolve_spec
+        from defectscope.backbones.specs import resolve_spec
 
         resolve_spec(config.backbone)  # an unknown name or a library model: its own message
         raise ConfigError(

@@ -1,12 +1,12 @@
-"""``load``: a saved model file (read by :mod:`~defectscope.engine.persistence`, restored by
+"""``load``: a saved model file (read by :mod:`~defectscope.engine.persistence.files`, restored by
 its detector class) or an exported ``.onnx`` file
-(:class:`~defectscope.engine.exported.ExportedModel`)."""
+(:class:`~defectscope.engine.runtimes.exported.ExportedModel`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from defectscope.engine.persistence import model_path, read_header, read_tensors
+from defectscope.engine.persistence.files import model_path, read_header, read_tensors
 from defectscope.errors import ModelFileError, unknown_name
 
 
@@ -38,10 +38,10 @@ def load(
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if Path(path).suffix == ".onnx":
-        from defectscope.engine.exported import ExportedModel
+        from defectscope.engine.runtimes.exported import ExportedModel
 
         return ExportedModel(path, **{k: v for k, v in overrides.items() if k != "runtime"})
-    from defectscope.engine.estimator import ESTIMATORS  # the registry: not for .onnx files
+    from defectscope.engine.fitting.estimator import ESTIMATORS  # the registry: not for .onnx files
 
     file = model_path(path)
     header = read_header(file)

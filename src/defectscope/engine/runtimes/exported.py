@@ -21,13 +21,13 @@ import numpy as np
 from defectscope.atomic import replacing
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.digest import file_sha256
-from defectscope.engine.onnx_session import run_micro_batches, session_options
-from defectscope.engine.operating import (
+from defectscope.engine.rules.operating import (
     check_fit_info,
     check_threshold_source,
     checked_threshold,
 )
-from defectscope.engine.scoring import Scorer
+from defectscope.engine.runtimes.onnx_session import run_micro_batches, session_options
+from defectscope.engine.scoring.scorer import Scorer
 from defectscope.errors import ConfigError, ModelFileError
 from defectscope.progress import progress_bar
 
@@ -65,7 +65,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
 
     detector.check_fitted()
     if getattr(detector.module_, "lean", False):  # fitted or loaded without PyTorch
-        from defectscope.engine.lean import torch_module
+        from defectscope.engine.runtimes.lean import torch_module
 
         module = torch_module(detector)
     else:
@@ -181,7 +181,7 @@ class ExportedModel(Scorer):
     ) -> None:
         import onnxruntime as ort
 
-        from defectscope.engine.settings import EngineOptions
+        from defectscope.engine.rules.settings import EngineOptions
 
         # the same type and range checks as a fit's options: `--batch-size 0` is one line here too
         EngineOptions(batch_size=batch_size, num_workers=num_workers, progress=progress)

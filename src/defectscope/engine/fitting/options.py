@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from defectscope.config import Options, field_help, field_types
-from defectscope.engine.settings import ENGINE_NAMES, EngineOptions
+from defectscope.engine.rules.settings import ENGINE_NAMES, EngineOptions
 from defectscope.errors import ConfigError, unknown_name
 from defectscope.models import DETECTORS, detector_info
 

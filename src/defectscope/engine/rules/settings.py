@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from defectscope.config import Options, option
-from defectscope.engine.operating import RULES
+from defectscope.engine.rules.operating import RULES
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 

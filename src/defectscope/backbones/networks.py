@@ -21,20 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from defectscope.digest import file_sha256
-from defectscope.errors import BackboneError, unknown_name
-from defectscope.specs import (  # noqa: F401 - re-exported: the names of this module's API
-    BUILTIN,
+from defectscope.backbones.specs import (
     BUNDLED,
-    DEFAULT_BACKBONE,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    LIBRARIES,
     RANDOM,
     BackboneSpec,
     bundled_weights_file,
-    resolve_spec,
 )
+from defectscope.errors import BackboneError, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +144,6 @@ def _timm_state(arch: str, model: nn.Module) -> tuple[dict[str, torch.Tensor], s
             "--weights PATH (.safetensors or .pth)"
         ) from exc
     return pretrained.state_dict(), "timm (cache or download)"
-
-
-def weights_digest(path: str | Path) -> str:
-    """SHA-256 of a weights file, saved with a model so that a changed file is noticed."""
-    return file_sha256(path)
 
 
 def build_backbone(spec: BackboneSpec, weights: str | None) -> tuple[nn.Module, str]:

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from defectscope.config import Options
-from defectscope.engine.onnx_session import run_micro_batches, session_options
-from defectscope.engine.runtime import cached_graph, graph_metadata, resolve_runtime
-from defectscope.engine.settings import EngineOptions
+from defectscope.engine.rules.settings import EngineOptions
+from defectscope.engine.runtimes.onnx_session import run_micro_batches, session_options
+from defectscope.engine.runtimes.runtime import cached_graph, graph_metadata, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def lean_fitter(name: str, config: Options, engine: EngineOptions, on_stage: Cal
     found = _embedding(name, config, engine, on_stage)
     if found is None:
         return None
-    from defectscope.specs import weights_identity
+    from defectscope.backbones.specs import weights_identity
 
     embedding, meta = found
     # as the PyTorch fitters: the digest is recorded for a weights file given by path (the
@@ -115,7 +115,7 @@ def lean_module(
     found = _embedding(name, config, engine, on_stage)
     if found is None:
         return None
-    from defectscope.specs import check_weights_unchanged
+    from defectscope.backbones.specs import check_weights_unchanged
 
     check_weights_unchanged(config, info.get("weights_sha256"))
     embedding, meta = found

@@ -14,10 +14,10 @@ import numpy as np
 
 from defectscope.data.mvtec import Category, discover, load_category
 from defectscope.data.splits import stratified_folds
-from defectscope.engine.estimator import Detector, make_detector
-from defectscope.engine.evaluation import compute_metrics, fit_and_evaluate
-from defectscope.engine.predicting import write_meta
-from defectscope.engine.sharding import Executor
+from defectscope.engine.fitting.estimator import Detector, make_detector
+from defectscope.engine.fitting.sharding import Executor
+from defectscope.engine.workflows.evaluation import compute_metrics, fit_and_evaluate
+from defectscope.engine.workflows.predicting import write_meta
 from defectscope.errors import DataError, DefectscopeError
 from defectscope.models import detector_info
 from defectscope.results import CategoryResult, ImageResult
@@ -217,8 +217,8 @@ def benchmark(
 
     A category that fails (bad data) is reported and skipped; the others still run, and the
     tables are rewritten after each category so that nothing computed is lost. ``executor``
-    (:mod:`defectscope.engine.sharding`) runs the (category, model) jobs elsewhere, e.g. one Ray
-    task each; the results, table and report are the same as here.
+    (:mod:`defectscope.engine.fitting.sharding`) runs the (category, model) jobs elsewhere, e.g.
+    one Ray task each; the results, table and report are the same as here.
     """
     from defectscope.report.table import write_tables
 

@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # torch is imported where a module is exported or checked, ne
     from torch import nn
 
 from defectscope.atomic import temporary
-from defectscope.engine.onnx_session import run_micro_batches, session_options
-from defectscope.engine.settings import RUNTIMES
+from defectscope.engine.rules.settings import RUNTIMES
+from defectscope.engine.runtimes.onnx_session import run_micro_batches, session_options
 from defectscope.errors import ConfigError, unknown_name
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 One class per registered detector (``defectscope.PaDiM``, ``defectscope.Autoencoder``, ...) is
 generated from the registry. Its keyword-only constructor takes every option of the detector's
-config and of :class:`~defectscope.engine.settings.EngineOptions`, stores them unchanged and
+config and of :class:`~defectscope.engine.rules.settings.EngineOptions`, stores them unchanged and
 validates them in ``fit`` (scikit-learn's estimator contract: ``get_params``, ``set_params``
 and ``sklearn.base.clone`` work).
 """
@@ -24,18 +24,18 @@ from defectscope.config import Options
 from defectscope.data.images import source_bit_depth
 from defectscope.data.loader import ImageInput, iter_batches
 from defectscope.data.mvtec import Category, load_category
-from defectscope.engine.operating import (
+from defectscope.engine.fitting.options import split_params
+from defectscope.engine.fitting.sharding import Executor, ShardJob, ShardResult
+from defectscope.engine.rules.operating import (
     FEW_GOOD,
     check_fit_info,
     check_threshold_source,
     checked_threshold,
     choose,
 )
-from defectscope.engine.options import split_params
-from defectscope.engine.scoring import Scorer
-from defectscope.engine.settings import ENGINE_NAMES, EngineOptions
-from defectscope.engine.sharding import Executor, ShardJob, ShardResult
-from defectscope.engine.shortcuts import IntensitySummary, batch_stats, image_formats
+from defectscope.engine.rules.settings import ENGINE_NAMES, EngineOptions
+from defectscope.engine.scoring.scorer import Scorer
+from defectscope.engine.scoring.shortcuts import IntensitySummary, batch_stats, image_formats
 from defectscope.errors import (
     ConfigError,
     DataError,
@@ -254,8 +254,8 @@ class Detector(Scorer):
             shards: split the training images into this many shards, fitted by ``executor``
                 and merged (PaDiM: the same model within float rounding; PatchCore: a coreset
                 of the shards' coresets). Detectors that cannot be sharded refuse ``shards > 1``.
-            executor: runs the shards (:mod:`defectscope.engine.sharding`); default: here, one
-                after the other. ``defectscope.cluster.RayExecutor`` runs them on a Ray cluster.
+            executor: runs the shards (:mod:`defectscope.engine.fitting.sharding`); default: here,
+                one after the other. ``defectscope.cluster.RayExecutor`` runs them on a Ray cluster.
             lighting_probe: also score each out-of-fold image with its brightness scaled by
                 :data:`LIGHTING_GAINS` (by the model of the other folds), kept in
                 ``lighting_scores_``: how far a change of light alone moves a good part's score
@@ -316,7 +316,7 @@ class Detector(Scorer):
     ):
         """Every training image in one of ``threshold_folds`` folds; each is scored (and
         synthetic defects made from it are scored) by the model of the other folds, the
-        threshold comes from those scores (:mod:`defectscope.engine.operating`), and the final
+        threshold comes from those scores (:mod:`defectscope.engine.rules.operating`), and the final
         model keeps every image. Returns ``(module, threshold, scales, source)``."""
         from defectscope.data.anomalies import check_size, make_defects
 
@@ -484,13 +484,13 @@ class Detector(Scorer):
         return module, threshold, scales, source
 
     def _make_fitter(self, config, engine: EngineOptions, shards: int):
-        """The lean (torch-free, :mod:`defectscope.engine.lean`) fitter where it can run, else
-        the detector's PyTorch fitter. Where the lean path could run but its graph is not cached
-        yet, building the PyTorch fitter exports the graph and the fit goes on lean: every run
-        of one config then computes the same numbers."""
+        """The lean (torch-free, :mod:`defectscope.engine.runtimes.lean`) fitter where it can run,
+        else the detector's PyTorch fitter. Where the lean path could run but its graph is not
+        cached yet, building the PyTorch fitter exports the graph and the fit goes on lean: every
+        run of one config then computes the same numbers."""
         if shards > 1 or self.info.supervised:
             return self.info.load().make_fitter(config, self._hooks(engine))
-        from defectscope.engine.lean import lean_fitter, lean_key
+        from defectscope.engine.runtimes.lean import lean_fitter, lean_key
 
         fitter = lean_fitter(self.name, config, engine, self._start_stages(engine))
         if fitter is not None:
@@ -531,7 +531,7 @@ class Detector(Scorer):
         return self._stages.start
 
     def _hooks(self, engine: EngineOptions):
-        from defectscope.engine.runtime import accelerator
+        from defectscope.engine.runtimes.runtime import accelerator
         from defectscope.models.base import Hooks
 
         self._epoch_bar = None
@@ -594,7 +594,7 @@ class Detector(Scorer):
     def _feed_shards(self, fitter, paths: list[Path], shards: int, executor, first) -> None:
         """Fit ``paths`` in shards through ``executor`` and combine them into ``fitter``;
         ``first``: the images whose mean sets the shared gain target."""
-        from defectscope.engine.sharding import SerialExecutor, split_evenly
+        from defectscope.engine.fitting.sharding import SerialExecutor, split_evenly
 
         config, engine = self.options()
         # Every shard shares what a serial fit takes from its first batch (the illumination
@@ -751,7 +751,7 @@ class Detector(Scorer):
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the model to one ``.safetensors`` file (atomically); returns its path."""
-        from defectscope.engine.persistence import save_detector
+        from defectscope.engine.persistence.files import save_detector
 
         self.model_file_ = save_detector(self, path)
         return self.model_file_
@@ -765,8 +765,8 @@ class Detector(Scorer):
         overrides: dict[str, Any],
     ) -> Detector:
         """The fitted detector a model file describes: its ``header`` (read and checksum-checked
-        by :func:`~defectscope.engine.persistence.read_header`) checked field by field, then its
-        tensors (``read_tensors()``, numpy) restored, torch-free where the lean path can run.
+        by :func:`~defectscope.engine.persistence.files.read_header`) checked field by field, then
+        its tensors (``read_tensors()``, numpy) restored, torch-free where the lean path can run.
         ``overrides``: the options that may change on load (runtime, batch size, workers,
         progress, the weights file's new place)."""
         try:
@@ -799,8 +799,8 @@ class Detector(Scorer):
 
     def _restore(self, config, engine, tensors: dict[str, Any], fitted: dict[str, Any]):
         """The scoring module of a model file's tensors: torch-free where the lean path can run
-        (:mod:`defectscope.engine.lean`), else the detector's PyTorch module."""
-        from defectscope.engine.lean import lean_key, lean_module
+        (:mod:`defectscope.engine.runtimes.lean`), else the detector's PyTorch module."""
+        from defectscope.engine.runtimes.lean import lean_key, lean_module
 
         on_stage = self._start_stages(engine)
         module = lean_module(self.name, config, engine, tensors, fitted, on_stage)

@@ -15,7 +15,7 @@ import numpy as np
 
 from defectscope.atomic import write_csv, write_text
 from defectscope.data.images import folder_images, is_image_file, load_image, unreadable
-from defectscope.engine.scoring import Scorer
+from defectscope.engine.scoring.scorer import Scorer
 from defectscope.errors import DataError
 from defectscope.results import Prediction
 from defectscope.verdict import colour_scale_for, verdict_row
@@ -161,7 +161,7 @@ def predict_to_folder(
     """
     from datetime import datetime, timezone
 
-    from defectscope.engine.shortcuts import format_notices, image_formats, shift_notices
+    from defectscope.engine.scoring.shortcuts import format_notices, image_formats, shift_notices
     from defectscope.report.visualize import save_png, tile_sheet
     from defectscope.version import __version__
 

@@ -96,9 +96,9 @@ class Scorer(ABC):
 
     @property
     def training_intensity(self):
-        """The :class:`~defectscope.engine.shortcuts.IntensitySummary` of the training images,
-        or None (models fitted before it was recorded)."""
-        from defectscope.engine.shortcuts import IntensitySummary
+        """The :class:`~defectscope.engine.scoring.shortcuts.IntensitySummary` of the training
+        images, or None (models fitted before it was recorded)."""
+        from defectscope.engine.scoring.shortcuts import IntensitySummary
 
         return IntensitySummary.from_dict(self.fit_info_.get("intensity"))
 
@@ -116,7 +116,7 @@ class Scorer(ABC):
                 appended to it (for the shortcut baselines and the shift check; free: the images
                 are decoded anyway).
         """
-        from defectscope.engine.shortcuts import batch_stats
+        from defectscope.engine.scoring.shortcuts import batch_stats
 
         items = as_image_list(images)
         for idx, batch, scores, maps in self._score_batches(items, desc):
@@ -151,7 +151,7 @@ class Scorer(ABC):
     def normalize(self, scores, threshold: float | None = None) -> np.ndarray:
         """Scores on the model's fixed [0, 1] scale: a logistic curve with the threshold at 0.5,
         ``threshold - spread`` at 0.1 and ``threshold + spread`` at 0.9, where the spread was fixed
-        at fit time (see :func:`~defectscope.engine.estimator.fixed_scales`).
+        at fit time (see :func:`~defectscope.engine.fitting.estimator.fixed_scales`).
 
         Models saved before the scale was recorded use ``|threshold|`` as the spread.
         """

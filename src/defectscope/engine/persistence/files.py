@@ -10,8 +10,8 @@ naming the file and what is wrong.
 Saving writes a temporary file next to the target and renames it, so a crash never leaves a
 half-written model; temporary files left by an interrupted save are removed by the next save.
 This module only reads and writes; a detector restores itself from what it read
-(:meth:`~defectscope.engine.estimator.Detector.from_saved`), and
-:func:`defectscope.engine.loading.load` puts the two together.
+(:meth:`~defectscope.engine.fitting.estimator.Detector.from_saved`), and
+:func:`defectscope.engine.workflows.loading.load` puts the two together.
 """
 
 from __future__ import annotations

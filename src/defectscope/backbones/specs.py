@@ -110,9 +110,10 @@ def bundled_weights_file(arch: str) -> tuple[Path, str]:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def _digest(path: Path) -> str:
+def weights_sha256(path: str | Path) -> str:
     """SHA-256 of a weights file, remembered per (path, size, modification time): one process
     asks for it at every fit and load, and wide_resnet50_2's file is 270 MB."""
+    path = Path(path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
@@ -128,10 +129,10 @@ def weights_identity(backbone: str, weights: str | None) -> tuple[str, str] | No
         return None
     if weights is not None:
         path = Path(weights)
-        return (_digest(path), str(weights)) if path.is_file() else None
+        return (weights_sha256(path), str(weights)) if path.is_file() else None
     if backbone in BUNDLED:
         path, source = bundled_weights_file(backbone)
-        return (_digest(path), source) if path.is_file() else None
+        return (weights_sha256(path), source) if path.is_file() else None
     return None
 
 

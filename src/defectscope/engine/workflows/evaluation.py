@@ -13,8 +13,8 @@ import numpy as np
 from defectscope import metrics
 from defectscope.data.images import load_mask
 from defectscope.data.mvtec import GOOD, Category, load_category
-from defectscope.engine.scoring import Scorer
-from defectscope.engine.shortcuts import (
+from defectscope.engine.scoring.scorer import Scorer
+from defectscope.engine.scoring.shortcuts import (
     format_notices,
     group_by,
     image_formats,

@@ -1,0 +1,1 @@
+"""Fitting: the estimators, their options, the label-free threshold, shard jobs."""

@@ -1,0 +1,1 @@
+"""Where the feature extractor runs: ONNX export, ONNX Runtime, the torch-free path."""

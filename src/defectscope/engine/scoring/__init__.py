@@ -1,0 +1,1 @@
+"""Scoring shared by estimators and exported models, and the shift checks."""
