@@ -125,3 +125,26 @@ def test_a_stage_line_counts_in_place(capsys):
     stages.start("saving")
     assert stages._bar is not bar  # another step: a new line
     stages.finish()
+
+
+def test_chunked_work_gives_the_same_result_on_any_number_of_threads(monkeypatch):
+    from defectscope.ops import moments
+    from defectscope.ops.moments import GaussianAccumulator, precision_cholesky_of
+
+    rng = np.random.default_rng(0)
+    acc = GaussianAccumulator(37, 6)
+    acc.update(rng.normal(size=(20, 37, 6)).astype(np.float32))
+    results = []
+    for cpus in (1, 2, 7):
+        monkeypatch.setattr(moments.os, "cpu_count", lambda cpus=cpus: cpus)
+        results.append(precision_cholesky_of(acc, 0.01, chunk=5))
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+
+    def work(start, stop):
+        if start >= 10:
+            raise ValueError(f"run at {start}")
+
+    monkeypatch.setattr(moments.os, "cpu_count", lambda: 4)
+    with pytest.raises(ValueError, match="run at 10"):  # the first failing run, in order
+        moments.in_chunks(40, 5, work)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 
@@ -183,6 +184,26 @@ def precision_cholesky(cov: np.ndarray, *, first_position: int = 0) -> np.ndarra
     return lower_inverse(chol)
 
 
+def in_chunks(positions: int, chunk: int, work) -> None:
+    """Call ``work(start, stop)`` for each run of ``chunk`` positions in ``range(positions)``,
+    on up to :func:`os.cpu_count` threads (numpy's LAPACK and batched BLAS calls release the
+    GIL, and a batch of small matrices runs each on one core). Each call must touch its own
+    positions only: the result is then the same whatever the number of threads. An exception
+    is raised for the first failing run in position order."""
+    starts = range(0, positions, chunk)
+    threads = min(len(starts), os.cpu_count() or 1, 8)
+    if threads <= 1:
+        for start in starts:
+            work(start, min(positions, start + chunk))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(work, s, min(positions, s + chunk)) for s in starts]
+        for future in futures:
+            future.result()
+
+
 def precision_cholesky_of(
     acc: GaussianAccumulator, regularization: float, *, chunk: int = 512
 ) -> np.ndarray:
@@ -196,11 +217,13 @@ def precision_cholesky_of(
         raise ValueError(f"need at least 2 samples for a covariance, got {acc.count}")
     out = np.empty((positions, dim, dim), dtype=np.float32)
     diagonal = np.arange(dim)
-    for start in range(0, positions, chunk):
-        stop = min(positions, start + chunk)
+
+    def work(start: int, stop: int) -> None:
         cov = acc.scatter[start:stop] / (acc.count - 1)
         cov[:, diagonal, diagonal] += regularization
         out[start:stop] = precision_cholesky(cov, first_position=start)
+
+    in_chunks(positions, chunk, work)
     return out
 
 

@@ -22,6 +22,7 @@ from defectscope.models.padim.config import PadimConfig
 from defectscope.ops.moments import (
     FoldAccumulators,
     GaussianAccumulator,
+    in_chunks,
     lower_inverse,
     mahalanobis,
     precision_cholesky_of,
@@ -94,13 +95,15 @@ class PadimLean(LeanPatchModule):
         acc = GaussianAccumulator(positions, dim)
         acc.count, acc.mean = count, self.mean.astype(np.float64)
         diagonal = np.arange(dim)
-        for start in range(0, positions, 512):  # float64 temporaries of 512 positions at a time
-            stop = min(positions, start + 512)
+
+        def rebuild(start: int, stop: int) -> None:
             # the whitening factor W is lower triangular and cov = W^-1 W^-T
             factor = lower_inverse(self.precision_chol[start:stop].astype(np.float64))
             cov = np.matmul(factor, factor.transpose(0, 2, 1))
             cov[:, diagonal, diagonal] -= config.regularization
             acc.scatter[start:stop] = cov * (count - 1)
+
+        in_chunks(positions, 512, rebuild)  # float64 temporaries of 512 positions per thread
         for batch in batches:
             acc.update(self.embedding(batch, self.target))
         precision = precision_cholesky_of(acc, config.regularization)
