@@ -233,3 +233,37 @@ def test_budget_without_auto_and_auto_on_a_root_are_refused(mvtec_root, tmp_path
     assert "--budget-s bounds --auto" in capsys.readouterr().err
     assert main(["fit", "--auto", "--data", str(mvtec_root), "-q"]) == 2
     assert "--auto fits one category" in capsys.readouterr().err
+
+
+def test_a_later_candidate_that_cannot_fit_is_passed_over(texture, monkeypatch):
+    from defectscope.engine.fitting.estimator import Detector
+
+    real = Detector.fit
+
+    def fit(self, *args, **kwargs):
+        if self.seed == 7:  # this candidate's fit fails (out of memory, say)
+            raise ConfigError("this candidate cannot fit here")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "fit", fit)
+    pool = [_padim("first"), _padim("failing", seed=7)]
+    seen = []
+    model = auto_fit(
+        texture,
+        candidates_=pool,
+        budget_s=UNBOUNDED,
+        on_candidate=lambda r, d: seen.append(d),
+        **ENGINE,
+    )
+    record = model.fit_info_["auto"]
+    assert record["chosen"] == "first" and seen[1] is None
+    assert record["candidates"][1]["skipped"] == "failed: this candidate cannot fit here"
+    check_fit_info(model.fit_info_)
+    # the first candidate failing is the data's problem: it is raised
+    with pytest.raises(ConfigError, match="this candidate cannot fit here"):
+        auto_fit(texture, candidates_=pool[::-1], budget_s=UNBOUNDED, **ENGINE)
+
+
+def test_a_boolean_budget_is_refused(texture):
+    with pytest.raises(ConfigError, match="budget_s must be a number of seconds > 0, got True"):
+        auto_fit(texture, candidates_=[_padim()], budget_s=True, **ENGINE)

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from defectscope.errors import ConfigError
+from defectscope.errors import ConfigError, DefectscopeError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def auto_fit(
     ``budget_s`` seconds and return the winner, a fitted estimator whose ``fit_info_["auto"]``
     records the choice. ``options``: engine options and ``seed``, shared by every candidate.
     ``on_candidate(record, detector)`` is called as each candidate finishes (``detector``:
-    the fitted candidate, or None for one the budget skipped).
+    the fitted candidate, or None for one the budget skipped or that failed to fit).
 
     The first candidate always runs, whatever the budget (without a fit there is nothing to
     return); a later one starts only when its expected time fits in what is left. Without
@@ -164,7 +164,10 @@ def auto_fit(
     from defectscope.engine.fitting.estimator import make_detector, training_paths
 
     if budget_s is not None and not (
-        isinstance(budget_s, (int, float)) and math.isfinite(budget_s) and budget_s > 0
+        isinstance(budget_s, (int, float))
+        and not isinstance(budget_s, bool)
+        and math.isfinite(budget_s)
+        and budget_s > 0
     ):
         raise ConfigError(f"budget_s must be a number of seconds > 0, got {budget_s!r}")
     _check_options(options)
@@ -200,7 +203,24 @@ def auto_fit(
                 continue
         detector = make_detector(c.model, {**options, **c.params})
         t0 = time.perf_counter()
-        detector.fit(data, lighting_probe=True)
+        try:
+            detector.fit(data, lighting_probe=True)
+        except DefectscopeError as exc:
+            if best is None:  # the default configuration failed: the data is the problem
+                raise
+            # a later candidate that cannot fit these images (its memory, its input size) is
+            # recorded and passed over; the default already stands
+            records.append(
+                {
+                    "label": c.label,
+                    "model": c.model,
+                    "params": _jsonable(c.params),
+                    "skipped": f"failed: {exc}",
+                }
+            )
+            if on_candidate:
+                on_candidate(records[-1], None)
+            continue
         seconds = time.perf_counter() - t0
         if unit is None:
             unit = seconds / c.cost
@@ -243,13 +263,15 @@ def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _record(c: Candidate, detector, seconds: float) -> dict[str, Any]:
+    from defectscope.verdict import fails
+
     good = np.asarray(detector.out_of_fold_scores_, dtype=np.float64)
     good = good[np.isfinite(good)]
     lit = getattr(detector, "lighting_scores_", None)
     syn = detector.synthetic_scores_
     point = detector.fit_info_["threshold_source"]["operating_point"]
     ranking = ranking_auroc(good, lit, np.asarray(syn, dtype=np.float64))
-    light = None if lit is None else float(np.mean(lit > detector.threshold_))
+    light = None if lit is None else float(np.mean(fails(lit, detector.threshold_)))
     return {
         "label": c.label,
         "model": c.model,
