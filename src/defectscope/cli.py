@@ -283,8 +283,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     fit.add_argument(
         "--budget-s",
         type=float,
-        help="with --auto: seconds the candidates may take (default: 5 default fits; the first "
-        "candidate, the default configuration, always runs)",
+        help="with --auto: seconds the candidates may take (default: about 5 default fits; the "
+        "first candidate, the default configuration, always runs)",
     )
     model_options(fit)
     _add_executor_options(fit)
