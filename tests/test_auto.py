@@ -258,6 +258,7 @@ def test_a_later_candidate_that_cannot_fit_is_passed_over(texture, monkeypatch):
     record = model.fit_info_["auto"]
     assert record["chosen"] == "first" and seen[1] is None
     assert record["candidates"][1]["skipped"] == "failed: this candidate cannot fit here"
+    assert "failing: could not fit (this candidate cannot fit here)" in summary(record)
     check_fit_info(model.fit_info_)
     # the first candidate failing is the data's problem: it is raised
     with pytest.raises(ConfigError, match="this candidate cannot fit here"):
@@ -267,3 +268,32 @@ def test_a_later_candidate_that_cannot_fit_is_passed_over(texture, monkeypatch):
 def test_a_boolean_budget_is_refused(texture):
     with pytest.raises(ConfigError, match="budget_s must be a number of seconds > 0, got True"):
         auto_fit(texture, candidates_=[_padim()], budget_s=True, **ENGINE)
+
+
+def test_the_report_shows_every_candidate_and_the_choice():
+    from defectscope.report.html import _auto_table
+
+    record = {
+        "chosen": "a <b>",
+        "rule": "best",
+        "seconds": 3.0,
+        "budget_s": None,
+        "candidates": [
+            {
+                "label": "a <b>",
+                "model": "padim",
+                "params": {},
+                "ranking_auroc": 0.9,
+                "synthetic_auroc": 0.91,
+                "synthetic_catch_rate": 0.5,
+                "lighting_false_reject": 0.1,
+                "seconds": 1.0,
+            },
+            {"label": "b", "skipped": "expected 9 s; 1 s of the 4 s budget left"},
+            {"label": "c", "skipped": "failed: out of memory"},
+        ],
+    }
+    page = "".join(_auto_table(record))
+    assert "a &lt;b&gt; (chosen)" in page and "<b>" not in page.replace("<b>a &lt;b&gt;", "")
+    assert "not tried: expected 9 s" in page and "could not fit: out of memory" in page
+    assert "0.900" in page and "0.910" in page and "50%" in page and "10%" in page

@@ -291,7 +291,10 @@ def summary(record: Mapping[str, Any]) -> str:
     lines = []
     for r in record["candidates"]:
         if "skipped" in r:
-            lines.append(f"  {r['label']}: not tried ({r['skipped']})")
+            if r["skipped"].startswith("failed: "):
+                lines.append(f"  {r['label']}: could not fit ({r['skipped'][8:]})")
+            else:
+                lines.append(f"  {r['label']}: not tried ({r['skipped']})")
             continue
         mark = "*" if r["label"] == record["chosen"] else " "
         lit = r.get("lighting_false_reject")

@@ -528,7 +528,12 @@ def _fit_auto(args: argparse.Namespace, data) -> int:
 
     def said(record: dict[str, Any], detector) -> None:
         if "skipped" in record:
-            _say(args, f"auto: {record['label']}: not tried ({record['skipped']})")
+            failed = record["skipped"].startswith("failed: ")
+            reason = record["skipped"].removeprefix("failed: ")
+            _say(
+                args,
+                f"auto: {record['label']}: {'could not fit' if failed else 'not tried'} ({reason})",
+            )
         else:
             _say(
                 args,

@@ -167,9 +167,11 @@ def _auto_table(auto: dict[str, Any]) -> list[str]:
     for r in auto["candidates"]:
         label = html.escape(r["label"])
         if "skipped" in r:
+            failed = r["skipped"].startswith("failed: ")
+            why = r["skipped"][8:] if failed else r["skipped"]
             rows.append(
-                f"<tr><td>{label}</td><td colspan=5>not tried: "
-                f"{html.escape(r['skipped'])}</td></tr>"
+                f"<tr><td>{label}</td><td colspan=5>{'could not fit' if failed else 'not tried'}: "
+                f"{html.escape(why)}</td></tr>"
             )
             continue
         chosen = r["label"] == auto["chosen"]
