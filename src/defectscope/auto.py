@@ -286,22 +286,26 @@ def _record(c: Candidate, detector, seconds: float) -> dict[str, Any]:
     }
 
 
+def candidate_line(r: Mapping[str, Any]) -> str:
+    """One candidate of an ``auto`` record in words: its figures, or why it has none."""
+    if "skipped" in r:
+        if r["skipped"].startswith("failed: "):
+            return f"{r['label']}: could not fit ({r['skipped'][len('failed: ') :]})"
+        return f"{r['label']}: not tried ({r['skipped']})"
+    lit = r.get("lighting_false_reject")
+    return (
+        f"{r['label']}: ranking AUROC {r['ranking_auroc']:.3f} (synthetic "
+        f"{r['synthetic_auroc']:.3f}, catches {r['synthetic_catch_rate']:.0%}"
+        + (f", rejects {lit:.0%} of good parts at x0.9/x1.1 light" if lit is not None else "")
+        + f"), {r['seconds']:.0f} s"
+    )
+
+
 def summary(record: Mapping[str, Any]) -> str:
-    """One line per candidate of an ``auto`` record, and which won."""
-    lines = []
-    for r in record["candidates"]:
-        if "skipped" in r:
-            if r["skipped"].startswith("failed: "):
-                lines.append(f"  {r['label']}: could not fit ({r['skipped'][8:]})")
-            else:
-                lines.append(f"  {r['label']}: not tried ({r['skipped']})")
-            continue
-        mark = "*" if r["label"] == record["chosen"] else " "
-        lit = r.get("lighting_false_reject")
-        lines.append(
-            f"{mark} {r['label']}: ranking AUROC {r['ranking_auroc']:.3f} (synthetic "
-            f"{r['synthetic_auroc']:.3f}, catches {r['synthetic_catch_rate']:.0%}"
-            + (f", rejects {lit:.0%} of good parts at x0.9/x1.1 light" if lit is not None else "")
-            + f"), {r['seconds']:.0f} s"
-        )
+    """One line per candidate of an ``auto`` record, the winner marked ``*``."""
+    lines = [
+        ("* " if r["label"] == record["chosen"] and "skipped" not in r else "  ")
+        + candidate_line(r)
+        for r in record["candidates"]
+    ]
     return "\n".join([f"auto chose {record['chosen']} in {record['seconds']:.0f} s:", *lines])

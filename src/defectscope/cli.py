@@ -494,9 +494,29 @@ def _write_fit_files(args: argparse.Namespace, run: Path, detector, data, path: 
         ) from exc
 
 
+def _print_fitted(detector, category, took: str, path: Path) -> None:
+    """What a fit of one category says at the end: the model, its threshold and where it is
+    saved, then what its operating point expects."""
+    print(
+        f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
+        f"in {took}; threshold {detector.threshold_:.4g}; saved {path}"
+    )
+    point = detector.fit_info_.get("threshold_source", {}).get("operating_point")
+    if point:
+        from defectscope.engine.rules.operating import OperatingPoint
+
+        print(OperatingPoint(**point).summary())
+
+
 def _fit_auto(args: argparse.Namespace, data) -> int:
     """``fit --auto``: the candidates of :mod:`defectscope.auto`, the winner saved."""
-    from defectscope.auto import auto_fit, candidates, chosen_options, summary
+    from defectscope.auto import (
+        auto_fit,
+        candidate_line,
+        candidates,
+        chosen_options,
+        summary,
+    )
     from defectscope.data import load_category
     from defectscope.data.mvtec import is_category
     from defectscope.runs import run_folder
@@ -527,19 +547,7 @@ def _fit_auto(args: argparse.Namespace, data) -> int:
             _say(args, f"notice: {notice}")
 
     def said(record: dict[str, Any], detector) -> None:
-        if "skipped" in record:
-            failed = record["skipped"].startswith("failed: ")
-            reason = record["skipped"].removeprefix("failed: ")
-            _say(
-                args,
-                f"auto: {record['label']}: {'could not fit' if failed else 'not tried'} ({reason})",
-            )
-        else:
-            _say(
-                args,
-                f"auto: {record['label']}: ranking AUROC {record['ranking_auroc']:.3f} "
-                f"({record['seconds']:.0f} s)",
-            )
+        _say(args, f"auto: {candidate_line(record)}")
 
     with run_folder(Path(args.project) / "fit", args.name or category.name) as run:
         start = time.perf_counter()
@@ -548,13 +556,7 @@ def _fit_auto(args: argparse.Namespace, data) -> int:
         path = detector.save(run / "model.safetensors")
     _write_fit_files(args, run, detector, data, path)
     print(summary(detector.fit_info_["auto"]))
-    print(
-        f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
-        f"in {seconds:.1f} s (every candidate); threshold {detector.threshold_:.4g}; saved {path}"
-    )
-    from defectscope.engine.rules.operating import OperatingPoint
-
-    print(OperatingPoint(**detector.fit_info_["threshold_source"]["operating_point"]).summary())
+    _print_fitted(detector, category, f"{seconds:.1f} s (every candidate)", path)
     return 0
 
 
@@ -592,15 +594,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         path = detector.save(run / "model.safetensors")
     _write_fit_files(args, run, detector, data, path)
-    print(
-        f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
-        f"in {seconds:.1f} s; threshold {detector.threshold_:.4g}; saved {path}"
-    )
-    point = detector.fit_info_.get("threshold_source", {}).get("operating_point")
-    if point:
-        from defectscope.engine.rules.operating import OperatingPoint
-
-        print(OperatingPoint(**point).summary())
+    _print_fitted(detector, category, f"{seconds:.1f} s", path)
     return 0
 
 

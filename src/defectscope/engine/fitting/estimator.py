@@ -122,7 +122,8 @@ def _lean_scores(module, batch: np.ndarray, step: int):
 
 def relit(batch: np.ndarray, first: int = 0) -> np.ndarray:
     """uint8 ``batch (N, H, W, C)`` with image ``i`` scaled by ``LIGHTING_GAINS[(first + i) %
-    2]``, clipped to 0..255: the same parts under a dimmer or brighter light."""
+    len(LIGHTING_GAINS)]``, clipped to 0..255: the same parts under a dimmer or brighter
+    light."""
     gains = np.asarray(LIGHTING_GAINS, dtype=np.float32)
     factor = gains[(first + np.arange(len(batch))) % len(gains)].reshape(-1, 1, 1, 1)
     return np.clip(batch.astype(np.float32) * factor + 0.5, 0, 255).astype(np.uint8)
