@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             model = auto_fit(category, budget_s=1e9, seed=seed, on_candidate=judged)
             total = time.perf_counter() - start
-            chosen = model.fit_info_["auto"]["chosen"]
+            chosen = model.fit_info_.auto["chosen"]
             evaluate_s = sum(r["evaluate_s"] for r in rows)
             with open(args.out, "a") as f:
                 for r in rows:

@@ -49,7 +49,7 @@ def main() -> None:
                 samples = category.test_samples
                 labels = np.array([s.is_anomalous for s in samples], dtype=bool)
                 scores = model.score([s.path for s in samples]).scores
-                point = model.fit_info_["threshold_source"]["operating_point"]
+                point = model.fit_info_.operating_point
                 t = model.threshold_
                 best, _ = best_f1(labels, scores)
                 by_rule = {}

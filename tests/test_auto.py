@@ -259,7 +259,7 @@ def test_a_later_candidate_that_cannot_fit_is_passed_over(texture, monkeypatch):
     assert record["chosen"] == "first" and seen[1] is None
     assert record["candidates"][1]["skipped"] == "failed: this candidate cannot fit here"
     assert "failing: could not fit (this candidate cannot fit here)" in summary(record)
-    check_fit_info(model.fit_info_)
+    check_fit_info(model.fit_info_.to_dict())
     # the first candidate failing is the data's problem: it is raised
     with pytest.raises(ConfigError, match="this candidate cannot fit here"):
         auto_fit(texture, candidates_=pool[::-1], budget_s=UNBOUNDED, **ENGINE)

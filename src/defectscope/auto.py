@@ -26,7 +26,7 @@ A candidate replaces the best so far only when its ranking AUROC is higher by mo
 :data:`MARGIN` (about the standard error of an AUROC of 200 defects against 200 good scores):
 without evidence beyond noise, the earlier (more conventional) configuration stays. The
 winner is an ordinary fitted model: save, load, export, serve and Ray take it as any other;
-``fit_info_["auto"]`` records every candidate's figures and why the winner won.
+``fit_info_.auto`` records every candidate's figures and why the winner won.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def auto_fit(
     **options: Any,
 ):
     """Fit the candidates on ``data`` (a category folder, a Category or image files) within
-    ``budget_s`` seconds and return the winner, a fitted estimator whose ``fit_info_["auto"]``
+    ``budget_s`` seconds and return the winner, a fitted estimator whose ``fit_info_.auto``
     records the choice. ``options``: engine options and ``seed``, shared by every candidate.
     ``on_candidate(record, detector)`` is called as each candidate finishes (``detector``:
     the fitted candidate, or None for one the budget skipped or that failed to fit).
@@ -237,9 +237,8 @@ def auto_fit(
 
     assert best is not None and best_record is not None
     total = time.perf_counter() - start
-    best.fit_info_ = {
-        **best.fit_info_,
-        "auto": {
+    best.record_auto(
+        {
             "chosen": best_record["label"],
             "rule": (
                 "the highest ranking AUROC (synthetic defects against out-of-fold good scores "
@@ -249,8 +248,8 @@ def auto_fit(
             "budget_s": None if budget_s is None else float(budget_s),
             "seconds": round(total, 3),
             "candidates": records,
-        },
-    }
+        }
+    )
     return best
 
 
@@ -271,7 +270,7 @@ def _record(c: Candidate, detector, seconds: float) -> dict[str, Any]:
     good = good[np.isfinite(good)]
     lit = getattr(detector, "lighting_scores_", None)
     syn = detector.synthetic_scores_
-    point = detector.fit_info_["threshold_source"]["operating_point"]
+    point = detector.fit_info_.operating_point
     ranking = ranking_auroc(good, lit, np.asarray(syn, dtype=np.float64))
     light = None if lit is None else float(np.mean(fails(lit, detector.threshold_)))
     return {

@@ -486,7 +486,7 @@ def _write_fit_files(args: argparse.Namespace, run: Path, detector, data, path: 
         saved = {"model": detector.name, "data": str(data), **config.to_dict(), **engine.to_dict()}
         saved.pop("progress")
         write_text(run / "config.json", json.dumps(saved, indent=2))
-        fitted = {"command": args.command, "fitted": detector.fit_info_}
+        fitted = {"command": args.command, "fitted": detector.fit_info_.to_dict()}
         write_text(run / "run.json", json.dumps(fitted, indent=2, default=str))
     except (OSError, TypeError, ValueError) as exc:
         raise OutputError(
@@ -501,7 +501,7 @@ def _print_fitted(detector, category, took: str, path: Path) -> None:
         f"fitted {detector.name} on {len(category.train_paths)} images of {category.name} "
         f"in {took}; threshold {detector.threshold_:.4g}; saved {path}"
     )
-    point = detector.fit_info_.get("threshold_source", {}).get("operating_point")
+    point = detector.fit_info_.operating_point
     if point:
         from defectscope.engine.rules.operating import OperatingPoint
 
@@ -555,7 +555,7 @@ def _fit_auto(args: argparse.Namespace, data) -> int:
         seconds = time.perf_counter() - start
         path = detector.save(run / "model.safetensors")
     _write_fit_files(args, run, detector, data, path)
-    print(summary(detector.fit_info_["auto"]))
+    print(summary(detector.fit_info_.auto))
     _print_fitted(detector, category, f"{seconds:.1f} s (every candidate)", path)
     return 0
 

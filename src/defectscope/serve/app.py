@@ -132,7 +132,7 @@ def create_app(
     on_map = scorer.threshold_on_map
     from defectscope.serve.monitor import LABELS, REMEMBERED, FeedbackStore, Judged, Metrics
 
-    train_sizes = (scorer.fit_info_.get("formats") or {}).get("sizes")
+    train_sizes = (scorer.fit_info_.formats or {}).get("sizes")
     metrics = Metrics(identity, __version__, scorer.training_intensity, train_sizes)
     judged = Judged()
     store = FeedbackStore(Path(feedback_dir)) if feedback_dir is not None else None
@@ -188,9 +188,7 @@ def create_app(
         if str(model).endswith(".onnx"):
             raise ApiError(409, "an exported .onnx model cannot learn: serve the model file")
         store_ = feedback_store()
-        taught = {
-            sha for entry in current.fit_info_.get("lineage", []) for sha in entry["added_sha256"]
-        }
+        taught = {sha for entry in current.fit_info_.lineage or [] for sha in entry["added_sha256"]}
         cases = [c for c in store_.cases(limit=REMEMBERED) if c["label"] == "good"]
         new = {c["image_sha256"]: store_.folder / c["image"] for c in cases}
         paths = [path for sha, path in new.items() if sha not in taught]
@@ -266,11 +264,11 @@ def create_app(
             "image_size": width,
             "input_shape": [height, width],
             "colour_scale": scorer.colour_scale,
-            "score_scale": scorer.fit_info_.get("score_scale"),
+            "score_scale": scorer.fit_info_.score_scale,
             "threshold_on_map": on_map,
             "verdict_rule": RULE,
             # fit --auto: every candidate tried and why this one won (None for other fits)
-            "auto": scorer.fit_info_.get("auto"),
+            "auto": scorer.fit_info_.auto,
             "config": config.to_dict() if config is not None else scorer.metadata.get("config"),
             "limits": limits.__dict__,
         }

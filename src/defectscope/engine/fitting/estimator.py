@@ -33,6 +33,7 @@ from defectscope.engine.rules.operating import (
     checked_threshold,
     choose,
 )
+from defectscope.engine.rules.record import FitInfo
 from defectscope.engine.rules.settings import ENGINE_NAMES, EngineOptions
 from defectscope.engine.scoring.scorer import Scorer
 from defectscope.engine.scoring.shortcuts import IntensitySummary, batch_stats, image_formats
@@ -642,7 +643,13 @@ class Detector(Scorer):
         self.module_ = module
         self.threshold_ = float(threshold)
         self.config_ = config
-        self.fit_info_ = {**module.fit_info(), **info}
+        self.fit_info_ = FitInfo.from_dict(module.fit_info(), info)
+
+    def record_auto(self, record: dict[str, Any]) -> None:
+        """Keep what ``fit --auto`` tried and why it chose this model (``fit_info_.auto``);
+        ConfigError unless the record has the shape the report and ``/model`` print."""
+        self.check_fitted()
+        self.fit_info_ = self.fit_info_.replace(auto=record)
 
     # -- inference ------------------------------------------------------------------------------
     @property
@@ -673,7 +680,7 @@ class Detector(Scorer):
         out-of-fold scores and the new images' scores under the model before the update (they
         are out-of-sample for it, as out-of-fold scores are). ``defective``: parts that escaped,
         recorded (by SHA-256) for ``calibrate``. Returns what changed; the lineage is appended
-        to ``fit_info_["lineage"]``.
+        to ``fit_info_.lineage``.
 
         Raises:
             ConfigError: the detector, or this model's configuration, cannot be updated.
@@ -707,7 +714,7 @@ class Detector(Scorer):
         module = path.lean_update(config, self.module_, batches())
         self._end_stage()
         before = np.concatenate(scores).astype(np.float64) if scores else np.empty(0)
-        info = {**self.fit_info_, **module.fit_info()}
+        info = {**self.fit_info_.to_dict(), **module.fit_info()}
         source = dict(info.get("threshold_source") or {})
         old_threshold = float(self.threshold_)
         threshold = old_threshold
@@ -858,7 +865,7 @@ def class_docstring(info: DetectorInfo) -> str:
         "threshold_ : float",
         "    the pass/fail threshold: a part fails when its score is above it",
         "config_ : the validated detector options",
-        "fit_info_ : dict",
+        "fit_info_ : FitInfo",
         "    what the fit recorded: counts, scales, the threshold's source and expected rates",
         "",
         "Examples",

@@ -87,7 +87,7 @@ def save_detector(detector: Any, path: str | Path) -> Path:
         "detector": detector.name,
         "config": config.to_dict(),
         "engine": {k: v for k, v in engine.to_dict().items() if k != "progress"},
-        "fitted": {"threshold": detector.threshold_, **detector.fit_info_},
+        "fitted": {"threshold": detector.threshold_, **detector.fit_info_.to_dict()},
     }
     text = json.dumps(header)
     metadata = {

@@ -275,7 +275,7 @@ def check_fit_info(info: Any) -> None:
 
 
 def _check_auto(record: Any) -> None:
-    """ConfigError unless ``record`` (a model's ``fit_info_["auto"]``) has the shape
+    """ConfigError unless ``record`` (a model's ``fit_info_.auto``) has the shape
     :func:`defectscope.auto.auto_fit` writes: the report and ``/model`` print it."""
 
     def ok_candidate(r: Any) -> bool:

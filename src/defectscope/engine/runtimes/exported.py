@@ -26,12 +26,23 @@ from defectscope.engine.rules.operating import (
     check_threshold_source,
     checked_threshold,
 )
+from defectscope.engine.rules.record import FitInfo
 from defectscope.engine.runtimes.onnx_session import run_micro_batches, session_options
 from defectscope.engine.scoring.scorer import Scorer
 from defectscope.errors import ConfigError, ModelFileError
 from defectscope.progress import progress_bar
 
 METADATA_KEY = "defectscope"
+#: the fit record's fields an export keeps: what scoring, drawing and the checks need
+EXPORTED_FIELDS = (
+    "colour_scale",
+    "score_scale",
+    "threshold_on_map",
+    "threshold_source",
+    "intensity",
+    "formats",
+    "bit_depth",
+)
 EXPORT_FORMAT = "defectscope-onnx"
 #: 2: the graph and metadata carry a SHA-256 (``defectscope_sha256``), checked on load
 EXPORT_VERSION = 2
@@ -106,6 +117,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
                 dynamo=False,
             )
         graph = onnx.load(tmp)
+        record = detector.fit_info_.to_dict()
         meta = {
             "format": EXPORT_FORMAT,
             "format_version": EXPORT_VERSION,
@@ -116,13 +128,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
             "input_shape": [height, width],
             "input": "images: uint8 (batch, height, width, 3) RGB, resized to input_shape",
             "outputs": "scores: float32 (batch,); maps: float32 (batch, height, width)",
-            "colour_scale": detector.fit_info_.get("colour_scale"),
-            "score_scale": detector.fit_info_.get("score_scale"),
-            "threshold_on_map": detector.fit_info_.get("threshold_on_map"),
-            "threshold_source": detector.fit_info_.get("threshold_source"),
-            "intensity": detector.fit_info_.get("intensity"),
-            "formats": detector.fit_info_.get("formats"),
-            "bit_depth": detector.fit_info_.get("bit_depth"),
+            **{k: record.get(k) for k in EXPORTED_FIELDS},
             "config": detector.config_.to_dict(),
             "model_sha256": (
                 file_sha256(detector.model_file_)
@@ -220,15 +226,7 @@ class ExportedModel(Scorer):
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelFileError(f"{self.path} has damaged metadata ({exc})") from exc
         self.metadata = meta
-        keys = (
-            "intensity",
-            "formats",
-            "colour_scale",
-            "score_scale",
-            "threshold_on_map",
-            "bit_depth",
-        )
-        self.fit_info_ = {k: meta.get(k) for k in (*keys, "threshold_source")}
+        self.fit_info_ = FitInfo.from_dict({k: meta.get(k) for k in EXPORTED_FIELDS})
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress

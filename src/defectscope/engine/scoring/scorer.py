@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from defectscope.data.loader import ImageInput
+from defectscope.engine.rules.operating import check_threshold_source, checked_threshold
+from defectscope.engine.rules.record import EMPTY, FitInfo
 from defectscope.errors import ConfigError, DataError, ScoringError
 from defectscope.results import Prediction, ScoredImages
 from defectscope.verdict import fails
@@ -80,6 +82,8 @@ class Scorer(ABC):
 
     name: str
     threshold_: float
+    #: what the fit recorded (see :class:`~defectscope.engine.rules.record.FitInfo`)
+    fit_info_: FitInfo = EMPTY
     #: ``(height, width)`` of the model's input: images are resized to it, maps have it
     input_shape: tuple[int, int]
 
@@ -94,13 +98,21 @@ class Scorer(ABC):
         """Raise when the scorer cannot score yet (fitted estimators override it)."""
         return None
 
+    def set_threshold(self, threshold: float, source: dict) -> None:
+        """Set the pass/fail threshold and the record of where it came from, together
+        (``calibrate``); ConfigError unless ``source`` states this threshold."""
+        threshold = checked_threshold(threshold)
+        check_threshold_source(source, threshold)
+        self.fit_info_ = self.fit_info_.replace(threshold_source=source)
+        self.threshold_ = threshold
+
     @property
     def training_intensity(self):
         """The :class:`~defectscope.engine.scoring.shortcuts.IntensitySummary` of the training
         images, or None (models fitted before it was recorded)."""
         from defectscope.engine.scoring.shortcuts import IntensitySummary
 
-        return IntensitySummary.from_dict(self.fit_info_.get("intensity"))
+        return IntensitySummary.from_dict(self.fit_info_.intensity)
 
     def iter_scores(
         self,
@@ -156,7 +168,7 @@ class Scorer(ABC):
         Models saved before the scale was recorded use ``|threshold|`` as the spread.
         """
         t = float(self.threshold_ if threshold is None else threshold)
-        spread = (self.fit_info_.get("score_scale") or {}).get("spread")
+        spread = (self.fit_info_.score_scale or {}).get("spread")
         if not spread or not np.isfinite(spread) or spread <= 0:
             spread = abs(t) if np.isfinite(t) and t != 0 else 1.0
         with np.errstate(invalid="ignore", over="ignore"):
@@ -177,9 +189,7 @@ class Scorer(ABC):
             "threshold": self.threshold_,
             # without the kept out-of-fold scores: hundreds of numbers no result needs
             "threshold_source": {
-                k: v
-                for k, v in (self.fit_info_.get("threshold_source") or {}).items()
-                if k != "scores"
+                k: v for k, v in (self.fit_info_.threshold_source or {}).items() if k != "scores"
             }
             or None,
         }
@@ -188,21 +198,20 @@ class Scorer(ABC):
     def bit_depth(self) -> int | None:
         """The bit depth of the training images, by which every 16- or 32-bit image is scaled
         to 8 bits (None: they were 8-bit, or the model predates the record)."""
-        depth = (getattr(self, "fit_info_", None) or {}).get("bit_depth")
+        depth = self.fit_info_.bit_depth
         return int(depth) if isinstance(depth, int) and 8 < depth <= 32 else None
 
     @property
     def colour_scale(self) -> tuple[float, float] | None:
         """``(low, high)`` of every heatmap of this model, fixed at fit time; None for models
         saved before it was recorded."""
-        scale = self.fit_info_.get("colour_scale")
-        return (float(scale[0]), float(scale[1])) if scale else None
+        return self.fit_info_.colour_scale
 
     @property
     def threshold_on_map(self) -> bool:
         """Whether an image's score is its map's maximum, so that the map above the threshold
         marks the regions that made it fail (False for image-level detectors)."""
-        return bool(self.fit_info_.get("threshold_on_map", True))
+        return self.fit_info_.threshold_on_map is not False
 
     def is_anomalous(self, scores, threshold: float | None = None) -> np.ndarray:
         """The verdict rule (:func:`defectscope.verdict.fails`) at ``threshold`` (default: the

@@ -49,7 +49,7 @@ def cross_validate(make: Callable[[], Detector], category: Category) -> Category
         train_idx = np.setdiff1d(np.arange(len(samples)), part)
         model = make().fit([paths[i] for i in train_idx], labels[train_idx])
         scores[part] = model.score([paths[i] for i in part]).scores
-        histories.append(model.fit_info_.get("history"))
+        histories.append(model.fit_info_.history)
     seconds = time.perf_counter() - start
     accuracy = float(np.mean((scores > 0.5) == labels))
     images = [

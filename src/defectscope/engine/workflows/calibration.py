@@ -198,10 +198,9 @@ def calibrate(
         "defective": after.defective,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "previous_threshold": detector.threshold_,
-        "previous_source": detector.fit_info_.get("threshold_source"),
+        "previous_source": detector.fit_info_.threshold_source,
         "achieved": after.to_dict(),
         "trade_off": table,
     }
-    detector.threshold_ = threshold
-    detector.fit_info_ = {**detector.fit_info_, "threshold_source": source}
+    detector.set_threshold(threshold, source)
     return before, after, source

@@ -112,7 +112,7 @@ def evaluate(detector: Scorer, category: Category | str | Path) -> CategoryResul
     good = {k: v for k, v in groups.items() if k == GOOD}
     defective = {k: v for k, v in groups.items() if k != GOOD}
     formats = image_formats([s.path for s in samples])
-    notices += format_notices(f"{category.name}/test ", formats, detector.fit_info_.get("formats"))
+    notices += format_notices(f"{category.name}/test ", formats, detector.fit_info_.formats)
     notices += shift_notices(f"{category.name}/test/", good, train)
     notices += shift_notices(f"{category.name}/test/", defective, train, contrast=False)
 
@@ -202,7 +202,7 @@ def fit_and_evaluate(
     if model_dir is not None:
         detector.save(model_dir / category.name / "model.safetensors")
     result = evaluate(detector, category)
-    history = detector.fit_info_.get("history")
+    history = detector.fit_info_.history
     extra = {**result.extra, "history": history} if history else result.extra
     examples = getattr(detector, "synthetic_examples_", None) or []
     return detector, replace(

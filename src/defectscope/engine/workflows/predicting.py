@@ -215,7 +215,7 @@ def predict_to_folder(
         notices += shift_notices(
             "", {"the predicted images": (means, stds)}, detector.training_intensity
         )
-    train_formats = detector.fit_info_.get("formats")
+    train_formats = detector.fit_info_.formats
     notices += format_notices("predicted ", image_formats(files), train_formats)
     scale = detector.colour_scale
     if scale is None and predictions:
