@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from defectscope.backbones.specs import DEFAULT_BACKBONE
 from defectscope.config import Options, option
 from defectscope.errors import ConfigError, unknown_name
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
 #: per-image illumination corrections, applied inside the scoring module (so also in export)
 ILLUMINATION = ("none", "gain", "standardize", "local")
 AUGMENTATIONS = ("hflip", "vflip", "rotate")
