@@ -8,6 +8,8 @@ feature graph is cached before the first child runs, so no child pays for export
 
     python benchmarks/scale.py --model patchcore --data ../shared/datasets/screw \\
         --counts 160 320 1280 --evaluate
+    python benchmarks/scale.py --model patchcore --data ../shared/datasets/screw \\
+        --counts 10000 --evaluate --compare-exact
     python benchmarks/scale.py --model padim --data ../shared/datasets/screw --counts 50 400
 """
 
@@ -21,7 +23,7 @@ import sys
 import time
 
 
-def child(data: str, count: int, model: str, evaluate: bool) -> None:
+def child(data: str, count: int, model: str, evaluate: bool, compare_exact: bool) -> None:
     from defectscope.data import load_category
     from defectscope.engine.fitting.estimator import make_detector
 
@@ -40,8 +42,20 @@ def child(data: str, count: int, model: str, evaluate: bool) -> None:
         from defectscope.engine.workflows.evaluation import evaluate as run
 
         start = time.perf_counter()
-        row["image_auroc"] = run(detector, category).metrics["image_auroc"]
+        metrics = run(detector, category).metrics
         row["evaluate_s"] = time.perf_counter() - start
+        row["image_auroc"] = metrics["image_auroc"]
+        row["pixel_auroc"] = metrics.get("pixel_auroc")
+        index = getattr(detector.module_, "index", None)
+        row["search"] = "exact" if index is None else f"ivf nlist {index.nlist}"
+        if index is not None and compare_exact:
+            # the same model searching its whole bank: what the index costs in AUROC
+            detector.module_.index = None
+            start = time.perf_counter()
+            metrics = run(detector, category).metrics
+            row["exact_evaluate_s"] = time.perf_counter() - start
+            row["exact_image_auroc"] = metrics["image_auroc"]
+            row["exact_pixel_auroc"] = metrics.get("pixel_auroc")
     print("RESULT " + json.dumps(row))
 
 
@@ -51,10 +65,15 @@ def main() -> None:
     parser.add_argument("--model", default="patchcore")
     parser.add_argument("--counts", type=int, nargs="+", default=[160, 320, 1280])
     parser.add_argument("--evaluate", action="store_true", help="image AUROC at every size")
+    parser.add_argument(
+        "--compare-exact",
+        action="store_true",
+        help="where PatchCore searched through an index, evaluate again with the exact search",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.data, args.child, args.model, args.evaluate)
+        child(args.data, args.child, args.model, args.evaluate, args.compare_exact)
         return
     # cache the feature graph first: a child that exported it would time the export too
     warm = [sys.executable, __file__, "--data", args.data, "--model", args.model, "--child", "3"]
@@ -62,6 +81,7 @@ def main() -> None:
     rows = []
     for count in args.counts:
         command = [*warm[:-1], str(count), *(["--evaluate"] if args.evaluate else [])]
+        command += ["--compare-exact"] if args.compare_exact else []
         proc = subprocess.run(command, capture_output=True, text=True, check=True)
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
         rows.append(json.loads(line[7:]))

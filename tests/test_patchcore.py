@@ -191,3 +191,61 @@ def test_memory_budget_reduces_patches_as_they_arrive(mvtec_root, tmp_path):
         PatchCore(**{**params, "batch_size": 32}, memory_budget=0.001).fit(category)
     with pytest.raises(ConfigError, match=r"memory_budget must be in \[0.001, "):
         PatchCore(**params, memory_budget=1e6).fit(category)
+
+
+def test_inverted_index_search_is_exact_over_every_list_and_never_below_exact():
+    from defectscope.ops.search import InvertedIndex, nearest_distance
+
+    bank = clustered(3000, 16, seed=5).numpy()
+    queries = clustered(700, 16, seed=6).numpy()
+    exact = nearest_distance(queries, bank)
+    index = InvertedIndex(bank, seed=0)
+    assert index.nlist == round(4 * np.sqrt(3000)) and len(index) == 3000
+    # every row is in exactly one list
+    assert index.bounds[0] == 0 and index.bounds[-1] == 3000
+    assert np.array_equal(np.sort(index.rows, axis=0), np.sort(bank, axis=0))
+    np.testing.assert_allclose(index.nearest_distance(queries, index.nlist), exact, rtol=1e-4)
+    for nprobe in (1, 4, 16):
+        approx = index.nearest_distance(queries, nprobe)
+        assert np.all(approx >= exact * (1 - 1e-4) - 1e-4), nprobe
+    # more lists probed, more nearest rows found; 16 of 219 lists find almost every one here
+    recall = [
+        np.mean(np.isclose(index.nearest_distance(queries, n), exact, rtol=1e-4))
+        for n in (1, 4, 16)
+    ]
+    assert recall[0] < recall[1] < recall[2] and recall[2] > 0.99
+    # the same seed, the same index
+    again = InvertedIndex(bank, seed=0)
+    assert np.array_equal(again.centroids, index.centroids)
+    # more lists asked for than rows: one row per list, still exact
+    small = InvertedIndex(bank[:5], nlist=50)
+    assert small.nlist == 5
+    np.testing.assert_allclose(
+        small.nearest_distance(queries, 2), nearest_distance(queries, bank[:5]), rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="bank must be"):
+        InvertedIndex(bank[:0])
+
+
+def test_patchcore_searches_its_bank_through_an_index_when_asked(texture, tmp_path):
+    """search="ivf" scores through the inverted-file index (close to the exact search of the
+    same bank), a saved model rebuilds the same index, and "auto" keeps small banks exact."""
+    from defectscope import PatchCore
+
+    params = {"image_size": SIZE, "batch_size": 8, "num_workers": 1, "runtime": "onnxruntime"}
+    exact = PatchCore(**params, search="exact").fit(texture)
+    ivf = PatchCore(**params, search="ivf").fit(texture)
+    auto = PatchCore(**params).fit(texture)
+    assert exact.module_.index is None and auto.module_.index is None
+    assert ivf.module_.index is not None and len(ivf.module_.index) == len(ivf.module_.bank)
+    assert np.array_equal(ivf.module_.bank, exact.module_.bank)  # the search is all that differs
+    images = sorted((texture / "test").rglob("*.png"))
+    a, b = exact.score(images).scores, ivf.score(images).scores
+    assert np.all(b >= a * (1 - 1e-4) - 1e-4)  # an index can miss a row, never invent one
+    assert np.corrcoef(a, b)[0, 1] > 0.98
+    loaded = defectscope.load(ivf.save(tmp_path / "ivf.safetensors"))
+    assert loaded.config_.search == "ivf"
+    assert np.array_equal(loaded.module_.index.centroids, ivf.module_.index.centroids)
+    np.testing.assert_allclose(loaded.score(images).scores, b, rtol=1e-5)
+    with pytest.raises(defectscope.errors.ConfigError, match="search must be exact or auto"):
+        PatchCore(**params, search="ivf", k_nearest=3).fit(texture)

@@ -19,9 +19,14 @@ from defectscope.models.lean import (
     graph_key,
     saved_target,
 )
-from defectscope.models.patchcore.config import PatchcoreConfig, memory_budget_bytes
+from defectscope.models.patchcore.config import (
+    IVF_FROM_ROWS,
+    IVF_PROBES,
+    PatchcoreConfig,
+    memory_budget_bytes,
+)
 from defectscope.ops.coreset import greedy_coreset
-from defectscope.ops.search import nearest_distance
+from defectscope.ops.search import InvertedIndex, nearest_distance
 
 #: images per forward pass of either module: the nearest-neighbour temporaries grow with it
 MAX_BATCH = 4
@@ -229,6 +234,15 @@ class BankBuilder:
         }
 
 
+def bank_index(bank: np.ndarray, config: PatchcoreConfig) -> InvertedIndex | None:
+    """The index ``config.search`` asks for on ``bank``: None (exact search) for ``exact``, and
+    for ``auto`` below :data:`IVF_FROM_ROWS` rows; built from the bank alone (seeded), so a
+    loaded model rebuilds the index it was evaluated with."""
+    if config.search == "exact" or (config.search == "auto" and len(bank) < IVF_FROM_ROWS):
+        return None
+    return InvertedIndex(bank, seed=config.seed)
+
+
 class PatchcoreLean(LeanPatchModule):
     """uint8 images ``(B, H, W, 3)`` -> ``(scores (B,), maps (B, H, W))``: what
     :class:`~defectscope.models.patchcore.model.PatchcoreModel` computes (without re-weighting,
@@ -246,11 +260,17 @@ class PatchcoreLean(LeanPatchModule):
     ) -> None:
         super().__init__(embedding, target, config, info)
         self.bank = bank
+        #: the inverted-file index searched instead of the whole bank (see ``search``), or None
+        self.index = bank_index(bank, config)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feats = self.embedding(images, self.target)
         batch, positions, dim = feats.shape
-        dist = nearest_distance(feats.reshape(batch * positions, dim), self.bank)
+        queries = feats.reshape(batch * positions, dim)
+        if self.index is None:
+            dist = nearest_distance(queries, self.bank)
+        else:
+            dist = self.index.nearest_distance(queries, IVF_PROBES)
         return self.scores_and_maps(dist.reshape(batch, positions))
 
     def updated(self, config: PatchcoreConfig, batches, on_stage=None) -> PatchcoreLean:
