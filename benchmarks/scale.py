@@ -23,14 +23,16 @@ import sys
 import time
 
 
-def child(data: str, count: int, model: str, evaluate: bool, compare_exact: bool) -> None:
+def child(
+    data: str, count: int, model: str, evaluate: bool, compare_exact: bool, params: dict
+) -> None:
     from defectscope.data import load_category
     from defectscope.engine.fitting.estimator import make_detector
 
     category = load_category(data)
     paths = list(category.train_paths)
     paths = (paths * (count // len(paths) + 1))[:count]
-    detector = make_detector(model, {})
+    detector = make_detector(model, params)
     start = time.perf_counter()
     detector.fit(paths)
     seconds = time.perf_counter() - start
@@ -70,10 +72,13 @@ def main() -> None:
         action="store_true",
         help="where PatchCore searched through an index, evaluate again with the exact search",
     )
+    parser.add_argument(
+        "--params", type=json.loads, default={}, help='detector options as JSON, e.g. {"seed": 1}'
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.data, args.child, args.model, args.evaluate, args.compare_exact)
+        child(args.data, args.child, args.model, args.evaluate, args.compare_exact, args.params)
         return
     # cache the feature graph first: a child that exported it would time the export too
     warm = [sys.executable, __file__, "--data", args.data, "--model", args.model, "--child", "3"]
@@ -82,6 +87,7 @@ def main() -> None:
     for count in args.counts:
         command = [*warm[:-1], str(count), *(["--evaluate"] if args.evaluate else [])]
         command += ["--compare-exact"] if args.compare_exact else []
+        command += ["--params", json.dumps(args.params)]
         proc = subprocess.run(command, capture_output=True, text=True, check=True)
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
         rows.append(json.loads(line[7:]))

@@ -249,3 +249,39 @@ def test_patchcore_searches_its_bank_through_an_index_when_asked(texture, tmp_pa
     np.testing.assert_allclose(loaded.score(images).scores, b, rtol=1e-5)
     with pytest.raises(defectscope.errors.ConfigError, match="search must be exact or auto"):
         PatchCore(**params, search="ivf", k_nearest=3).fit(texture)
+
+
+def test_waiting_patches_are_written_into_one_buffer_and_reduced_from_it():
+    """In a fit with folds the patches waiting for their coreset sit in one buffer of the
+    budget's size (no join doubling them); a chunk over the budget is reduced exactly as the
+    joined patches would be."""
+    from defectscope.models.patchcore.config import PatchcoreConfig
+    from defectscope.models.patchcore.lean import SHARD_OVERSAMPLE, BankBuilder, select
+
+    config = PatchcoreConfig(image_size=64, memory_budget=0.001, coreset_ratio=0.05)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(2, 1250, 16)).astype(np.float32) for _ in range(5)]  # 160 kB
+    builder = BankBuilder(config, None)
+    builder.start_fold(0)
+    for batch in batches[:3]:
+        builder.add(batch)
+    joined = np.concatenate([b.reshape(-1, 16) for b in batches[:3]])
+    assert builder.n_chunks == 0 and builder._buffer.nbytes >= 1_000_000
+    waiting = builder.take_patches()
+    assert np.shares_memory(waiting, builder._buffer)
+    np.testing.assert_array_equal(waiting, joined)
+    # refill past the budget (1 MB = 6 batches): the first six are reduced from the buffer
+    batches = [rng.normal(size=(2, 1250, 16)).astype(np.float32) for _ in range(7)]
+    for batch in batches:
+        builder.add(batch)
+    assert builder.n_chunks == 1
+    expected, _ = select(
+        np.concatenate([b.reshape(-1, 16) for b in batches[:6]]),
+        config.coreset_ratio * SHARD_OVERSAMPLE,
+        config,
+    )
+    np.testing.assert_array_equal(builder._chunks[0][0], expected)
+    assert not np.shares_memory(builder._chunks[0][0], builder._buffer)
+    np.testing.assert_array_equal(builder.take_patches(), batches[6].reshape(-1, 16))
+    bank = builder.finalize()
+    assert builder._buffer is None and bank.shape[1] == 16

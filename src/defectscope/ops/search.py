@@ -16,19 +16,20 @@ def nearest_distance(
     row, chunked as :func:`defectscope.ops.knn.nearest` (squared distances
     ``|q|^2 - 2 q.b + |b|^2`` formed in place in one ``(Q, chunk)`` buffer, clamped at 0 before
     the square root). No index: the lean path does not need one, and finding it costs a second
-    pass over every chunk."""
-    q2 = np.einsum("ij,ij->i", queries, queries)[:, None]
+    pass over every chunk. ``|q|^2`` is the same for every bank row, so it is added to each
+    query's minimum, and the -2 is folded into the queries once: two passes over the buffer
+    per chunk instead of four (the search is half of PatchCore's evaluate time)."""
+    scaled = np.multiply(queries, np.float32(-2.0), dtype=np.float32)
     best = None
     d2 = np.empty((len(queries), min(chunk, len(bank))), dtype=np.float32)
     for start in range(0, len(bank), chunk):
         part = bank[start : start + chunk]
         out = d2[:, : len(part)]
-        np.matmul(queries, part.T, out=out)
-        out *= -2.0
-        out += q2
+        np.matmul(scaled, part.T, out=out)
         out += np.einsum("ij,ij->i", part, part)
         value = out.min(axis=1)
         best = value if best is None else np.minimum(best, value, out=best)
+    best += np.einsum("ij,ij->i", queries, queries)
     return np.sqrt(np.maximum(best, 0.0))
 
 
@@ -119,8 +120,8 @@ class InvertedIndex:
         for s in range(0, len(queries), QUERY_CHUNK):
             q = queries[s : s + QUERY_CHUNK]
             q2 = np.einsum("ij,ij->i", q, q)
-            to_lists = q @ self.centroids.T  # ranked by -2 q.c + |c|^2 (|q|^2 is common)
-            to_lists *= -2.0
+            scaled = np.multiply(q, np.float32(-2.0), dtype=np.float32)
+            to_lists = scaled @ self.centroids.T  # ranked by -2 q.c + |c|^2 (|q|^2 is common)
             to_lists += np.einsum("ij,ij->i", self.centroids, self.centroids)
             if nprobe < self.nlist:
                 probe = np.argpartition(to_lists, nprobe - 1, axis=1)[:, :nprobe]
@@ -136,8 +137,7 @@ class InvertedIndex:
                 if lo == hi:
                     continue
                 idx = who[edges[group] : edges[group + 1]]  # each query once per list
-                d2 = q[idx] @ self.rows[lo:hi].T
-                d2 *= -2.0
+                d2 = scaled[idx] @ self.rows[lo:hi].T
                 d2 += self.norms[lo:hi]
                 best[idx] = np.minimum(best[idx], d2.min(axis=1))
             best += q2

@@ -72,17 +72,19 @@ def select(
     elif config.coreset_method == "random":
         index = rng.permutation(n)[:k]
     else:
-        pool = np.arange(n)
+        # the exact greedy reads the patches in place: a copy would double a chunk's memory
+        pool = None
         if config.coreset_method == "approximate":
             pool = rng.permutation(n)[: max(k, round(config.presample * n))]
         selected = greedy_coreset(
-            patches[pool],
+            patches if pool is None else patches[pool],
             k,
             projection_dim=config.projection_dim,
             seed=config.seed,
             on_pick=on_pick,
         )
-        index, radius = pool[selected.indices], selected.radius
+        index = selected.indices if pool is None else pool[selected.indices]
+        radius = selected.radius
     return np.ascontiguousarray(patches[index]), radius
 
 
@@ -117,6 +119,10 @@ class BankBuilder:
         self._fold_patches = 0
         self.budget = memory_budget_bytes(config)
         self._pending_bytes = 0
+        #: in a fit with folds, the waiting patches are written into this buffer of the budget's
+        #: size (allocated at the first fold, its pages touched only as rows arrive) instead of
+        #: a list joined when the chunk is reduced: the join would hold the chunk twice
+        self._buffer: np.ndarray | None = None
         self._chunks: list[tuple[np.ndarray, float | None]] = []  # the current fold's reductions
         self.n_chunks = 0  # chunks reduced before their fold closed (0: nothing over budget)
 
@@ -132,7 +138,15 @@ class BankBuilder:
         if self.fold is not None and self._pending_bytes + feats.nbytes > self.budget:
             self._reduce_chunk()
             self.n_chunks += 1
-        self.patches.append(feats.reshape(-1, feats.shape[-1]))
+        rows = feats.reshape(-1, feats.shape[-1])
+        if self.fold is not None:
+            if self._buffer is None or self._buffer.shape[1] != rows.shape[1]:
+                capacity = -(-self.budget // (rows.shape[1] * 4))
+                self._buffer = np.empty((capacity, rows.shape[1]), dtype=np.float32)
+            start = sum(len(p) for p in self.patches)
+            self._buffer[start : start + len(rows)] = rows
+            rows = self._buffer[start : start + len(rows)]
+        self.patches.append(rows)
         self._pending_bytes += feats.nbytes
         self.n_images += feats.shape[0]
         self.n_patches += feats.shape[0] * feats.shape[1]
@@ -152,7 +166,11 @@ class BankBuilder:
         """The patches not yet in a coreset (and forget them), or None."""
         if not self.patches:
             return None
-        patches = np.concatenate(self.patches) if len(self.patches) > 1 else self.patches[0]
+        if self.fold is not None and self._buffer is not None:
+            # the rows are already contiguous in the buffer: a view, valid until the next add
+            patches = self._buffer[: sum(len(p) for p in self.patches)]
+        else:
+            patches = np.concatenate(self.patches) if len(self.patches) > 1 else self.patches[0]
         self.patches = []
         self._pending_bytes = 0
         release_free_memory()
@@ -172,6 +190,7 @@ class BankBuilder:
         """The bank of everything seen so far."""
         if self.fold is not None:
             self._close_fold()
+            self._buffer = None  # every fold is reduced: the waiting room is not needed again
             self.bank, self.radius = self._merge(list(self.folds))
             return self.bank
         patches = self.take_patches()
@@ -217,6 +236,7 @@ class BankBuilder:
     def rows_without(self, fold: int) -> np.ndarray:
         """The bank of every fold but ``fold`` (after every fold was fed)."""
         self._close_fold()
+        self._buffer = None  # every fold is fed: out-of-fold scoring should not carry it
         others = [f for f in self.folds if f != fold]
         if not others:
             raise ValueError(f"only fold {fold} holds patches: nothing to score it with")
