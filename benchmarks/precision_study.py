@@ -1,16 +1,19 @@
-"""PatchCore's feature graph in fp32, int8 and bf16 on this CPU (issue 26, first measurements).
+"""A detector's feature graph in fp32, int8 and bf16 on this CPU (issue 26, first measurements).
 
     .venv/bin/pip install openvino          # benchmark only; defectscope does not need it
     .venv/bin/python benchmarks/precision_study.py --data ../shared/datasets --categories tire
+    .venv/bin/python benchmarks/precision_study.py --model padim --categories tire screw
+    .venv/bin/python benchmarks/precision_study.py --calibration percentile --categories tire
 
-For each category (default PatchCore, seed 0) the cached fp32 feature graph of the lean path is
-run three ways, each for the whole fit and evaluation (the memory bank is built from features
-of the same precision as the test features):
+For each category (the default ``--model``, PatchCore or PaDiM, seed 0) the cached fp32
+feature graph of the lean path is run three ways, each for the whole fit and evaluation (the
+memory bank or the Gaussians are built from features of the same precision as the test
+features):
 
 - ``onnxruntime fp32``: the lean path as it ships;
 - ``onnxruntime int8``: the graph statically quantized by ONNX Runtime (QDQ, per-channel
   weights, activations calibrated on the category's first 32 training images, after the
-  lighting correction, MinMax), run by ONNX Runtime;
+  lighting correction, by ``--calibration``: MinMax, Percentile or Entropy), run by ONNX Runtime;
 - ``openvino bf16``: the fp32 graph compiled by OpenVINO with ``INFERENCE_PRECISION_HINT`` bf16
   (the AMX tiles), where openvino is installed.
 
@@ -35,6 +38,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/datasets")
     parser.add_argument("--categories", nargs="+", default=["tire", "screw", "bottle"])
+    parser.add_argument("--model", choices=["patchcore", "padim"], default="patchcore")
+    parser.add_argument(
+        "--calibration", choices=["minmax", "percentile", "entropy"], default="minmax"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "precision_study.jsonl"
     )
@@ -50,9 +57,9 @@ def main() -> None:
         quantize_static,
     )
 
-    import defectscope
     from defectscope.data import load_category
     from defectscope.data.loader import iter_batches
+    from defectscope.engine.fitting.estimator import make_detector
     from defectscope.engine.rules.settings import EngineOptions
     from defectscope.engine.runtimes import lean
     from defectscope.engine.runtimes.onnx_session import run_micro_batches, session_options
@@ -65,9 +72,9 @@ def main() -> None:
 
     for name in args.categories:
         category = load_category(Path(args.data) / name, require_test=True)
-        first = defectscope.PatchCore(seed=0)
+        first = make_detector(args.model, {"seed": 0})
         config, engine = first.options()
-        key = lean.lean_key("patchcore", config, EngineOptions())
+        key = lean.lean_key(args.model, config, EngineOptions())
         graph = cached_graph(key)
         if not graph.is_file():  # one fit exports and caches the graph
             first.fit(list(category.train_paths)[:8])
@@ -83,7 +90,7 @@ def main() -> None:
             def get_next(self):
                 return next(self.items, None)
 
-        int8_path = work / f"{name}-int8.onnx"
+        int8_path = work / f"{name}-{args.model}-{args.calibration}-int8.onnx"
         quantize_static(
             str(graph),
             str(int8_path),
@@ -92,7 +99,11 @@ def main() -> None:
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy,
+            }[args.calibration],
         )
         # the cached graph's metadata (feature size) travels with the quantized one
         source, target_model = onnx.load(str(graph)), onnx.load(str(int8_path))
@@ -144,7 +155,7 @@ def main() -> None:
 
             lean._embedding = embedding
             try:
-                model = defectscope.PatchCore(seed=0)
+                model = make_detector(args.model, {"seed": 0})
                 start = time.perf_counter()
                 model.fit(category)
                 fit_s = time.perf_counter() - start
@@ -153,7 +164,8 @@ def main() -> None:
                 lean._embedding = plain_embedding
             row = {
                 "category": name,
-                "variant": label,
+                "model": args.model,
+                "variant": label if "int8" not in label else f"{label} ({args.calibration})",
                 "forward_images_per_s": round(statistics.median(speed[label]), 1),
                 "fit_s": round(fit_s, 1),
                 "evaluate_s": round(result.evaluate_seconds or 0.0, 1),
