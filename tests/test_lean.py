@@ -194,3 +194,38 @@ def test_fit_evaluate_and_predict_without_importing_torch(name, pair, texture, t
     assert got["lean"] and not got["torch"] and not got["timm"]
     assert got["auroc"] == pytest.approx(evaluate(first, texture).metrics["image_auroc"], abs=1e-3)
     np.testing.assert_allclose(got["scores"], first.score(images).scores, rtol=1e-4)
+
+
+def test_lean_patchcore_scores_the_mean_of_k_nearest_as_pytorch_does(texture, tmp_path):
+    """k_nearest > 1 runs torch-free: the same bank gives the PyTorch module's scores, a saved
+    model loads lean and scores the same, and it can take new images without a refit."""
+    import torch
+
+    from defectscope.ops.knn import k_nearest
+    from defectscope.ops.search import mean_nearest_distance
+
+    rng = np.random.default_rng(3)
+    bank, queries = rng.normal(size=(900, 24)), rng.normal(size=(150, 24))
+    bank, queries = bank.astype(np.float32), queries.astype(np.float32)
+    for k in (1, 3, 900):
+        want = k_nearest(torch.from_numpy(queries), torch.from_numpy(bank), k, chunk=256)
+        got = mean_nearest_distance(queries, bank, k, chunk=256)
+        np.testing.assert_allclose(got, want[0].mean(dim=1).numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="k must be between 1 and the bank size 900"):
+        mean_nearest_distance(queries, bank, 901)
+
+    reference = patchcore(runtime="torch", k_nearest=3).fit(texture)
+    lean = patchcore(k_nearest=3).fit(texture)
+    assert lean.module_.lean and lean.module_.k == 3 and lean.module_.index is None
+    images = [s.path for s in load_category(texture).test_samples]
+    np.testing.assert_allclose(lean.score(images).scores, reference.score(images).scores, rtol=0.05)
+    # the lean module with the PyTorch bank scores what the PyTorch module does
+    file = reference.save(tmp_path / "k3.safetensors")
+    loaded = defectscope.load(file, runtime="onnxruntime")
+    assert loaded.module_.lean
+    np.testing.assert_allclose(
+        loaded.score(images).scores, reference.score(images).scores, rtol=1e-4
+    )
+    before = len(loaded.module_.bank)
+    loaded.update(sorted((texture / "train" / "good").glob("*.png"))[:2])
+    assert len(loaded.module_.bank) > before and loaded.module_.k == 3

@@ -33,6 +33,32 @@ def nearest_distance(
     return np.sqrt(np.maximum(best, 0.0))
 
 
+def mean_nearest_distance(
+    queries: np.ndarray, bank: np.ndarray, k: int, *, chunk: int = BANK_CHUNK
+) -> np.ndarray:
+    """The mean Euclidean distance ``(Q,)`` from every ``queries (Q, D)`` row to its ``k``
+    nearest ``bank (M, D)`` rows (``1 <= k <= M``), what
+    :func:`defectscope.ops.knn.k_nearest` followed by a mean computes: each chunk's ``k``
+    smallest squared distances are merged with the running ``k`` (``np.partition``: the mean
+    needs no order), so the largest temporary is ``(Q, chunk)``."""
+    if not 1 <= k <= len(bank):
+        raise ValueError(f"k must be between 1 and the bank size {len(bank)}, got {k}")
+    scaled = np.multiply(queries, np.float32(-2.0), dtype=np.float32)
+    best = None
+    d2 = np.empty((len(queries), min(chunk, len(bank))), dtype=np.float32)
+    for start in range(0, len(bank), chunk):
+        part = bank[start : start + chunk]
+        out = d2[:, : len(part)]
+        np.matmul(scaled, part.T, out=out)
+        out += np.einsum("ij,ij->i", part, part)
+        found = out if best is None else np.concatenate([best, out], axis=1)
+        if found.shape[1] > k:
+            found = np.partition(found, k - 1, axis=1)[:, :k]
+        best = found.copy() if np.shares_memory(found, d2) else found
+    best += np.einsum("ij,ij->i", queries, queries)[:, None]
+    return np.sqrt(np.maximum(best, 0.0)).mean(axis=1, dtype=np.float32)
+
+
 #: queries compared with the centroids at a time: queries x lists floats is the largest temporary
 QUERY_CHUNK = 4096
 

