@@ -3,10 +3,27 @@ exportable modules is :mod:`defectscope.ops.knn`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 #: bank rows compared per matrix product: queries x chunk floats is the largest temporary
 BANK_CHUNK = 2048
+
+
+def _partial_distances(queries: np.ndarray, bank: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """``|b|^2 - 2 q.b`` ``(Q, chunk)`` for each chunk of ``bank`` in turn: the squared
+    distances without ``|q|^2``, which is the same for every bank row, so callers add it to
+    what they keep. The -2 is folded into the queries once: two passes over the one reused
+    buffer per chunk (the yielded array is overwritten by the next chunk)."""
+    scaled = np.multiply(queries, np.float32(-2.0), dtype=np.float32)
+    d2 = np.empty((len(queries), min(chunk, len(bank))), dtype=np.float32)
+    for start in range(0, len(bank), chunk):
+        part = bank[start : start + chunk]
+        out = d2[:, : len(part)]
+        np.matmul(scaled, part.T, out=out)
+        out += np.einsum("ij,ij->i", part, part)
+        yield out
 
 
 def nearest_distance(
@@ -14,19 +31,13 @@ def nearest_distance(
 ) -> np.ndarray:
     """Euclidean distance ``(Q,)`` from every ``queries (Q, D)`` row to its nearest ``bank (M, D)``
     row, chunked as :func:`defectscope.ops.knn.nearest` (squared distances
-    ``|q|^2 - 2 q.b + |b|^2`` formed in place in one ``(Q, chunk)`` buffer, clamped at 0 before
-    the square root). No index: the lean path does not need one, and finding it costs a second
-    pass over every chunk. ``|q|^2`` is the same for every bank row, so it is added to each
-    query's minimum, and the -2 is folded into the queries once: two passes over the buffer
-    per chunk instead of four (the search is half of PatchCore's evaluate time)."""
-    scaled = np.multiply(queries, np.float32(-2.0), dtype=np.float32)
+    ``|q|^2 - 2 q.b + |b|^2`` in one ``(Q, chunk)`` buffer, clamped at 0 before the square
+    root). No index: the lean path does not need one, and finding it costs a second pass over
+    every chunk. ``|q|^2`` is added to each query's minimum and the -2 folded into the queries:
+    two passes over the buffer per chunk instead of four (the search is half of PatchCore's
+    evaluate time)."""
     best = None
-    d2 = np.empty((len(queries), min(chunk, len(bank))), dtype=np.float32)
-    for start in range(0, len(bank), chunk):
-        part = bank[start : start + chunk]
-        out = d2[:, : len(part)]
-        np.matmul(scaled, part.T, out=out)
-        out += np.einsum("ij,ij->i", part, part)
+    for out in _partial_distances(queries, bank, chunk):
         value = out.min(axis=1)
         best = value if best is None else np.minimum(best, value, out=best)
     best += np.einsum("ij,ij->i", queries, queries)
@@ -43,18 +54,12 @@ def mean_nearest_distance(
     needs no order), so the largest temporary is ``(Q, chunk)``."""
     if not 1 <= k <= len(bank):
         raise ValueError(f"k must be between 1 and the bank size {len(bank)}, got {k}")
-    scaled = np.multiply(queries, np.float32(-2.0), dtype=np.float32)
     best = None
-    d2 = np.empty((len(queries), min(chunk, len(bank))), dtype=np.float32)
-    for start in range(0, len(bank), chunk):
-        part = bank[start : start + chunk]
-        out = d2[:, : len(part)]
-        np.matmul(scaled, part.T, out=out)
-        out += np.einsum("ij,ij->i", part, part)
+    for out in _partial_distances(queries, bank, chunk):
         found = out if best is None else np.concatenate([best, out], axis=1)
         if found.shape[1] > k:
             found = np.partition(found, k - 1, axis=1)[:, :k]
-        best = found.copy() if np.shares_memory(found, d2) else found
+        best = found.copy() if np.shares_memory(found, out) else found
     best += np.einsum("ij,ij->i", queries, queries)[:, None]
     return np.sqrt(np.maximum(best, 0.0)).mean(axis=1, dtype=np.float32)
 
