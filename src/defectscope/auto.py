@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.errors import ConfigError, DefectscopeError
+from defectscope.results import AUTO_FAILED, skipped_reason
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def auto_fit(
                     "label": c.label,
                     "model": c.model,
                     "params": _jsonable(c.params),
-                    "skipped": f"failed: {exc}",
+                    "skipped": f"{AUTO_FAILED}{exc}",
                 }
             )
             if on_candidate:
@@ -288,9 +289,8 @@ def _record(c: Candidate, detector, seconds: float) -> dict[str, Any]:
 def candidate_line(r: Mapping[str, Any]) -> str:
     """One candidate of an ``auto`` record in words: its figures, or why it has none."""
     if "skipped" in r:
-        if r["skipped"].startswith("failed: "):
-            return f"{r['label']}: could not fit ({r['skipped'][len('failed: ') :]})"
-        return f"{r['label']}: not tried ({r['skipped']})"
+        what, why = skipped_reason(r["skipped"])
+        return f"{r['label']}: {what} ({why})"
     lit = r.get("lighting_false_reject")
     return (
         f"{r['label']}: ranking AUROC {r['ranking_auroc']:.3f} (synthetic "

@@ -166,3 +166,15 @@ def pick_examples(
         ("false alarm", [i for i in order if not labels[i] and flagged[i]][:per_group]),
     ]
     return [(name, int(i)) for name, idx in groups for i in idx]
+
+
+#: how an ``auto`` record marks a candidate whose fit failed: its ``skipped`` starts with this
+AUTO_FAILED = "failed: "
+
+
+def skipped_reason(skipped: str) -> tuple[str, str]:
+    """An ``auto`` candidate's ``skipped`` text as ``(what happened, why)``: "could not fit"
+    for a fit that failed, "not tried" for one the budget left out."""
+    if skipped.startswith(AUTO_FAILED):
+        return "could not fit", skipped[len(AUTO_FAILED) :]
+    return "not tried", skipped

@@ -18,7 +18,7 @@ from typing import Any
 
 from defectscope.atomic import write_text
 from defectscope.report.table import RANKED_BY, SHOWN, shown
-from defectscope.results import METRIC_LABELS, CategoryResult, outcome_summary
+from defectscope.results import METRIC_LABELS, CategoryResult, outcome_summary, skipped_reason
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1360px; color: #222;
@@ -167,12 +167,8 @@ def _auto_table(auto: dict[str, Any]) -> list[str]:
     for r in auto["candidates"]:
         label = html.escape(r["label"])
         if "skipped" in r:
-            failed = r["skipped"].startswith("failed: ")
-            why = r["skipped"][8:] if failed else r["skipped"]
-            rows.append(
-                f"<tr><td>{label}</td><td colspan=5>{'could not fit' if failed else 'not tried'}: "
-                f"{html.escape(why)}</td></tr>"
-            )
+            what, why = skipped_reason(r["skipped"])
+            rows.append(f"<tr><td>{label}</td><td colspan=5>{what}: {html.escape(why)}</td></tr>")
             continue
         chosen = r["label"] == auto["chosen"]
         lit = r.get("lighting_false_reject")
