@@ -68,15 +68,16 @@ def mean_nearest_distance(
 QUERY_CHUNK = 4096
 
 
-def _nearest_rows(queries: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Squared distance ``(Q,)`` from each ``queries (Q, D)`` row to its nearest ``rows (R, D)``
-    row and that row's index ``(Q,)`` (all of ``rows`` in one product: R is small here)."""
-    d2 = queries @ rows.T
-    d2 *= -2.0
-    d2 += np.einsum("ij,ij->i", queries, queries)[:, None]
-    d2 += np.einsum("ij,ij->i", rows, rows)
-    index = d2.argmin(axis=1)
-    return d2[np.arange(len(queries)), index], index
+def _nearest_index(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The index ``(Q,)`` of each ``queries (Q, D)`` row's nearest ``rows (R, D)`` row (R is
+    small: all of ``rows`` in one product), :data:`QUERY_CHUNK` queries at a time; ``|q|^2``
+    changes no query's argmin, so it is left out."""
+    return np.concatenate(
+        [
+            next(_partial_distances(queries[s : s + QUERY_CHUNK], rows, len(rows))).argmin(1)
+            for s in range(0, len(queries), QUERY_CHUNK)
+        ]
+    )
 
 
 def kmeans(
@@ -90,12 +91,7 @@ def kmeans(
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     centroids = sample[rng.choice(len(sample), k, replace=False)].copy()
     for _ in range(iterations):
-        assign = np.concatenate(
-            [
-                _nearest_rows(sample[s : s + QUERY_CHUNK], centroids)[1]
-                for s in range(0, len(sample), QUERY_CHUNK)
-            ]
-        )
+        assign = _nearest_index(sample, centroids)
         counts = np.bincount(assign, minlength=k)
         order = np.argsort(assign, kind="stable")
         filled = np.flatnonzero(counts)
@@ -126,12 +122,7 @@ class InvertedIndex:
             raise ValueError(f"bank must be (M, D) with M >= 1, got {bank.shape}")
         self.nlist = int(min(len(bank), nlist or max(1, round(4 * np.sqrt(len(bank))))))
         self.centroids = kmeans(bank, self.nlist, seed=seed)
-        assign = np.concatenate(
-            [
-                _nearest_rows(bank[s : s + QUERY_CHUNK], self.centroids)[1]
-                for s in range(0, len(bank), QUERY_CHUNK)
-            ]
-        )
+        assign = _nearest_index(bank, self.centroids)
         order = np.argsort(assign, kind="stable")
         #: the bank's rows grouped list by list; list l is rows[bounds[l]:bounds[l + 1]]
         self.rows = bank[order]

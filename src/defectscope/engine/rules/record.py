@@ -95,12 +95,7 @@ class FitInfo(Mapping[str, Any]):
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a model file's ``fitted`` header holds it (a deep copy)."""
-        out = copy.deepcopy(dict(self.detector))
-        for name in ENGINE_FIELDS:
-            if name in self.present:
-                value = copy.deepcopy(getattr(self, name))
-                out[name] = list(value) if name == "colour_scale" and value else value
-        return out
+        return {key: copy.deepcopy(self[key]) for key in self}
 
     @property
     def n_train(self) -> int | None:

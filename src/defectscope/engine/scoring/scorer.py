@@ -198,8 +198,7 @@ class Scorer(ABC):
     def bit_depth(self) -> int | None:
         """The bit depth of the training images, by which every 16- or 32-bit image is scaled
         to 8 bits (None: they were 8-bit, or the model predates the record)."""
-        depth = self.fit_info_.bit_depth
-        return int(depth) if isinstance(depth, int) and 8 < depth <= 32 else None
+        return self.fit_info_.bit_depth  # an int in 9..32 or None: checked when recorded
 
     @property
     def colour_scale(self) -> tuple[float, float] | None:
