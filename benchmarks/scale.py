@@ -11,6 +11,9 @@ feature graph is cached before the first child runs, so no child pays for export
     python benchmarks/scale.py --model patchcore --data ../shared/datasets/screw \\
         --counts 10000 --evaluate --compare-exact
     python benchmarks/scale.py --model padim --data ../shared/datasets/screw --counts 50 400
+
+Each child fixes glibc's mapping threshold as the command line does
+(:func:`defectscope.memory.map_large_blocks`); ``--glibc-default`` leaves it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,20 @@ import time
 
 
 def child(
-    data: str, count: int, model: str, evaluate: bool, compare_exact: bool, params: dict
+    data: str,
+    count: int,
+    model: str,
+    evaluate: bool,
+    compare_exact: bool,
+    params: dict,
+    glibc_default: bool = False,
 ) -> None:
     from defectscope.data import load_category
     from defectscope.engine.fitting.estimator import make_detector
+    from defectscope.memory import map_large_blocks
+
+    if not glibc_default:
+        map_large_blocks()  # what `defectscope fit` sets for its process
 
     category = load_category(data)
     paths = list(category.train_paths)
@@ -75,10 +88,23 @@ def main() -> None:
     parser.add_argument(
         "--params", type=json.loads, default={}, help='detector options as JSON, e.g. {"seed": 1}'
     )
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's mapping threshold as it is (the command line fixes it at 1 MB)",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.data, args.child, args.model, args.evaluate, args.compare_exact, args.params)
+        child(
+            args.data,
+            args.child,
+            args.model,
+            args.evaluate,
+            args.compare_exact,
+            args.params,
+            args.glibc_default,
+        )
         return
     # cache the feature graph first: a child that exported it would time the export too
     warm = [sys.executable, __file__, "--data", args.data, "--model", args.model, "--child", "3"]
@@ -87,6 +113,7 @@ def main() -> None:
     for count in args.counts:
         command = [*warm[:-1], str(count), *(["--evaluate"] if args.evaluate else [])]
         command += ["--compare-exact"] if args.compare_exact else []
+        command += ["--glibc-default"] if args.glibc_default else []
         command += ["--params", json.dumps(args.params)]
         proc = subprocess.run(command, capture_output=True, text=True, check=True)
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -252,36 +254,105 @@ def test_patchcore_searches_its_bank_through_an_index_when_asked(texture, tmp_pa
 
 
 def test_waiting_patches_are_written_into_one_buffer_and_reduced_from_it():
-    """In a fit with folds the patches waiting for their coreset sit in one buffer of the
-    budget's size (no join doubling them); a chunk over the budget is reduced exactly as the
-    joined patches would be."""
+    """In a fit with folds the patches waiting for their coreset sit in one buffer (no join
+    doubling them), sized so that the buffer and the selection's working arrays together fit
+    the budget; a chunk over it is reduced exactly as the joined patches would be."""
     from defectscope.models.patchcore.config import PatchcoreConfig
-    from defectscope.models.patchcore.lean import SHARD_OVERSAMPLE, BankBuilder, select
+    from defectscope.models.patchcore.lean import (
+        SHARD_OVERSAMPLE,
+        BankBuilder,
+        row_bytes,
+        select,
+    )
 
     config = PatchcoreConfig(image_size=64, memory_budget=0.001, coreset_ratio=0.05)
+    # 16 floats, and (the projection being no smaller) 16 projected + 3 distances per row
+    assert row_bytes(config, 16) == 16 * 4 + 19 * 4
+    assert row_bytes(PatchcoreConfig(), 152) == 152 * 4 + 35 * 4  # lite0, 32-d projection
     rng = np.random.default_rng(0)
-    batches = [rng.normal(size=(2, 1250, 16)).astype(np.float32) for _ in range(5)]  # 160 kB
+    batches = [rng.normal(size=(2, 1250, 16)).astype(np.float32) for _ in range(2)]  # 160 kB
     builder = BankBuilder(config, None)
     builder.start_fold(0)
-    for batch in batches[:3]:
+    for batch in batches:
         builder.add(batch)
-    joined = np.concatenate([b.reshape(-1, 16) for b in batches[:3]])
-    assert builder.n_chunks == 0 and builder._buffer.nbytes >= 1_000_000
+    joined = np.concatenate([b.reshape(-1, 16) for b in batches])
+    capacity = 1_000_000 // row_bytes(config, 16)  # 7,142 rows: two batches of 2,500
+    assert builder.n_chunks == 0 and len(builder._buffer) == capacity
     waiting = builder.take_patches()
     assert np.shares_memory(waiting, builder._buffer)
     np.testing.assert_array_equal(waiting, joined)
-    # refill past the budget (1 MB = 6 batches): the first six are reduced from the buffer
-    batches = [rng.normal(size=(2, 1250, 16)).astype(np.float32) for _ in range(7)]
+    # refill past the budget: the third batch finds no room, the first two are reduced
+    batches = [rng.normal(size=(2, 1250, 16)).astype(np.float32) for _ in range(3)]
     for batch in batches:
         builder.add(batch)
     assert builder.n_chunks == 1
     expected, _ = select(
-        np.concatenate([b.reshape(-1, 16) for b in batches[:6]]),
+        np.concatenate([b.reshape(-1, 16) for b in batches[:2]]),
         config.coreset_ratio * SHARD_OVERSAMPLE,
         config,
     )
     np.testing.assert_array_equal(builder._chunks[0][0], expected)
     assert not np.shares_memory(builder._chunks[0][0], builder._buffer)
-    np.testing.assert_array_equal(builder.take_patches(), batches[6].reshape(-1, 16))
+    np.testing.assert_array_equal(builder.take_patches(), batches[2].reshape(-1, 16))
     bank = builder.finalize()
     assert builder._buffer is None and bank.shape[1] == 16
+
+
+def test_memory_budget_bounds_the_waiting_patches_and_their_selection():
+    """What numpy holds while patches stream through a fold, chunks reduced as they arrive,
+    stays within the budget plus the batch being added (traced allocations: the buffer, the
+    greedy's projection and distances, the chunks' coresets); unbudgeted, the projection and
+    a float32 copy of each projected slice came on top of a full buffer."""
+    import tracemalloc
+
+    from defectscope.models.patchcore.config import PatchcoreConfig
+    from defectscope.models.patchcore.lean import BankBuilder
+
+    budget = 4_000_000
+    config = PatchcoreConfig(memory_budget=budget / 1e9, coreset_ratio=0.01)
+    rng = np.random.default_rng(1)
+    batch = rng.normal(size=(2, 1600, 152)).astype(np.float32)  # 1.9 MB, as lite0 at 320 px
+    builder = BankBuilder(config, None)
+    tracemalloc.start()
+    try:
+        builder.start_fold(0)
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for i in range(12):
+            builder.add(batch + np.float32(i))  # a new array each time, as a forward pass
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert builder.n_chunks >= 3
+    chunks = sum(part.nbytes for part, _ in builder._chunks)
+    assert peak <= budget + 2 * batch.nbytes + chunks + 64_000, (peak, chunks)
+
+
+def test_map_large_blocks_returns_freed_batch_sized_blocks_to_the_system():
+    """After glibc has raised its mapping threshold (a 30 MB block freed), 2 MB blocks freed
+    between small survivors stay on the heap; with the threshold fixed at 1 MB (what the
+    command line sets) they are unmapped: the process's resident size comes back."""
+    import subprocess
+    import sys
+
+    from defectscope.memory import _mallopt
+
+    if _mallopt() is None or not Path("/proc/self/statm").exists():
+        pytest.skip("glibc and /proc only")
+    script = (
+        "import numpy as np\n"
+        "from defectscope.memory import map_large_blocks\n"
+        "def rss():\n"
+        "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        "assert map_large_blocks()\n"
+        "big = np.ones(30 << 20, dtype=np.uint8); del big\n"
+        "base = rss(); blocks, pins = [], []\n"
+        "for i in range(40):\n"
+        "    blocks.append(np.ones(2 << 20, dtype=np.uint8))\n"
+        "    pins.append(np.ones(1000, dtype=np.uint8))\n"
+        "del blocks\n"
+        "print(rss() - base)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) < 4_000_000  # of the 84 MB allocated and freed

@@ -1002,6 +1002,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.verb_hint = verb if verb in COMMANDS else ""
     args = parser.parse_args(argv)
     args.command = ["defectscope", *argv]
+    from defectscope.memory import map_large_blocks
+
+    map_large_blocks()  # batch-sized blocks unmapped when freed: a fit's memory stays bounded
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s: %(message)s",

@@ -73,8 +73,9 @@ class PatchcoreConfig(BackboneOptions):
     sigma: float = option(4.0, "standard deviation of the map's Gaussian smoothing, in pixels")
     memory_budget: float | None = option(
         None,
-        "GB the training patches waiting for their coreset may take: above it they are reduced "
-        "as they arrive (a coreset of twice the ratio per chunk), so a fit's memory stays "
+        "GB the training patches waiting for their coreset (with their selection's working "
+        "copy) may take: above it they are reduced as they arrive (a coreset of twice the "
+        "ratio per chunk), so a fit's memory stays "
         "bounded and its time linear whatever the number of images (default: 0.1, or an "
         "eighth of the machine's memory if less)",
     )
@@ -109,10 +110,11 @@ class PatchcoreConfig(BackboneOptions):
         )
 
 
-#: the default budget of the patches waiting for their coreset, in GB: about 160,000 patches
-#: of lite0's 152 dimensions (100 images at 320 px). A chunk's greedy selection costs the
-#: square of its size, so a fixed chunk keeps a fit's time linear in the images as well as its
-#: memory bounded; the shared categories' folds (at most 64 images) never reach it.
+#: the default budget of the patches waiting for their coreset, in GB: about 134,000 patches
+#: of lite0's 152 dimensions with their 32-dimensional projection and distances (83 images at
+#: 320 px; ``lean.row_bytes``). A chunk's greedy selection costs the square of its size, so a
+#: fixed chunk keeps a fit's time linear in the images as well as its memory bounded; the
+#: shared categories' folds (at most 64 images, 77 MB with their selection) never reach it.
 DEFAULT_BUDGET_GB = 0.1
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,23 @@ def select(
     return np.ascontiguousarray(patches[index]), radius
 
 
+def row_bytes(config: PatchcoreConfig, dim: int) -> int:
+    """Bytes one waiting patch of ``dim`` float32 features takes until its coreset is chosen:
+    the row itself and what :func:`select` allocates per row beside it (the greedy's projected
+    copy of ``projection_dim`` floats and its three per-row distance arrays; the approximate
+    method's presampled copy and its projection; a permutation's index). The memory budget
+    bounds these together, so the selection of a full chunk stays inside it too."""
+    projected = config.projection_dim if 0 < config.projection_dim < dim else dim
+    greedy = (projected + 3) * 4
+    overhead = {
+        "greedy": greedy,
+        "approximate": math.ceil(config.presample * (dim * 4 + greedy)) + 8,
+        "random": 8,
+        "none": 8,
+    }[config.coreset_method]
+    return dim * 4 + overhead
+
+
 class BankBuilder:
     """Training patches -> the memory bank, for both fitters (PyTorch and lean).
 
@@ -116,7 +134,7 @@ class BankBuilder:
         self.folds: dict[int, tuple[np.ndarray, float | None, int]] = {}
         self._fold_patches = 0
         self.budget = memory_budget_bytes(config)
-        self._pending_bytes = 0
+        self._pending_rows = 0
         #: in a fit with folds, the waiting patches are written into this buffer of the budget's
         #: size (allocated at the first fold, its pages touched only as rows arrive) instead of
         #: a list joined when the chunk is reduced: the join would hold the chunk twice
@@ -128,24 +146,26 @@ class BankBuilder:
         """The ``(B, P, D)`` patch embeddings of ``B`` training images. In a fit with folds,
         the patches waiting for their coreset are reduced to one (of twice the ratio) whenever
         they would exceed the memory budget: memory stays bounded, time linear in the images."""
-        if feats.nbytes > self.budget:
+        rows = feats.reshape(-1, feats.shape[-1])
+        per_row = row_bytes(self.config, rows.shape[1])
+        capacity = self.budget // per_row
+        if len(rows) > capacity:
             raise ConfigError(
                 f"the memory budget ({self.budget / 1e9:.3g} GB) is below one batch's patches "
-                f"({feats.nbytes / 1e9:.3g} GB): raise memory_budget or lower batch_size"
+                f"and their selection ({len(rows) * per_row / 1e9:.3g} GB): raise "
+                "memory_budget or lower batch_size"
             )
-        if self.fold is not None and self._pending_bytes + feats.nbytes > self.budget:
+        if self.fold is not None and self._pending_rows + len(rows) > capacity:
             self._reduce_chunk()
             self.n_chunks += 1
-        rows = feats.reshape(-1, feats.shape[-1])
         if self.fold is not None:
             if self._buffer is None or self._buffer.shape[1] != rows.shape[1]:
-                capacity = -(-self.budget // (rows.shape[1] * 4))
                 self._buffer = np.empty((capacity, rows.shape[1]), dtype=np.float32)
             start = sum(len(p) for p in self.patches)
             self._buffer[start : start + len(rows)] = rows
             rows = self._buffer[start : start + len(rows)]
         self.patches.append(rows)
-        self._pending_bytes += feats.nbytes
+        self._pending_rows += len(rows)
         self.n_images += feats.shape[0]
         self.n_patches += feats.shape[0] * feats.shape[1]
         self._fold_patches += feats.shape[0] * feats.shape[1]
@@ -170,7 +190,7 @@ class BankBuilder:
         else:
             patches = np.concatenate(self.patches) if len(self.patches) > 1 else self.patches[0]
         self.patches = []
-        self._pending_bytes = 0
+        self._pending_rows = 0
         release_free_memory()
         return patches
 
