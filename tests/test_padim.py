@@ -219,3 +219,50 @@ def test_changed_weights_file_is_refused_on_load(texture, tmp_path):
     weights.unlink()
     with pytest.raises(BackboneError, match="weights file this model was fitted with is missing"):
         defectscope.load(path).score(sample)
+
+
+def test_closed_folds_are_packed_and_merge_to_the_same_statistics():
+    """Only the fold being fed is held whole; closed folds keep the scatter's lower triangle,
+    and the merge of every fold (or every fold but one) equals the whole-matrix merge: the
+    lower triangle to the bit, the rest its mirror."""
+    from defectscope.ops.moments import FoldAccumulators, GaussianAccumulator
+
+    rng = np.random.default_rng(4)
+    positions, dim = 300, 12  # more positions than one merge chunk
+    batches = {
+        f: [rng.normal(f, 1 + f, size=(5, positions, dim)) for _ in range(2)] for f in range(4)
+    }
+    folds = FoldAccumulators(positions, dim)
+    whole = {}
+    for f, parts in batches.items():
+        folds.start(f)
+        whole[f] = GaussianAccumulator(positions, dim)
+        for x in parts:
+            folds.current.update(x)
+            whole[f].update(x)
+    closed = [acc for f, acc in folds.folds.items() if f != 3]
+    assert all(isinstance(acc, dict) for acc in closed)  # packed
+    assert isinstance(folds.folds[3], GaussianAccumulator)
+    full = positions * dim * dim * 8
+    assert folds.nbytes < full + 3 * full * (dim + 1) / (2 * dim) + 4 * positions * dim * 8 + 1
+    rows, cols = np.tril_indices(dim)
+    for without in (None, 0, 3):
+        reference = GaussianAccumulator(positions, dim)
+        for f in range(4):
+            if f != without:
+                reference.merge(whole[f])
+        got = folds.merged(without=without)
+        assert got.count == reference.count == 10 * (4 - (without is not None))
+        np.testing.assert_array_equal(got.mean, reference.mean)
+        np.testing.assert_array_equal(got.scatter[:, rows, cols], reference.scatter[:, rows, cols])
+        np.testing.assert_array_equal(got.scatter[:, cols, rows], got.scatter[:, rows, cols])
+        np.testing.assert_allclose(got.scatter, reference.scatter, rtol=1e-6)
+    assert folds.count == 40
+    # feeding a closed fold again unpacks it: nothing of it is lost
+    folds.start(1)
+    folds.current.update(batches[1][0])
+    reference = GaussianAccumulator(positions, dim)
+    for f in range(4):
+        reference.merge(whole[f])
+    reference.update(batches[1][0])
+    np.testing.assert_allclose(folds.merged().scatter, reference.scatter, rtol=1e-9)
