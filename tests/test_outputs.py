@@ -45,6 +45,8 @@ def test_choose_threshold_rules():
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
     scores = np.array([1.0, 2.0, 3.0, 6.0, 4.0, 5.0, 7.0, 8.0])
     t, rule = choose_threshold(labels, scores)
+    assert rule == "balanced catches and false rejects" and t == pytest.approx(3.5)
+    t, rule = choose_threshold(labels, scores, best_f1=True)
     assert rule == "best F1" and outcome(labels, scores, t).f1 == pytest.approx(8 / 9)
     t, _ = choose_threshold(labels, scores, false_reject_rate=0.0)
     assert t == 6.0 and outcome(labels, scores, t).rejected == 0
@@ -54,6 +56,31 @@ def test_choose_threshold_rules():
     assert outcome(labels, scores, t).caught == 4 and t == pytest.approx(3.5)
     t, _ = choose_threshold(labels, scores, escape_rate=0.25)
     assert outcome(labels, scores, t).caught == 3 and t == pytest.approx(4.5)
+
+
+def test_default_calibration_does_not_follow_the_mix_of_labelled_parts():
+    """The default threshold weighs the catch rate and the false-reject rate equally, so the
+    same parts with each defective one counted ten times keep it; best F1 follows the mix
+    down and rejects most good parts once defective ones outnumber them."""
+    rng = np.random.default_rng(7)
+    good = rng.normal(0.0, 1.0, 25)
+    bad = rng.normal(1.5, 1.0, 20)
+    for repeat in (1, 10):
+        scores = np.concatenate([good, np.tile(bad, repeat)])
+        labels = np.arange(len(scores)) >= len(good)
+        t, _ = choose_threshold(labels, scores)
+        f1_t, _ = choose_threshold(labels, scores, best_f1=True)
+        if repeat == 1:
+            balanced, first_f1 = t, f1_t
+        else:
+            assert t == balanced
+            assert f1_t < first_f1
+            assert outcome(labels, scores, f1_t).false_reject_rate > 0.5
+    assert outcome(labels, scores, balanced).false_reject_rate < 0.35
+    from defectscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="give one rule"):
+        choose_threshold(labels, scores, best_f1=True, escape_rate=0.1)
 
 
 def test_calibrate_sets_and_saves_the_threshold_with_its_source(model_file, texture, tmp_path):

@@ -1,5 +1,12 @@
-"""Setting a model's threshold from labelled images: best F1, or a target false-reject rate
-(good parts rejected) or escape rate (defective parts passed)."""
+"""Setting a model's threshold from labelled images: the best balance of catches and false
+rejects (the default), best F1, or a target false-reject rate (good parts rejected) or escape
+rate (defective parts passed).
+
+The default weighs the two error rates equally (it maximises the catch rate minus the
+false-reject rate, Youden's J, the same threshold as the best balanced accuracy), so it does
+not depend on how many of the labelled parts are defective. Best F1 does: a labelled set with
+more defective parts than good ones (tire's test split: 87 and 25) moves its threshold down
+until it rejects most good parts, though a line sees far fewer defects than good parts."""
 
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ class Outcome:
             "defective": self.defective,
             "rejected": self.rejected,
             "good": self.good,
-            "f1": round(self.f1, 4),
+            "f1": round(self.f1, 6),  # 4 places printed as 3 could round twice (0.6515 -> 0.651)
             "escape_rate": round(self.escape_rate, 4),
             "false_reject_rate": round(self.false_reject_rate, 4),
         }
@@ -83,18 +90,23 @@ def choose_threshold(
     *,
     false_reject_rate: float | None = None,
     escape_rate: float | None = None,
+    best_f1: bool = False,
 ) -> tuple[float, str]:
     """The threshold for a rule, and the rule in words.
 
-    With neither rate: the threshold of best F1 (ties: the highest such threshold, fewest
-    rejects). ``false_reject_rate=r``: the lowest threshold that rejects at most a fraction ``r``
-    of the good parts. ``escape_rate=r``: the highest threshold that passes at most a fraction
-    ``r`` of the defective parts.
+    With no rule: the threshold of the largest catch rate minus false-reject rate (balanced:
+    independent of how many labelled parts are defective; ties: the highest such threshold,
+    fewest rejects). ``best_f1``: the threshold of best F1 (ties likewise).
+    ``false_reject_rate=r``: the lowest threshold that rejects at most a fraction ``r`` of the
+    good parts. ``escape_rate=r``: the highest threshold that passes at most a fraction ``r``
+    of the defective parts.
     """
     labels = np.asarray(labels, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
-    if false_reject_rate is not None and escape_rate is not None:
-        raise ConfigError("give a target false-reject rate or a target escape rate, not both")
+    if (false_reject_rate is not None) + (escape_rate is not None) + bool(best_f1) > 1:
+        raise ConfigError(
+            "give one rule: a target false-reject rate, a target escape rate or best F1"
+        )
     good, bad = np.sort(scores[~labels]), np.sort(scores[labels])
     if false_reject_rate is not None:
         if not 0 <= false_reject_rate < 1:
@@ -119,17 +131,23 @@ def choose_threshold(
         return float(threshold), (
             f"escape rate <= {escape_rate:g} ({allowed} of {len(bad)} defective parts)"
         )
+    name = "best F1" if best_f1 else "balanced catches and false rejects"
     if not len(good) or not len(bad):
-        raise DataError("best F1 needs both good and defective images")
+        raise DataError(f"{name} needs both good and defective images")
     candidates = _midpoints(scores)
-    f1 = np.array([outcome(labels, scores, t).f1 for t in candidates])
-    best = np.flatnonzero(f1 >= f1.max() - 1e-12)[-1]
-    return float(candidates[best]), "best F1"
+    results = [outcome(labels, scores, t) for t in candidates]
+    if best_f1:
+        value = np.array([r.f1 for r in results])
+    else:
+        value = np.array([r.caught / r.defective - r.rejected / r.good for r in results])
+    best = np.flatnonzero(value >= value.max() - 1e-12)[-1]
+    return float(candidates[best]), name
 
 
 #: the rows of the trade-off table calibrate shows before it writes: (label, rule arguments)
 TRADE_OFF_RULES = (
-    ("best F1", {}),
+    ("balanced (default)", {}),
+    ("best F1", {"best_f1": True}),
     ("false rejects <= 1%", {"false_reject_rate": 0.01}),
     ("false rejects <= 5%", {"false_reject_rate": 0.05}),
     ("false rejects <= 10%", {"false_reject_rate": 0.1}),
@@ -175,6 +193,7 @@ def calibrate(
     *,
     false_reject_rate: float | None = None,
     escape_rate: float | None = None,
+    best_f1: bool = False,
 ) -> tuple[Outcome, Outcome, dict[str, Any]]:
     """Score a category's labelled test split and set ``detector``'s threshold by the rule.
 
@@ -186,7 +205,11 @@ def calibrate(
     scores = detector.score([s.path for s in category.test_samples]).scores
     before = outcome(labels, scores, detector.threshold_)
     threshold, rule = choose_threshold(
-        labels, scores, false_reject_rate=false_reject_rate, escape_rate=escape_rate
+        labels,
+        scores,
+        false_reject_rate=false_reject_rate,
+        escape_rate=escape_rate,
+        best_f1=best_f1,
     )
     after = outcome(labels, scores, threshold)
     table = trade_off(labels, scores, {"model's before": before.threshold, "chosen": threshold})
