@@ -4,6 +4,9 @@
     .venv/bin/python benchmarks/precision_study.py --data ../shared/datasets --categories tire
     .venv/bin/python benchmarks/precision_study.py --model padim --categories tire screw
     .venv/bin/python benchmarks/precision_study.py --calibration percentile --categories tire
+    .venv/bin/pip install nncf               # benchmark only, for the NNCF variant
+    .venv/bin/python benchmarks/precision_study.py --categories tire \
+        --variants "onnxruntime fp32" "openvino int8 (nncf)"
 
 For each category (the default ``--model``, PatchCore or PaDiM, seed 0) the cached fp32
 feature graph of the lean path is run three ways, each for the whole fit and evaluation (the
@@ -16,6 +19,8 @@ features):
   lighting correction, by ``--calibration``: MinMax, Percentile or Entropy), run by ONNX Runtime;
 - ``openvino bf16``: the fp32 graph compiled by OpenVINO with ``INFERENCE_PRECISION_HINT`` bf16
   (the AMX tiles), where openvino is installed.
+- ``openvino int8 (nncf)``: the graph quantized by NNCF (``nncf.quantize`` on the OpenVINO model,
+  calibrated on the same training images), run by OpenVINO, where nncf is installed.
 
 Printed per category and variant: forward-pass images/s (batch 32, median of 5 runs, every
 variant in the same process, one after another), fit and evaluate seconds, image and pixel
@@ -41,6 +46,9 @@ def main() -> None:
     parser.add_argument("--model", choices=["patchcore", "padim"], default="patchcore")
     parser.add_argument(
         "--calibration", choices=["minmax", "percentile", "entropy"], default="minmax"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", help="only these (names as printed), e.g. 'onnxruntime fp32'"
     )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "precision_study.jsonl"
@@ -126,8 +134,26 @@ def main() -> None:
                 str(graph), "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": 2}
             )
             runners["openvino bf16"] = compiled
+            try:
+                import nncf
+
+                # NNCF's post-training quantization of the OpenVINO model (int8 weights and
+                # activations, calibrated on the same training images), run by OpenVINO
+                quantized = nncf.quantize(
+                    ov.Core().read_model(str(graph)),
+                    nncf.Dataset([calib[i : i + 1] for i in range(len(calib))]),
+                    subset_size=len(calib),
+                )
+                runners["openvino int8 (nncf)"] = ov.Core().compile_model(
+                    quantized, "CPU", {"INFERENCE_NUM_THREADS": 2}
+                )
+            except ImportError:
+                pass
         except ImportError:
             pass
+
+        if args.variants:
+            runners = {k: v for k, v in runners.items() if k in args.variants}
 
         def features_of(runner):
             if isinstance(runner, ort.InferenceSession):
@@ -165,7 +191,9 @@ def main() -> None:
             row = {
                 "category": name,
                 "model": args.model,
-                "variant": label if "int8" not in label else f"{label} ({args.calibration})",
+                "variant": label
+                if label != "onnxruntime int8"
+                else f"{label} ({args.calibration})",
                 "forward_images_per_s": round(statistics.median(speed[label]), 1),
                 "fit_s": round(fit_s, 1),
                 "evaluate_s": round(result.evaluate_seconds or 0.0, 1),
