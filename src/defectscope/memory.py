@@ -22,14 +22,20 @@ import functools
 
 
 @functools.cache
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _libc(name: str):
+    """The C library's function ``name``, or None where there is none (not glibc: macOS, musl,
+    Windows; their allocators decide, and there is nothing to trim or tune)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to trim
+        return getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
         return None
+
+
+def _malloc_trim():
+    return _libc("malloc_trim")
 
 
 def release_free_memory() -> None:
@@ -46,17 +52,11 @@ _M_MMAP_THRESHOLD = -3
 MAP_FROM_BYTES = 1 << 20
 
 
-@functools.cache
 def _mallopt():
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # not glibc: its allocator decides
-        return None
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
+    mallopt = _libc("mallopt")
+    if mallopt is not None:
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        mallopt.restype = ctypes.c_int
     return mallopt
 
 
