@@ -329,9 +329,9 @@ class PatchcoreLean(LeanPatchModule):
         if not parts:
             return self
         patches = np.concatenate(parts)
-        if len(patches) * patches.itemsize * patches.shape[1] > memory_budget_bytes(config):
+        if len(patches) * row_bytes(config, patches.shape[1]) > memory_budget_bytes(config):
             raise ConfigError(
-                f"{len(patches):,} new patches exceed the memory budget of "
+                f"{len(patches):,} new patches (with their selection) exceed the memory budget of "
                 f"{memory_budget_bytes(config) / 1e9:.3g} GB: update with fewer images at a time"
             )
         chosen, _ = select(patches, config.coreset_ratio, config, on_stage)
