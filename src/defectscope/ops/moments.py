@@ -158,16 +158,20 @@ class FoldAccumulators:
         for fold, acc in sorted(self.folds.items()):
             if fold == without:
                 continue
-            state = acc.state() if isinstance(acc, GaussianAccumulator) else acc
-            n = int(state["count"])
+            if isinstance(acc, GaussianAccumulator):  # the fold being fed: read in place
+                n, fold_mean = acc.count, acc.mean
+                packed = lambda part, acc=acc: acc.scatter[part][:, rows, cols]  # noqa: E731
+            else:
+                n, fold_mean = int(acc["count"]), acc["mean"]
+                packed = lambda part, acc=acc: acc["scatter_lower"][part]  # noqa: E731
             if n == 0:
                 continue
             total = count + n
-            delta = state["mean"] - mean
+            delta = fold_mean - mean
             weight = count * n / total
             for start in range(0, positions, self.MERGE_CHUNK):
                 part = slice(start, start + self.MERGE_CHUNK)
-                lower[part] += state["scatter_lower"][part]
+                lower[part] += packed(part)
                 d = delta[part]
                 lower[part] += (weight * d)[:, rows] * d[:, cols]
             mean += delta * (n / total)
