@@ -35,13 +35,9 @@ def _libc(name: str):
         return None
 
 
-def _malloc_trim():
-    return _libc("malloc_trim")
-
-
 def release_free_memory() -> None:
     """Return free heap memory to the operating system where the C library allows it."""
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim")
     if trim is not None:
         trim(0)
 
