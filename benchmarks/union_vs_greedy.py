@@ -1,13 +1,16 @@
-"""The default PatchCore bank (the union of the folds' coresets, re-selected: what out-of-fold
-scoring and the memory budget need) against one exact greedy selection over every training
-patch at once, on the same fitted model: image and pixel AUROC on each category's test split.
+"""PatchCore's two banks side by side: the union of the folds' coresets, re-selected (what the
+memory budget needs above its size), and one exact greedy selection over every training patch
+(the default where the patches' projections fit in the budget, ``bank_selection: exact`` in fit
+info). Image and pixel AUROC on each category's test split, and the fit time of each.
 
     python benchmarks/union_vs_greedy.py --data ../shared/datasets/bottle \\
         ../shared/datasets/screw ../shared/datasets/tire --seeds 0 1 2 3
 
-Defaults otherwise; the feature graph, gain target and threshold are the fitted model's; only
-the bank is swapped. A benchmark, not a test: it reads the test splits to measure, never to
-choose.
+For each category and seed: the default fit, and a fit with the exact selection switched off
+(``ExactPool.fits`` patched to False: the fold union, the default before the ninth session), in
+alternating order; then an exact greedy selection made here from all the training patches of
+the default model checks that its bank is that selection (``same``). A benchmark, not a test:
+it reads the test splits to measure, never to choose.
 """
 
 from __future__ import annotations
@@ -19,39 +22,56 @@ import time
 import numpy as np
 
 
-def one(data: str, seed: int) -> dict:
+def fit(category, seed: int, exact: bool):
+    from unittest import mock
+
     from defectscope import PatchCore
+    from defectscope.models.patchcore.lean import ExactPool
+
+    start = time.perf_counter()
+    if exact:
+        detector = PatchCore(seed=seed).fit(category)
+    else:
+        with mock.patch.object(ExactPool, "fits", staticmethod(lambda *args: False)):
+            detector = PatchCore(seed=seed).fit(category)
+    return detector, time.perf_counter() - start
+
+
+def one(data: str, seed: int) -> dict:
     from defectscope.data import load_category
     from defectscope.data.loader import iter_batches
     from defectscope.engine.workflows.evaluation import evaluate
-    from defectscope.models.patchcore.lean import bank_index, select
+    from defectscope.models.patchcore.lean import select
 
     category = load_category(data)
-    detector = PatchCore(seed=seed).fit(category)
+    order = (True, False) if seed % 2 == 0 else (False, True)
+    fitted = {exact: fit(category, seed, exact) for exact in order}
+    detector, exact_s = fitted[True]
+    union_detector, union_s = fitted[False]
+    selection = detector.module_.info["bank_selection"]
+    exact = evaluate(detector, category).metrics
+    union = evaluate(union_detector, category).metrics
     module = detector.module_
-    union = evaluate(detector, category).metrics
     parts = []
     for _, batch in iter_batches(list(category.train_paths), detector.config_.input_shape, 16):
         feats = module.embedding(batch, module.target)
         parts.append(feats.reshape(-1, feats.shape[-1]))
     patches = np.concatenate(parts)
     del parts
-    start = time.perf_counter()
-    config = detector.config_
-    bank, _ = select(patches, len(module.bank) / len(patches), config)
-    seconds = time.perf_counter() - start
+    bank, _ = select(patches, len(module.bank) / len(patches), detector.config_)
     del patches
-    module.bank, module.index = bank, bank_index(bank, config)
-    greedy = evaluate(detector, category).metrics
     return {
         "category": category.name,
         "seed": seed,
         "bank": len(bank),
-        "greedy_s": seconds,
+        "selection": selection,
+        "same": bool(np.array_equal(bank, module.bank)),
+        "exact_fit_s": exact_s,
+        "union_fit_s": union_s,
         "union_image": union["image_auroc"],
-        "greedy_image": greedy["image_auroc"],
+        "greedy_image": exact["image_auroc"],
         "union_pixel": union.get("pixel_auroc"),
-        "greedy_pixel": greedy.get("pixel_auroc"),
+        "greedy_pixel": exact.get("pixel_auroc"),
     }
 
 
@@ -66,10 +86,10 @@ def main() -> None:
             rows.append(one(data, seed))
             print(rows[-1], flush=True)
     print(
-        "\n| category | bank rows | image AUROC: fold union (default) | one greedy | "
-        "pixel AUROC: fold union | one greedy |"
+        "\n| category | bank rows | default selection (same as exact) | image AUROC: fold union "
+        "| exact greedy | pixel AUROC: fold union | exact greedy | fit s, median: union | exact |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["category"] for r in rows):
         mine = [r for r in rows if r["category"] == name]
 
@@ -77,9 +97,14 @@ def main() -> None:
             values = [r[key] for r in mine if r[key] is not None]
             return f"{statistics.mean(values):.4f}" if values else "n/a"
 
+        same = sum(r["same"] for r in mine)
+        selections = "/".join(sorted({r["selection"] for r in mine}))
+        union_s = statistics.median(r["union_fit_s"] for r in mine)
+        exact_s = statistics.median(r["exact_fit_s"] for r in mine)
         print(
-            f"| {name} | {mine[0]['bank']:,} | {mean('union_image')} | {mean('greedy_image')} | "
-            f"{mean('union_pixel')} | {mean('greedy_pixel')} |"
+            f"| {name} | {mine[0]['bank']:,} | {selections} ({same} of {len(mine)}) | "
+            f"{mean('union_image')} | {mean('greedy_image')} | {mean('union_pixel')} | "
+            f"{mean('greedy_pixel')} | {union_s:.1f} | {exact_s:.1f} |"
         )
 
 

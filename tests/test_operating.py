@@ -181,9 +181,12 @@ def test_patchcore_out_of_fold_scores_do_not_see_their_own_patches(texture):
     train = load_category(texture).train_paths
     own = model.score(train).scores
     # the final bank was selected from every image's patches: its own training images score
-    # lower than they did out of fold, where their patches were not among the candidates
-    assert (own <= model.out_of_fold_scores_ * (1 + 1e-5)).mean() >= 0.8
-    assert own.mean() < model.out_of_fold_scores_.mean()
+    # clearly lower than they did out of fold, where their patches were not among the
+    # candidates (7-9% lower on average on such textures; an out-of-fold score that saw its
+    # own patches would be the same), most of them one by one (one exact selection over all
+    # patches is no superset of a fold's bank, so not every image)
+    assert own.mean() < 0.97 * model.out_of_fold_scores_.mean()
+    assert (own <= model.out_of_fold_scores_ * (1 + 1e-5)).mean() >= 0.6
     point = model.fit_info_["threshold_source"]["operating_point"]
     assert point["n_good"] == len(train) and point["n_synthetic"] == min(200, 8 * len(train))
     assert point["synthetic_auroc"] > 0.7  # synthetic defects stand out on the texture

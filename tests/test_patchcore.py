@@ -186,6 +186,9 @@ def test_memory_budget_reduces_patches_as_they_arrive(mvtec_root, tmp_path):
     tight = PatchCore(**params, memory_budget=0.001).fit(category)
     assert free.fit_info_["chunks_reduced_early"] == 0
     assert tight.fit_info_["chunks_reduced_early"] > 0
+    # within the budget one exact selection over every patch; over it, the folds' coresets
+    assert free.fit_info_["bank_selection"] == "exact"
+    assert tight.fit_info_["bank_selection"] == "coreset union"
     assert tight.fit_info_["bank_size"] == free.fit_info_["bank_size"]
     assert tight.fit_info_["memory_budget_gb"] == 0.001
     assert evaluate(tight, category).metrics["image_auroc"] >= 0.9
@@ -296,6 +299,79 @@ def test_waiting_patches_are_written_into_one_buffer_and_reduced_from_it():
     np.testing.assert_array_equal(builder.take_patches(), batches[2].reshape(-1, 16))
     bank = builder.finalize()
     assert builder._buffer is None and bank.shape[1] == 16
+
+
+def test_bank_is_one_exact_selection_where_the_projections_fit(tmp_path, monkeypatch):
+    """Told how many images the folds hold, and their patches' projections within the budget,
+    the builder's bank is one exact greedy selection over every patch (bitwise what ``select``
+    makes of them all), while the banks without a fold are the folds' coresets as before; the
+    patches wait in a temporary file that has no name, so none is ever left behind."""
+    import os
+    import shutil
+    import tempfile
+    import types
+
+    from defectscope.models.patchcore.config import PatchcoreConfig
+    from defectscope.models.patchcore.lean import BankBuilder, ExactPool, select
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = PatchcoreConfig(coreset_ratio=0.02)
+    rng = np.random.default_rng(4)
+    # 12 images of 300 patches of 48 features (projected to 32), in three folds, one fold
+    # brighter: a union of per-fold coresets would not select what one pass over all does
+    images = [rng.normal(size=(2, 300, 48)).astype(np.float32) * (1 + i % 3) for i in range(6)]
+
+    def build(expected):
+        builder = BankBuilder(config, None)
+        if expected:
+            builder.expect_images(expected)
+        for fold in range(3):
+            builder.start_fold(fold)
+            for batch in images[2 * fold : 2 * fold + 2]:
+                builder.add(batch + np.float32(0))
+            assert os.listdir(tmp_path) == []  # the patches' file has no name
+        return builder, [builder.rows_without(f) for f in range(3)], builder.finalize()
+
+    exact, exact_without, bank = build(12)
+    union, union_without, union_bank = build(None)
+    every = np.concatenate([b.reshape(-1, 48) for b in images])
+    expected, radius = select(every, config.coreset_ratio, config)
+    np.testing.assert_array_equal(bank, expected)
+    assert exact.radius == radius and exact.info()["bank_selection"] == "exact"
+    assert union.info()["bank_selection"] == "coreset union"
+    assert not np.array_equal(union_bank, bank) and len(union_bank) == len(bank)
+    for got, want in zip(exact_without, union_without):
+        np.testing.assert_array_equal(got, want)
+    assert exact._pool is None  # projections and file dropped once every fold was fed
+    # over the budget, or without room for the file: the union, as without the count
+    assert ExactPool.fits(config, 714_000, 152, 100_000_000)  # 140 bytes per lite0 patch
+    assert not ExactPool.fits(config, 715_000, 152, 100_000_000)
+    assert not ExactPool.fits(PatchcoreConfig(coreset_method="approximate"), 10, 152, 10**8)
+    full = types.SimpleNamespace(total=10**9, used=10**9, free=0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+    assert not ExactPool.fits(config, 10, 152, 100_000_000)
+
+
+def test_an_interrupted_exact_selection_leaves_no_file(tmp_path, monkeypatch):
+    """A fit that stops while its patches wait in the file (here: a failing forward pass in
+    the second fold) leaves nothing in the temporary directory."""
+    import gc
+    import os
+    import tempfile
+
+    from defectscope.models.patchcore.config import PatchcoreConfig
+    from defectscope.models.patchcore.lean import BankBuilder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    builder = BankBuilder(PatchcoreConfig(), None)
+    builder.expect_images(8)
+    builder.start_fold(0)
+    builder.add(np.ones((4, 100, 40), dtype=np.float32))
+    assert builder._pool is not None and builder._pool.n == 400
+    builder.start_fold(1)
+    del builder  # what an exception unwinding the fit does
+    gc.collect()
+    assert os.listdir(tmp_path) == []
 
 
 def test_memory_budget_bounds_the_waiting_patches_and_their_selection():

@@ -126,7 +126,8 @@ class Fitter(ABC):
     #: whether the fitter keeps the training images' folds apart, so that the engine can score
     #: every training image with a model that did not see it: :meth:`start_fold` before a
     #: fold's first :meth:`update`, :meth:`without_fold` for the model of the other folds
-    #: (exact, not retrained), :meth:`fold_bytes` for the memory a fold costs
+    #: (exact, not retrained), :meth:`fold_bytes` for the memory a fold costs; where a fitter
+    #: has ``expect_images(n)``, the engine says first how many images the folds will hold
     out_of_fold: bool = False
 
     def start_fold(self, fold: int) -> None:

@@ -60,7 +60,7 @@ def greedy_coreset_reference(
     """
     x = np.asarray(x)
     projection = random_projection(x.shape[1], projection_dim, seed)
-    z = _project(x, projection)
+    z = project(x, projection)
     n = len(z)
     k = min(k, n)
     min_dist = np.full(n, np.inf, dtype=np.float32)
@@ -103,10 +103,24 @@ def greedy_coreset(
     """
     x = np.asarray(x)
     projection = random_projection(x.shape[1], projection_dim, seed)
-    n = len(x)
+    indices, radius = greedy_projected(project(x, projection), k, seed=seed, on_pick=on_pick)
+    return Coreset(indices, radius, projection)
+
+
+def greedy_projected(
+    z: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    on_pick: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, float]:
+    """The loop of :func:`greedy_coreset` on points already projected (``z: (N, d)`` float32,
+    read in place): ``(indices (k,) in pick order, radius)``. A caller that keeps only the
+    projections of its points (see ``models.patchcore.lean.ExactPool``) selects with this and
+    gets the selection :func:`greedy_coreset` makes from the points themselves."""
+    n = len(z)
     k = min(k, n)
     first = first_pick(n, seed)
-    z = _project(x, projection)
     sq = np.einsum("ij,ij->i", z, z)
     min_d2 = sq - 2.0 * (z @ z[first]) + sq[first]
     buffer = np.empty_like(min_d2)
@@ -123,10 +137,10 @@ def greedy_coreset(
         buffer += sq[pick]
         np.minimum(min_d2, buffer, out=min_d2)
     radius = float(np.sqrt(max(float(min_d2.max()), 0.0)))
-    return Coreset(np.asarray(chosen, dtype=np.int64), radius, projection)
+    return np.asarray(chosen, dtype=np.int64), radius
 
 
-def _project(x: np.ndarray, projection: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def project(x: np.ndarray, projection: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """``x @ projection`` in float32, chunk by chunk (``x`` may be float16 or larger)."""
     out = np.empty((len(x), projection.shape[1]), dtype=np.float32)
     for start in range(0, len(x), chunk):
@@ -140,7 +154,7 @@ def _project(x: np.ndarray, projection: np.ndarray, chunk: int = 65536) -> np.nd
 def covering_radius(x: np.ndarray, coreset: Coreset, chunk: int = 16384) -> float:
     """The largest projected distance of any row of ``x`` to its nearest selected row
     (recomputed from scratch: what tests check the reported radius against)."""
-    z = _project(np.asarray(x), coreset.projection).astype(np.float64)
+    z = project(np.asarray(x), coreset.projection).astype(np.float64)
     centres = z[coreset.indices]
     worst = 0.0
     for start in range(0, len(z), chunk):

@@ -328,6 +328,9 @@ class Detector(Scorer):
         first_paths = paths[: engine.batch_size]
         _, first = next(iter_batches(first_paths, config.input_shape, n, 0, self._source_bits))
         fitter.shared_state(first if getattr(fitter, "lean", False) else to_tensor(first))
+        expect = getattr(fitter, "expect_images", None)  # the lean fitters are not Fitters
+        if expect is not None:
+            expect(n)
         for k, members in enumerate(folds):
             fitter.start_fold(k)
             desc = f"fitting fold {k + 1}/{len(folds)}"

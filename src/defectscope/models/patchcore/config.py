@@ -73,11 +73,13 @@ class PatchcoreConfig(BackboneOptions):
     sigma: float = option(4.0, "standard deviation of the map's Gaussian smoothing, in pixels")
     memory_budget: float | None = option(
         None,
-        "GB the training patches waiting for their coreset (with their selection's working "
-        "copy) may take: above it they are reduced as they arrive (a coreset of twice the "
-        "ratio per chunk), so a fit's memory stays "
-        "bounded and its time linear whatever the number of images (default: 0.1, or an "
-        "eighth of the machine's memory if less)",
+        "GB a fit's training patches may take in memory until the bank is selected: where the "
+        "projections of all of them fit (140 bytes a patch for lite0), the bank is one exact "
+        "greedy selection over every patch (the patches wait in an unnamed temporary file); "
+        "above it they are reduced as they arrive (a coreset of twice the ratio per chunk of "
+        "this size, waiting patches and their selection's working copy together), so a fit's "
+        "memory stays bounded and its time linear whatever the number of images (default: "
+        "0.1, or an eighth of the machine's memory if less)",
     )
 
     def validate(self) -> None:
@@ -113,8 +115,10 @@ class PatchcoreConfig(BackboneOptions):
 #: the default budget of the patches waiting for their coreset, in GB: about 134,000 patches
 #: of lite0's 152 dimensions with their 32-dimensional projection and distances (83 images at
 #: 320 px; ``lean.row_bytes``). A chunk's greedy selection costs the square of its size, so a
-#: fixed chunk keeps a fit's time linear in the images as well as its memory bounded; the
-#: shared categories' folds (at most 64 images, 77 MB with their selection) never reach it.
+#: fixed chunk keeps a fit's time linear in the images as well as its memory bounded. The same
+#: budget holds the 32-dimensional projections of 714,000 patches (446 images at 320 px): up to
+#: there the bank is one exact selection (``lean.ExactPool``; the shared categories' 334,000 to
+#: 512,000 patches), which costs time with the square of the patches, 27 s for screw's.
 DEFAULT_BUDGET_GB = 0.1
 
 
