@@ -52,7 +52,9 @@ def child(
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row = {"model": model, "count": count, "fit_s": seconds, "peak_rss_mb": rss}
     info = detector.fit_info_
-    row.update({k: info[k] for k in ("bank_size", "chunks_reduced_early") if k in info})
+    row.update(
+        {k: info[k] for k in ("bank_size", "chunks_reduced_early", "bank_selection") if k in info}
+    )
     if evaluate:
         from defectscope.engine.workflows.evaluation import evaluate as run
 
