@@ -118,7 +118,7 @@ class PatchcoreConfig(BackboneOptions):
 #: fixed chunk keeps a fit's time linear in the images as well as its memory bounded. The same
 #: budget holds the 32-dimensional projections of 714,000 patches (446 images at 320 px): up to
 #: there the bank is one exact selection (``lean.ExactPool``; the shared categories' 334,000 to
-#: 512,000 patches), which costs time with the square of the patches, 27 s for screw's.
+#: 512,000 patches), whose time grows with the square of the patches: 17 s more in a screw fit.
 DEFAULT_BUDGET_GB = 0.1
 
 

@@ -266,8 +266,10 @@ class BankBuilder:
 
     def add(self, feats: np.ndarray) -> None:
         """The ``(B, P, D)`` patch embeddings of ``B`` training images. In a fit with folds,
-        the patches waiting for their coreset are reduced to one (of twice the ratio) whenever
-        they would exceed the memory budget: memory stays bounded, time linear in the images."""
+        they go to the exact selection's pool where it was possible (decided at the first
+        batch), or else the patches waiting for their coreset are reduced to one (of twice the
+        ratio) whenever they would exceed the memory budget: memory stays bounded, time linear
+        in the images."""
         rows = feats.reshape(-1, feats.shape[-1])
         if self.fold is not None and not self._pool_decided:
             self._pool_decided = True
