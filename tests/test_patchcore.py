@@ -317,8 +317,8 @@ def test_bank_is_one_exact_selection_where_the_projections_fit(tmp_path, monkeyp
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     config = PatchcoreConfig(coreset_ratio=0.02)
     rng = np.random.default_rng(4)
-    # 12 images of 300 patches of 48 features (projected to 32), in three folds, one fold
-    # brighter: a union of per-fold coresets would not select what one pass over all does
+    # 12 images of 300 patches of 48 features (projected to 32), in three folds, batches of
+    # three spreads: a union of per-fold coresets would not select what one pass over all does
     images = [rng.normal(size=(2, 300, 48)).astype(np.float32) * (1 + i % 3) for i in range(6)]
 
     def build(expected):
@@ -353,8 +353,9 @@ def test_bank_is_one_exact_selection_where_the_projections_fit(tmp_path, monkeyp
 
 
 def test_an_interrupted_exact_selection_leaves_no_file(tmp_path, monkeypatch):
-    """A fit that stops while its patches wait in the file (here: a failing forward pass in
-    the second fold) leaves nothing in the temporary directory."""
+    """A fit that stops while its patches wait in the file (here: the builder dropped in the
+    second fold, as an exception unwinding the fit drops it) leaves nothing in the temporary
+    directory."""
     import gc
     import os
     import tempfile
