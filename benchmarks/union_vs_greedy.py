@@ -23,17 +23,16 @@ import numpy as np
 
 
 def fit(category, seed: int, exact: bool):
+    from contextlib import nullcontext
     from unittest import mock
 
     from defectscope import PatchCore
     from defectscope.models.patchcore.lean import ExactPool
 
+    union_only = mock.patch.object(ExactPool, "fits", staticmethod(lambda *args: False))
     start = time.perf_counter()
-    if exact:
+    with nullcontext() if exact else union_only:
         detector = PatchCore(seed=seed).fit(category)
-    else:
-        with mock.patch.object(ExactPool, "fits", staticmethod(lambda *args: False)):
-            detector = PatchCore(seed=seed).fit(category)
     return detector, time.perf_counter() - start
 
 

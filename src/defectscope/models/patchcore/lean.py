@@ -252,10 +252,8 @@ class BankBuilder:
         self.n_chunks = 0  # chunks reduced before their fold closed (0: nothing over budget)
         #: images the folds will hold in all, where the engine said (:meth:`expect_images`)
         self.expected_images: int | None = None
-        #: every patch for one exact selection (None: not decided yet or not possible)
+        #: every patch for one exact selection (None: not possible, or every fold is fed)
         self._pool: ExactPool | None = None
-        self._pool_decided = False
-        self._fold_start = 0  # the current fold's first row in the pool
         #: the exact selection over every patch, once every fold is fed (bank, radius)
         self._exact: tuple[np.ndarray, float] | None = None
 
@@ -271,12 +269,10 @@ class BankBuilder:
         ratio) whenever they would exceed the memory budget: memory stays bounded, time linear
         in the images."""
         rows = feats.reshape(-1, feats.shape[-1])
-        if self.fold is not None and not self._pool_decided:
-            self._pool_decided = True
-            if self.expected_images is not None:
-                total = self.expected_images * feats.shape[1]
-                if ExactPool.fits(self.config, total, rows.shape[1], self.budget):
-                    self._pool = ExactPool(total, rows.shape[1], self.config)
+        if self.fold is not None and self.n_patches == 0 and self.expected_images is not None:
+            total = self.expected_images * feats.shape[1]  # decided at the first batch
+            if ExactPool.fits(self.config, total, rows.shape[1], self.budget):
+                self._pool = ExactPool(total, rows.shape[1], self.config)
         if self._pool is not None:
             self._pool.add(rows)
             self._count(feats)
@@ -373,21 +369,20 @@ class BankBuilder:
         self._buffer = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            k = max(1, round(self.config.coreset_ratio * self.n_patches))
-            self._exact = pool.select(0, pool.n, k / pool.n, self.on_stage)
+            self._exact = pool.select(0, pool.n, self.config.coreset_ratio, self.on_stage)
             pool.close()
             release_free_memory()
 
     def _close_fold(self) -> None:
-        if self._pool is not None:
-            if self.fold is not None and self._pool.n > self._fold_start:
+        if self._pool is not None:  # the fold's patches are the pool's last rows
+            if self._fold_patches:
+                end = self._pool.n
                 ratio = self.config.coreset_ratio * SHARD_OVERSAMPLE
                 part, radius = self._pool.select(
-                    self._fold_start, self._pool.n, ratio, self.on_stage
+                    end - self._fold_patches, end, ratio, self.on_stage
                 )
                 self.folds[self.fold] = (part, radius, self._fold_patches)
                 self._fold_patches = 0
-                self._fold_start = self._pool.n
             return
         if self.fold is None or (not self.patches and not self._chunks):
             return
