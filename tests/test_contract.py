@@ -109,6 +109,7 @@ def test_constructor_signature_is_explicit(name):
         "holdout",
         "threshold_quantile",
         "runtime",
+        "precision",
         "batch_size",
         "num_workers",
         "progress",

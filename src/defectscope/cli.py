@@ -513,6 +513,11 @@ def _print_fitted(detector, category, took: str, path: Path) -> None:
         from defectscope.engine.rules.operating import OperatingPoint
 
         print(OperatingPoint(**point).summary())
+    from defectscope.results import precision_line
+
+    line = precision_line(detector.fit_info_.precision)
+    if line:
+        print(line)
 
 
 def _fit_auto(args: argparse.Namespace, data) -> int:

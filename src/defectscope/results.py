@@ -178,3 +178,27 @@ def skipped_reason(skipped: str) -> tuple[str, str]:
     if skipped.startswith(AUTO_FAILED):
         return "could not fit", skipped[len(AUTO_FAILED) :]
     return "not tried", skipped
+
+
+def precision_line(record: dict[str, Any] | None) -> str | None:
+    """One line on a fit's precision record, or None for a plain fp32 fit."""
+    if not record or (record.get("requested", "fp32") == "fp32" and record.get("used") == "fp32"):
+        return None
+    requested, used = record.get("requested"), record.get("used")
+    if record.get("reason"):
+        return f"precision {requested} cannot run here ({record['reason']}): features in fp32"
+    compared = record.get("agreement") or {}
+    figures = "; ".join(
+        f"{p}: rank correlation {a['rank_correlation']}, shift {a['shift']} on {a['images']} "
+        "out-of-fold images"
+        for p, a in compared.items()
+        if a.get("rank_correlation") is not None
+    )
+    if requested == "auto":
+        verdict = (
+            f"{used}, whose scores agree with fp32"
+            if used != "fp32"
+            else "fp32, as no lower precision's scores agree with it"
+        )
+        return f"precision auto: {verdict}" + (f" ({figures})" if figures else "")
+    return f"features in {used} (the statistics from fp32 features)"

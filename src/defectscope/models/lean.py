@@ -108,15 +108,40 @@ def illuminate(images: np.ndarray, mode: str, target: float) -> np.ndarray:
 
 class LeanEmbedding:
     """uint8 images -> ``(B, P, D)`` patch embeddings: illumination here, the network in
-    ``features``."""
+    ``features``. The engine may switch ``features`` to a lower precision of the same graph
+    (:meth:`use`); ``precision`` and ``int8_graph`` say which runs (what a model file keeps)."""
 
-    def __init__(self, features: Features, mode: str, feature_size: tuple[int, int]) -> None:
+    def __init__(
+        self, features: Features, mode: str, feature_size: tuple[int, int], graph: Any = None
+    ) -> None:
         self.features = features
+        self._fp32 = features
         self.mode = mode
         self.feature_size = feature_size
+        #: the cached fp32 graph ``features`` runs (a path), where known
+        self.graph = graph
+        self.precision = "fp32"
+        self.int8_graph: bytes | None = None
+
+    def use(self, features: Features, precision: str, int8_graph: bytes | None = None) -> None:
+        """Compute the features with ``features`` from now on, in ``precision``."""
+        self.features, self.precision, self.int8_graph = features, precision, int8_graph
+
+    def inputs(self, images: np.ndarray, target: float) -> np.ndarray:
+        """What the graph takes for uint8 ``images``: float32 ``(B, 3, H, W)``, lit."""
+        return illuminate(to_float(images), self.mode, target)
 
     def __call__(self, images: np.ndarray, target: float) -> np.ndarray:
-        out = self.features(illuminate(to_float(images), self.mode, target))  # (B, D, h, w)
+        """The embeddings images are scored with (in :attr:`precision`)."""
+        return self._patches(self.features(self.inputs(images, target)))
+
+    def fp32(self, images: np.ndarray, target: float) -> np.ndarray:
+        """The embeddings in fp32, whatever :attr:`precision` is: what statistics and memory
+        banks are built from (at fit and at update)."""
+        return self._patches(self._fp32(self.inputs(images, target)))
+
+    @staticmethod
+    def _patches(out: np.ndarray) -> np.ndarray:  # (B, D, h, w) -> (B, P, D)
         batch, dim = out.shape[:2]
         return np.ascontiguousarray(out.reshape(batch, dim, -1).transpose(0, 2, 1))
 

@@ -18,7 +18,13 @@ from typing import Any
 
 from defectscope.atomic import write_text
 from defectscope.report.table import RANKED_BY, SHOWN, shown
-from defectscope.results import METRIC_LABELS, CategoryResult, outcome_summary, skipped_reason
+from defectscope.results import (
+    METRIC_LABELS,
+    CategoryResult,
+    outcome_summary,
+    precision_line,
+    skipped_reason,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1360px; color: #222;
@@ -199,12 +205,14 @@ def _summary(result: dict[str, Any]) -> list[str]:
     model = result.get("model") or {}
     source = (model.get("threshold_source") or {}).get("rule")
     point = (model.get("threshold_source") or {}).get("operating_point")
+    precision = precision_line(model.get("precision"))
     parts = [
         f'<p class="summary"><b>{html.escape(name)}</b>: at the model\'s threshold '
         f"{threshold:.4g}, caught <b>{s['caught']} of {defective}</b> defective parts and "
         f"rejected <b>{s['rejected']} of {good}</b> good parts."
         + (f" Threshold from: {html.escape(source)}." if source else "")
         + (f" Expected at fit, before any label: {html.escape(_expected(point))}." if point else "")
+        + (f" {html.escape(precision[0].upper() + precision[1:])}." if precision else "")
         + "</p>",
         "<table><caption>confusion matrix (test images)</caption>"
         "<tr><th></th><th>failed</th><th>passed</th></tr>"

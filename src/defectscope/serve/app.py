@@ -269,6 +269,8 @@ def create_app(
             "verdict_rule": RULE,
             # fit --auto: every candidate tried and why this one won (None for other fits)
             "auto": scorer.fit_info_.auto,
+            # the features' arithmetic (an exported file's is fp32)
+            "precision": scorer.fit_info_.precision_used,
             "config": config.to_dict() if config is not None else scorer.metadata.get("config"),
             "limits": limits.__dict__,
         }

@@ -10,6 +10,7 @@ and ``sklearn.base.clone`` work).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,7 @@ from defectscope.engine.rules.operating import (
 )
 from defectscope.engine.rules.record import FitInfo
 from defectscope.engine.rules.settings import ENGINE_NAMES, EngineOptions
+from defectscope.engine.runtimes.precision import AGREEMENT_IMAGES, INT8_TENSOR, PrecisionChoice
 from defectscope.engine.scoring.scorer import Scorer
 from defectscope.engine.scoring.shortcuts import IntensitySummary, batch_stats, image_formats
 from defectscope.errors import (
@@ -275,6 +277,7 @@ class Detector(Scorer):
                 + " can"
             )
         fitter = self._make_fitter(config, engine, shards)
+        self._precision: PrecisionChoice | None = None  # set where the precision may change
         # the training images' bit depth, decided once: every image of this source (at fit and
         # later) is scaled by it, never by its own maximum
         self._source_bits = source_bit_depth(paths)
@@ -295,6 +298,9 @@ class Detector(Scorer):
             module, threshold, scales, source = self._fit_holdout(
                 fitter, paths, config, engine, shards, executor
             )
+        if self._precision is None:  # a fit without folds scores in fp32 (and says why)
+            self._precision = PrecisionChoice(engine.precision, None, 0.0)
+            self._precision.prepare(np.empty(0))
         means, stds = (np.concatenate(parts) for parts in zip(*self._intensity))
         del self._intensity
         info = {
@@ -308,7 +314,9 @@ class Detector(Scorer):
             "intensity": IntensitySummary.of(means, stds).to_dict(),
             "formats": image_formats(paths),
             "bit_depth": self._source_bits,
+            "precision": self._precision.record(),
         }
+        del self._precision
         self._end_stage()
         self._set_fitted(module, threshold, config, engine, info)
         return self
@@ -335,6 +343,11 @@ class Detector(Scorer):
             fitter.start_fold(k)
             desc = f"fitting fold {k + 1}/{len(folds)}"
             self._feed(fitter, [paths[i] for i in members], engine, config.input_shape, desc=desc)
+        # the statistics are fp32's; every image is scored from here on in the precision chosen
+        precision = self._precision = PrecisionChoice(
+            engine.precision, getattr(fitter, "embedding", None), getattr(fitter, "target", 0.0)
+        )
+        precision.prepare(first)
         # at most MAX_OUT_OF_FOLD images are scored out of fold, spread evenly over the files:
         # scoring costs a search of the bank per image, so scoring all would make a fit's time
         # grow with the square of the training set
@@ -367,6 +380,11 @@ class Detector(Scorer):
             self._end_stage()
             desc = f"out-of-fold {k + 1}/{len(folds)}"
             fold_paths = [paths[i] for i in members]
+            if precision.pending:  # auto: fp32 and each candidate on this fold's first images
+                sample = fold_paths[:AGREEMENT_IMAGES]
+                precision.decide(
+                    functools.partial(self._scores_of, module, sample, engine, config.input_shape)
+                )
             for idx, batch, scores, maps in self._run(
                 module, fold_paths, engine, config.input_shape, desc
             ):
@@ -641,6 +659,12 @@ class Detector(Scorer):
                 bar.update(len(idx))
                 yield idx, batch, scores, maps
 
+    def _scores_of(self, module, items, engine, size) -> np.ndarray:
+        """The image scores of ``items`` under ``module`` (no maps kept)."""
+        return np.concatenate(
+            [scores for _, _, scores, _ in self._run(module, items, engine, size)]
+        )
+
     def _set_fitted(self, module, threshold, config, engine, info: dict[str, Any]) -> None:
         self._source_bits = None  # from now on the fit info's bit_depth
         self.module_ = module
@@ -760,6 +784,16 @@ class Detector(Scorer):
         return entry
 
     # -- persistence ----------------------------------------------------------------------------
+    def saved_state(self) -> dict[str, Any]:
+        """The tensors a model file holds: the module's fitted state, and the quantized feature
+        graph of a model that scores in int8 (it depends on the training images, so it cannot
+        be made again on load)."""
+        state = dict(self.module_.fitted_state())
+        int8 = getattr(getattr(self.module_, "embedding", None), "int8_graph", None)
+        if int8 is not None:
+            state[INT8_TENSOR] = np.frombuffer(int8, dtype=np.uint8)
+        return state
+
     def save(self, path: str | Path) -> Path:
         """Write the model to one ``.safetensors`` file (atomically); returns its path."""
         from defectscope.engine.persistence.files import save_detector
@@ -795,8 +829,20 @@ class Detector(Scorer):
         config, engine = detector.options()  # with the overrides (e.g. a moved weights file)
         tensors = read_tensors()
         fitted = {k: v for k, v in header["fitted"].items() if k != "threshold"}
+        int8 = tensors.pop(INT8_TENSOR, None)
+        used = (fitted.get("precision") or {}).get("used", "fp32")
+        if (int8 is not None) != (used == "int8") or (
+            int8 is not None and (int8.dtype != np.uint8 or int8.ndim != 1)
+        ):
+            raise ModelFileError(
+                f"{file}: its fit record says the features are computed in {used}, but the file "
+                + ("holds no" if int8 is None else "holds a stray or malformed")
+                + " int8 feature graph; re-run `defectscope fit`"
+            )
         try:
-            module = detector._restore(config, engine, tensors, fitted)
+            module = detector._restore(
+                config, engine, tensors, fitted, None if int8 is None else int8.tobytes()
+            )
         except DefectscopeError:
             raise
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
@@ -808,15 +854,31 @@ class Detector(Scorer):
         detector.model_file_ = file
         return detector
 
-    def _restore(self, config, engine, tensors: dict[str, Any], fitted: dict[str, Any]):
+    def _restore(
+        self,
+        config,
+        engine,
+        tensors: dict[str, Any],
+        fitted: dict[str, Any],
+        int8_graph: bytes | None = None,
+    ):
         """The scoring module of a model file's tensors: torch-free where the lean path can run
-        (:mod:`defectscope.engine.runtimes.lean`), else the detector's PyTorch module."""
+        (:mod:`defectscope.engine.runtimes.lean`), in the precision of the fit, else the
+        detector's PyTorch module (fp32)."""
         from defectscope.engine.runtimes.lean import lean_key, lean_module
 
         on_stage = self._start_stages(engine)
-        module = lean_module(self.name, config, engine, tensors, fitted, on_stage)
+        module = lean_module(self.name, config, engine, tensors, fitted, on_stage, int8_graph)
         if module is not None:
             return module
+        used = (fitted.get("precision") or {}).get("used", "fp32")
+        if used != "fp32" and lean_key(self.name, config, engine) is None:
+            log.warning(
+                "this model was fitted to score in %s on the torch-free path; with runtime %s it "
+                "scores in fp32 in PyTorch, and its scores may differ slightly from the fit's",
+                used,
+                engine.runtime,
+            )
         import warnings
 
         import torch
@@ -828,7 +890,7 @@ class Detector(Scorer):
         module = self.info.load().restore(config, as_tensors, fitted, self._hooks(engine))
         if lean_key(self.name, config, engine) is not None:
             # restoring exported the graph the lean path needs: score as every later load will
-            lean = lean_module(self.name, config, engine, tensors, fitted, on_stage)
+            lean = lean_module(self.name, config, engine, tensors, fitted, on_stage, int8_graph)
             if lean is not None:
                 return lean
         return module

@@ -81,7 +81,7 @@ def save_detector(detector: Any, path: str | Path) -> Path:
     config, engine = detector.config_, detector.options()[1]
     import numpy as np
 
-    state = detector.module_.fitted_state()
+    state = detector.saved_state()
     tensors = {k: np.asarray(_as_array(v), order="C") for k, v in state.items()}
     header = {
         "detector": detector.name,

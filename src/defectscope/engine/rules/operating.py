@@ -212,6 +212,25 @@ def check_threshold_source(source: Any, threshold: float) -> None:
 MAX_THRESHOLD_SPREADS = 1000.0
 
 
+#: what a fit record's ``precision`` may say was used (``auto`` is only ever requested)
+USED_PRECISIONS = ("fp32", "int8", "bf16")
+
+
+def _check_precision(record: Any) -> None:
+    if record is None:
+        return
+    if not (
+        isinstance(record, dict)
+        and record.get("used") in USED_PRECISIONS
+        and record.get("requested") in (*USED_PRECISIONS, "auto")
+        and all(isinstance(k, str) for k in record)
+    ):
+        raise ConfigError(
+            "precision must say which precision was requested (fp32, int8, bf16, auto) and "
+            f"which was used (fp32, int8, bf16); got {record!r:.200}"
+        )
+
+
 def check_fit_info(info: Any) -> None:
     """ConfigError unless the scalars a fitted model's scoring and drawing rely on have their
     types and ranges (a model file's ``fitted`` record, an export's metadata): an edited
@@ -264,6 +283,7 @@ def check_fit_info(info: Any) -> None:
         _check_scores(source["scores"])
     if info.get("auto") is not None:
         _check_auto(info["auto"])
+    _check_precision(info.get("precision"))
     lineage = info.get("lineage")
     if lineage is not None and not (
         isinstance(lineage, list) and len(lineage) <= 100_000 and all(map(_lineage_entry, lineage))

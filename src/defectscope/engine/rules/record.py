@@ -30,6 +30,7 @@ ENGINE_FIELDS = (
     "bit_depth",
     "auto",
     "lineage",
+    "precision",
 )
 
 
@@ -50,6 +51,8 @@ class FitInfo(Mapping[str, Any]):
         bit_depth: the bit depth every 16/32-bit image of this source is scaled by.
         auto: what ``fit --auto`` tried and why it chose this model.
         lineage: one entry per ``update``.
+        precision: the feature extractor's arithmetic: ``{"requested", "used"}`` and, where
+            they differ or ``auto`` chose, why (:mod:`defectscope.engine.runtimes.precision`).
         detector: the detector's own figures, as its ``fit_info()`` returned them.
         present: the engine fields the record holds (a field may hold ``None``, as
             ``bit_depth`` does for 8-bit images); the others are left out of :meth:`to_dict`.
@@ -65,6 +68,7 @@ class FitInfo(Mapping[str, Any]):
     bit_depth: int | None = None
     auto: dict[str, Any] | None = None
     lineage: list[dict[str, Any]] | None = None
+    precision: dict[str, Any] | None = None
     detector: Mapping[str, Any] = field(default_factory=dict)
     present: frozenset[str] = frozenset()
 
@@ -106,6 +110,11 @@ class FitInfo(Mapping[str, Any]):
     def history(self) -> list[float] | None:
         """The training loss per epoch, for detectors trained by gradient descent."""
         return self.detector.get("history")
+
+    @property
+    def precision_used(self) -> str:
+        """The precision the model's features are computed in (fp32 for older files)."""
+        return (self.precision or {}).get("used", "fp32")
 
     @property
     def operating_point(self) -> dict[str, Any] | None:

@@ -10,6 +10,8 @@ from defectscope.config import Options, option
 from defectscope.engine.rules.operating import RULES
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
+#: the feature extractor's arithmetic (:mod:`defectscope.engine.runtimes.precision`)
+PRECISIONS = ("fp32", "int8", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,14 @@ class EngineOptions(Options):
         0.95, "quantile of the good images' scores used as threshold by the quantile rule"
     )
     runtime: str = option("auto", "where the feature extractor runs", choices=RUNTIMES)
+    precision: str = option(
+        "fp32",
+        "the feature extractor's arithmetic after the fit's statistics are built: int8 (ONNX "
+        "Runtime, calibrated on the training images; needs VNNI or AMX), bf16 (OpenVINO, "
+        "installed apart; needs AMX or AVX-512 BF16), or auto (the fastest of them whose "
+        "out-of-fold scores agree with fp32, else fp32); the torch-free path only",
+        choices=PRECISIONS,
+    )
     batch_size: int = option(32, "images per scoring batch")
     num_workers: int = option(2, "image decoding threads")
     progress: bool = option(False, "show progress bars")

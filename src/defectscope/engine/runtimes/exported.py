@@ -75,6 +75,14 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
     from defectscope.version import __version__
 
     detector.check_fitted()
+    used = detector.fit_info_.precision_used
+    if used != "fp32":
+        warnings.warn(
+            f"this model scores its features in {used}; the exported file computes them in "
+            "fp32 (an exported graph in lower precision is not built yet), so its scores may "
+            "differ slightly from the model's",
+            stacklevel=2,
+        )
     if getattr(detector.module_, "lean", False):  # fitted or loaded without PyTorch
         from defectscope.engine.runtimes.lean import torch_module
 

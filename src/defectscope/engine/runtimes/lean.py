@@ -80,6 +80,7 @@ def _embedding(name: str, config: Options, engine: EngineOptions, on_stage: Call
         lambda images: run_micro_batches(session, images)[0],
         config.illumination,
         tuple(meta["feature_size"]),
+        path,
     )
     return embedding, meta
 
@@ -109,9 +110,12 @@ def lean_module(
     tensors: dict[str, np.ndarray],
     info: dict[str, Any],
     on_stage: Callable | None,
+    int8_graph: bytes | None = None,
 ):
     """A torch-free scoring module from a model file's tensors, or None where the lean path
-    cannot run (the PyTorch path then restores the file, and checks it)."""
+    cannot run (the PyTorch path then restores the file, and checks it). The features are
+    computed in the precision the fit used (``info["precision"]``; ``int8_graph``: the
+    quantized graph an int8 model file holds)."""
     found = _embedding(name, config, engine, on_stage)
     if found is None:
         return None
@@ -119,11 +123,36 @@ def lean_module(
 
     check_weights_unchanged(config, info.get("weights_sha256"))
     embedding, meta = found
+    use_saved_precision(embedding, info, int8_graph)
     try:
         return _path(name).lean_restore(config, embedding, meta, tensors, info)
     except ValueError as exc:
         log.info("lean path not used for this model file (%s)", exc)
         return None
+
+
+def use_saved_precision(embedding, info: dict[str, Any], int8_graph: bytes | None) -> None:
+    """Switch ``embedding`` to the precision a loaded model was fitted in: int8 always (ONNX
+    Runtime runs the quantized graph on any CPU, so the scores are the fit's, only slower
+    without VNNI), bf16 where OpenVINO is installed, else fp32 with a warning."""
+    from defectscope.engine.runtimes import precision
+
+    used = (info.get("precision") or {}).get("used", "fp32")
+    if used == "fp32":
+        return
+    if used == "bf16" and not precision.openvino_available():
+        log.warning(
+            "this model was fitted to score in bf16, which runs in OpenVINO; OpenVINO is not "
+            "installed here (pip install openvino): scoring in fp32, scores may differ slightly "
+            "from the fit's"
+        )
+        return
+    graph = int8_graph if used == "int8" else None
+    try:
+        run = precision.features(used, embedding.graph, graph)
+    except Exception as exc:  # noqa: BLE001 - a graph ONNX Runtime or OpenVINO cannot load
+        raise ValueError(f"its {used} feature graph cannot be loaded ({exc})") from None
+    embedding.use(run, used, graph)
 
 
 def torch_module(detector):

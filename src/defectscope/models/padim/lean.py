@@ -105,7 +105,7 @@ class PadimLean(LeanPatchModule):
 
         in_chunks(positions, 512, rebuild)  # float64 temporaries of 512 positions per thread
         for batch in batches:
-            acc.update(self.embedding(batch, self.target))
+            acc.update(self.embedding.fp32(batch, self.target))
         precision = precision_cholesky_of(acc, config.regularization)
         info = {**self.info, "n_train": acc.count}
         mean = acc.mean.astype(np.float32)
@@ -195,7 +195,7 @@ class PadimLeanFitter(FoldedStatistics, LeanGain):
     def update(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
         if np.isnan(self.target):  # the first images seen set the gain target, as in PyTorch
             self.target = gain_target(images)
-        self.folds.current.update(self.embedding(images, self.target))
+        self.folds.current.update(self.embedding.fp32(images, self.target))
 
     def _module_from(self, acc: GaussianAccumulator) -> PadimLean:
         config = self.config

@@ -482,7 +482,7 @@ class PatchcoreLean(LeanPatchModule):
         is dropped, so no score can rise."""
         parts = []
         for batch in batches:
-            feats = self.embedding(batch, self.target)
+            feats = self.embedding.fp32(batch, self.target)
             parts.append(feats.reshape(-1, feats.shape[-1]))
         if not parts:
             return self
@@ -589,7 +589,7 @@ class PatchcoreLeanFitter(FoldedBank, LeanGain):
     def update(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
         if np.isnan(self.target):
             self.target = gain_target(images)
-        self.builder.add(self.embedding(images, self.target))
+        self.builder.add(self.embedding.fp32(images, self.target))
 
     def _module_from(self, bank: np.ndarray) -> PatchcoreLean:
         config = self.config
