@@ -462,6 +462,7 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
     c.record(g, "report on a benchmark interrupted before its first result", run(["report", P(d)]))
 
     round_two(c, predict)
+    precision_cases(c)
 
     # ---- Python API
     g = "Python API"
@@ -692,6 +693,73 @@ def round_two(c: Cases, predict: list[str]) -> None:  # noqa: PLR0915 - one list
         )
     finally:
         os.replace = real
+
+
+def precision_cases(c: Cases) -> None:
+    """``--precision`` where it cannot run (the CPU's flags and OpenVINO simulated away), and
+    int8 model files edited by hand."""
+    from defectscope.engine.runtimes import precision
+
+    P = str
+    g = "precision (fit --precision, model files)"
+    fit = lambda *more: run(  # noqa: E731
+        ["fit", "--data", P(c.cat), "--project", P(c.fresh() / "runs"), *SMALL, *more]
+    )
+    real_flags, real_openvino = precision.cpu_flags, precision.openvino_available
+    precision.cpu_flags = lambda: frozenset({"sse4_2", "avx2"})
+    try:
+        c.record(g, "--precision int8 on a CPU without VNNI or AMX", fit("--precision", "int8"))
+        c.record(g, "--precision auto on that CPU", fit("--precision", "auto"))
+    finally:
+        precision.cpu_flags = real_flags
+    precision.cpu_flags = lambda: frozenset({"amx_bf16", "amx_int8"})
+    precision.openvino_available = lambda: False
+    try:
+        c.record(g, "--precision bf16 without OpenVINO installed", fit("--precision", "bf16"))
+    finally:
+        precision.cpu_flags, precision.openvino_available = real_flags, real_openvino
+    c.record(g, "--precision int4", fit("--precision", "int4"))
+    c.record(
+        g, "--precision int8 with --runtime torch", fit("--precision", "int8", "--runtime", "torch")
+    )
+
+    precision.cpu_flags = lambda: frozenset({"avx512_vnni"})
+    try:
+        runs = c.fresh() / "runs"
+        code, _, err = run(
+            ["fit", "--data", P(c.cat), "--project", P(runs), *SMALL, "--precision", "int8"]
+        )
+        assert code == 0, err
+    finally:
+        precision.cpu_flags = real_flags
+    int8_model = runs / "fit" / "cat" / "model.safetensors"
+    use = lambda model: run(  # noqa: E731
+        ["predict", "--model", P(model), P(c.image), "--project", P(c.fresh())]
+    )
+    c.record(g, "an int8 model file as saved", use(int8_model))
+    from tests.fuzz.mutate import join_safetensors, split_safetensors
+
+    header, body = split_safetensors(int8_model.read_bytes())
+    start, end = header[precision.INT8_TENSOR]["data_offsets"]
+    body = bytearray(body)
+    body[(start + end) // 2] ^= 0xFF
+    edited = c.fresh() / "model.safetensors"
+    edited.write_bytes(join_safetensors(header, bytes(body)))
+    c.record(g, "an int8 model file, one byte of its quantized graph changed", use(edited))
+
+    def claims_fp32(config):
+        config["fitted"]["precision"] = {"requested": "fp32", "used": "fp32"}
+
+    c.model, real_model = int8_model, c.model
+    try:
+        claimed = c.model_with(edit_config(claims_fp32))
+    finally:
+        c.model = real_model
+    c.record(
+        g,
+        "an int8 model file whose record says fp32 (header checksum recomputed)",
+        use(claimed),
+    )
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -248,3 +248,40 @@ def test_update_builds_the_bank_from_fp32_features(texture, monkeypatch):
     int8 = embedding(batch, target).reshape(-1, new.shape[1])
     assert all((fp32 == row).all(axis=1).any() for row in new)
     assert not any((int8 == row).all(axis=1).any() for row in new)
+
+
+def test_quantizing_a_graph_keeps_it_close_and_the_process_logging_alone(tmp_path, caplog):
+    """A one-convolution graph quantized on its calibration images: QDQ nodes, the graph's
+    metadata kept, outputs within a few int8 steps of fp32's; ONNX Runtime's tools print
+    nothing and leave no handler on the root logger."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    node = helper.make_node("Conv", ["images", "w"], ["features"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 3, 8, 8])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 4, 8, 8])],
+        [onnx.numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    model.metadata_props.add(key="defectscope", value="{}")
+    path = tmp_path / "g.onnx"
+    onnx.save(model, path)
+    images = rng.random((6, 3, 8, 8)).astype(np.float32)
+    root = logging.getLogger()
+    with caplog.at_level(logging.INFO):
+        handlers, level = list(root.handlers), root.level
+        quantized = precision.quantize_int8(path, images)
+        assert root.handlers == handlers and root.level == level
+    assert [r.getMessage() for r in caplog.records if r.name == "root"] == []
+    parsed = onnx.load_from_string(quantized)
+    assert "QuantizeLinear" in {n.op_type for n in parsed.graph.node}
+    assert {p.key for p in parsed.metadata_props} == {"defectscope"}
+    want = precision.features("fp32", path)(images)
+    got = precision.features("int8", path, quantized)(images)
+    assert not np.array_equal(got, want)
+    np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())

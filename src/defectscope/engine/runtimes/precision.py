@@ -22,28 +22,21 @@ only (OpenVINO where installed).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from defectscope.engine.rules.settings import PRECISIONS
 from defectscope.engine.runtimes.onnx_session import run_micro_batches, session_options
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "PRECISIONS",
-    "agreement",
-    "cpu_flags",
-    "features",
-    "quantize_int8",
-    "unavailable",
-]
 #: tried by ``auto``, fastest first (measured on a Xeon with AMX: benchmarks/README.md)
 AUTO_ORDER = ("bf16", "int8")
 #: the model-file tensor that holds the quantized graph of an int8 model
@@ -55,9 +48,9 @@ AGREEMENT_IMAGES = 64
 #: ``auto`` keeps a lower precision only where its scores of the out-of-fold good images rank
 #: them as fp32 does (Spearman's rho at least this) ...
 MIN_RANK_CORRELATION = 0.99
-#: ... and move them by at most this fraction of the fp32 scores' spread (median difference
-#: over the interquartile range): within it, no good part crosses the threshold that fp32 would
-#: not have brought near it
+#: ... and move them by at most this fraction of the fp32 scores' spread (the median absolute
+#: difference over their interquartile range). Both are set on principle (a lower precision
+#: must keep the good parts' order and place), not fitted to any category's test split
 MAX_SHIFT = 0.05
 #: the CPU flags that make each precision fast (Linux names)
 FLAGS = {
@@ -125,7 +118,7 @@ def quantize_int8(graph: Path, calibration: np.ndarray) -> bytes:
         def get_next(self):
             return next(self.items, None)
 
-    with tempfile.TemporaryDirectory(prefix="defectscope-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="defectscope-int8-") as tmp, _quiet_root_logger():
         out = Path(tmp) / "int8.onnx"
         quantize_static(
             str(graph),
@@ -144,6 +137,22 @@ def quantize_int8(graph: Path, calibration: np.ndarray) -> bytes:
     return model.SerializeToString()
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantization tools log advice and every scale they adjust on the root
+    logger (which, without a handler, would also configure logging for the whole process):
+    silenced while they run."""
+    root = logging.getLogger()
+    level, handler = root.level, logging.NullHandler()
+    root.addHandler(handler)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 def features(precision: str, graph: Path, int8_graph: bytes | None = None) -> Features:
     """The feature function of ``precision``: float32 images ``(B, 3, H, W)`` -> features.
     ``graph``: the cached fp32 graph; ``int8_graph``: the quantized one (for int8)."""
@@ -157,7 +166,13 @@ def features(precision: str, graph: Path, int8_graph: bytes | None = None) -> Fe
             config["INFERENCE_NUM_THREADS"] = thread_limit()
         compiled = ov.Core().compile_model(str(graph), "CPU", config)
         request = compiled.create_infer_request()
-        return lambda images: np.asarray(request.infer({0: images})[0], dtype=np.float32)
+        lock = threading.Lock()  # one request, which is not safe to share between threads
+
+        def run(images: np.ndarray) -> np.ndarray:
+            with lock:
+                return np.array(request.infer({0: images})[0], dtype=np.float32)
+
+        return run
     import onnxruntime as ort
 
     source: Any = int8_graph if precision == "int8" else str(graph)
