@@ -285,3 +285,20 @@ def test_quantizing_a_graph_keeps_it_close_and_the_process_logging_alone(tmp_pat
     got = precision.features("int8", path, quantized)(images)
     assert not np.array_equal(got, want)
     np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
+
+
+def test_results_and_the_report_say_the_models_precision(int8_model, texture, tmp_path):
+    from defectscope.cli import main
+
+    path = int8_model.save(tmp_path / "int8.safetensors")
+    project = tmp_path / "runs"
+    args = ["evaluate", "--model", str(path), "--data", str(texture), "--project", str(project)]
+    assert main([*args, "-q"]) == 0
+    run = project / "evaluate" / texture.name
+    import json
+
+    results = json.loads((run / "results.json").read_text())["results"]
+    assert results[0]["model"]["precision"] == {"requested": "int8", "used": "int8"}
+    assert (
+        "Features in int8 (the statistics from fp32 features)." in (run / "report.html").read_text()
+    )

@@ -178,7 +178,7 @@ class Scorer(ABC):
 
     def identity(self) -> dict:
         """What a result must say about the model that produced it: file, SHA-256, detector,
-        threshold and where the threshold came from."""
+        threshold, where the threshold came from and the precision of its features."""
         from defectscope.digest import file_sha256
 
         file = getattr(self, "model_file_", None) or getattr(self, "path", None)
@@ -192,6 +192,8 @@ class Scorer(ABC):
                 k: v for k, v in (self.fit_info_.threshold_source or {}).items() if k != "scores"
             }
             or None,
+            # the features' arithmetic (fp32, int8, bf16), which the scores depend on
+            "precision": self.fit_info_.precision,
         }
 
     @property
