@@ -66,7 +66,8 @@ def test_int8_scores_every_image_in_int8_and_the_file_keeps_its_graph(
     int8_model, texture, tmp_path
 ):
     record = int8_model.fit_info_.precision
-    assert record == {"requested": "int8", "used": "int8"}
+    assert record["requested"] == record["used"] == "int8"
+    assert set(record["agreement"]) == {"int8"}  # compared with fp32, whatever it says
     embedding = int8_model.module_.embedding
     assert embedding.precision == "int8"
     import onnx
@@ -173,7 +174,7 @@ def test_a_precision_that_cannot_run_says_why_and_uses_fp32(texture, monkeypatch
     assert "torch-free path" in torch_fit.fit_info_.precision["reason"]
 
 
-def test_auto_keeps_a_lower_precision_only_where_its_scores_agree(texture, monkeypatch):
+def test_auto_keeps_a_lower_precision_only_where_its_scores_agree(texture, monkeypatch, caplog):
     """The candidates' arithmetic is replaced: one that computes fp32's very features agrees,
     one that adds noise to them does not."""
     monkeypatch.setattr(precision, "cpu_flags", lambda: VNNI)
@@ -206,6 +207,17 @@ def test_auto_keeps_a_lower_precision_only_where_its_scores_agree(texture, monke
     assert record["used"] == "fp32" and not record["agreement"]["int8"]["agrees"]
     assert noisy.module_.embedding.precision == "fp32"
     assert noisy.module_.embedding.int8_graph is None
+
+    # asked for by name, the precision is used all the same, and the fit warns
+    with caplog.at_level(logging.WARNING):
+        asked = patchcore(precision="int8").fit(texture)
+    record = asked.fit_info_.precision
+    assert record["used"] == "int8" and not record["agreement"]["int8"]["agrees"]
+    assert asked.module_.embedding.precision == "int8"
+    assert any("disagree with fp32" in r.getMessage() for r in caplog.records)
+    from defectscope.results import precision_line
+
+    assert "its scores DISAGREE with fp32's (int8: rank correlation" in precision_line(record)
 
 
 def test_an_int8_model_exports_in_fp32_and_says_so(int8_model, tmp_path):
@@ -298,7 +310,8 @@ def test_results_and_the_report_say_the_models_precision(int8_model, texture, tm
     import json
 
     results = json.loads((run / "results.json").read_text())["results"]
-    assert results[0]["model"]["precision"] == {"requested": "int8", "used": "int8"}
+    assert results[0]["model"]["precision"]["used"] == "int8"
     assert (
-        "Features in int8 (the statistics from fp32 features)." in (run / "report.html").read_text()
+        "Features in int8 (the statistics from fp32 features); its scores"
+        in (run / "report.html").read_text()
     )

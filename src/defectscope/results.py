@@ -201,4 +201,8 @@ def precision_line(record: dict[str, Any] | None) -> str | None:
             else "fp32, as no lower precision's scores agree with it"
         )
         return f"precision auto: {verdict}" + (f" ({figures})" if figures else "")
-    return f"features in {used} (the statistics from fp32 features)"
+    own = compared.get(used) or {}
+    said = "agree" if own.get("agrees") else "DISAGREE"
+    return f"features in {used} (the statistics from fp32 features)" + (
+        f"; its scores {said} with fp32's ({figures})" if figures else ""
+    )

@@ -380,7 +380,7 @@ class Detector(Scorer):
             self._end_stage()
             desc = f"out-of-fold {k + 1}/{len(folds)}"
             fold_paths = [paths[i] for i in members]
-            if precision.pending:  # auto: fp32 and each candidate on this fold's first images
+            if precision.pending:  # fp32 and the lower precisions on this fold's first images
                 sample = fold_paths[:AGREEMENT_IMAGES]
                 precision.decide(
                     functools.partial(self._scores_of, module, sample, engine, config.input_shape)

@@ -212,8 +212,10 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 
 class PrecisionChoice:
     """A fit's side of the ``precision`` option: the lower-precision features built once the
-    fit has its first images (:meth:`prepare`), switched on at once where one was asked for,
-    or compared with fp32 on the first out-of-fold images under ``auto`` (:meth:`decide`);
+    fit has its first images (:meth:`prepare`), then compared with fp32 on the first
+    out-of-fold images (:meth:`decide`): under ``auto`` the fastest that agrees is used, an
+    explicitly requested one is used whatever the comparison says, with a warning where its
+    scores disagree. Every out-of-fold score after that is made in the precision used.
     :meth:`record` is what the fit record keeps. ``embedding``: the lean fitter's
     :class:`~defectscope.models.lean.LeanEmbedding` (None on the PyTorch path, which runs fp32)."""
 
@@ -227,12 +229,12 @@ class PrecisionChoice:
 
     @property
     def pending(self) -> bool:
-        """Whether ``auto`` still has candidates to compare with fp32."""
-        return self.requested == "auto" and bool(self._built)
+        """Whether lower precisions wait to be compared with fp32 (:meth:`decide`)."""
+        return bool(self._built)
 
     def prepare(self, first: np.ndarray) -> None:
-        """Build the candidate precisions from the fit's first uint8 images ``first`` (the
-        int8 calibration); an explicitly requested one is used from now on."""
+        """Build the lower precisions to compare from the fit's first uint8 images ``first``
+        (the int8 calibration), or record why none can run."""
         if self.requested == "fp32":
             return
         if self.embedding is None or getattr(self.embedding, "graph", None) is None:
@@ -252,15 +254,13 @@ class PrecisionChoice:
         for p in runnable:
             int8 = quantize_int8(self.embedding.graph, calibration) if p == "int8" else None
             self._built[p] = (features(p, self.embedding.graph, int8), int8)
-        if self.requested != "auto":
-            self._switch(self.requested)
-            self._built.clear()
-        else:
+        if self.requested == "auto":
             self.notes["unavailable"] = {p: r for p, r in reasons.items() if r is not None}
 
     def decide(self, score: Callable[[], np.ndarray]) -> None:
-        """``auto``: ``score()`` (the out-of-fold images' scores under the embedding as it is
-        set) once in fp32 and once per candidate; the fastest candidate that agrees is used."""
+        """``score()`` (the scores of a fold's first out-of-fold images under the embedding as
+        it is set) once in fp32 and once per lower precision, fastest first; ``auto`` keeps the
+        first that agrees (else fp32), an explicit request keeps its own."""
         fp32 = self.embedding.features
         reference = score()
         compared = {}
@@ -268,13 +268,25 @@ class PrecisionChoice:
             self.embedding.use(run, p, int8)
             compared[p] = agreement(reference, score())
             self.embedding.use(fp32, "fp32")
-            if compared[p]["agrees"]:
+            if compared[p]["agrees"] or self.requested != "auto":
                 self._switch(p)
                 break
         self._built.clear()
         self.notes["agreement"] = compared
-        if self.used == "fp32":
-            log.info("precision auto: no lower precision agrees with fp32 (%s); fp32", compared)
+        figures = ", ".join(
+            f"{p}: rank correlation {a['rank_correlation']}, shift {a['shift']}"
+            for p, a in compared.items()
+        )
+        if self.requested != "auto" and not compared[self.requested]["agrees"]:
+            log.warning(
+                "precision %s: its scores of %d out-of-fold good images disagree with fp32's "
+                "(%s); its AUROC may be lower than fp32's (precision auto would keep fp32)",
+                self.requested,
+                compared[self.requested]["images"],
+                figures,
+            )
+        elif self.used == "fp32":
+            log.info("precision auto: no lower precision agrees with fp32 (%s); fp32", figures)
 
     def record(self) -> dict[str, Any]:
         return {"requested": self.requested, "used": self.used, **self.notes}
