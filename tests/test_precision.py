@@ -143,6 +143,10 @@ def test_a_file_whose_graph_and_record_disagree_is_refused(int8_model, texture, 
     )
     with pytest.raises(ModelFileError, match="precision must say"):
         defectscope.load(odd)
+    garbled = {"requested": "auto", "used": "fp32", "agreement": {"bf16": "yes"}}
+    garbled = _resave(fp32, tmp_path / "garbled.safetensors", fitted_changes={"precision": garbled})
+    with pytest.raises(ModelFileError, match="how they compared"):
+        defectscope.load(garbled)
     # an edited graph: the checksum refuses it like any other tensor
     from .fuzz.mutate import join_safetensors, split_safetensors
 

@@ -216,18 +216,38 @@ MAX_THRESHOLD_SPREADS = 1000.0
 USED_PRECISIONS = ("fp32", "int8", "bf16")
 
 
+def _comparison(value: Any) -> bool:
+    """One entry of a precision record's ``agreement``: how a lower precision compared."""
+    return (
+        isinstance(value, dict)
+        and set(value) == {"images", "rank_correlation", "shift", "agrees"}
+        and isinstance(value["images"], int)
+        and not isinstance(value["images"], bool)
+        and all(value[k] is None or _number(value[k]) for k in ("rank_correlation", "shift"))
+        and isinstance(value["agrees"], bool)
+    )
+
+
 def _check_precision(record: Any) -> None:
     if record is None:
         return
+    agreement = record.get("agreement", {}) if isinstance(record, dict) else None
+    unavailable = record.get("unavailable", {}) if isinstance(record, dict) else None
     if not (
         isinstance(record, dict)
+        and set(record) <= {"requested", "used", "reason", "agreement", "unavailable"}
         and record.get("used") in USED_PRECISIONS
         and record.get("requested") in (*USED_PRECISIONS, "auto")
-        and all(isinstance(k, str) for k in record)
+        and isinstance(record.get("reason", ""), str)
+        and isinstance(agreement, dict)
+        and all(k in USED_PRECISIONS and _comparison(v) for k, v in agreement.items())
+        and isinstance(unavailable, dict)
+        and all(k in USED_PRECISIONS and isinstance(v, str) for k, v in unavailable.items())
     ):
         raise ConfigError(
-            "precision must say which precision was requested (fp32, int8, bf16, auto) and "
-            f"which was used (fp32, int8, bf16); got {record!r:.200}"
+            "precision must say which precision was requested (fp32, int8, bf16, auto), which "
+            "was used (fp32, int8, bf16) and how they compared; got "
+            f"{record!r:.200}"
         )
 
 

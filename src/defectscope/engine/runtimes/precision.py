@@ -94,10 +94,6 @@ def unavailable(precision: str, flags: frozenset[str] | None = None) -> str | No
     return None
 
 
-def graph_bytes(path: Path) -> bytes:
-    return Path(path).read_bytes()
-
-
 def quantize_int8(graph: Path, calibration: np.ndarray) -> bytes:
     """The fp32 feature graph at ``graph`` quantized to int8 (QDQ, per-channel weights, MinMax
     activation ranges of ``calibration``: float32 ``(B, 3, H, W)`` images as the graph takes
