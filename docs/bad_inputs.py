@@ -94,10 +94,15 @@ class Cases:
         self.rows.append((group, case, code, text))
 
     # -- helpers that write files
-    def model_with(self, edit: Callable[[dict, bytes], tuple[dict, bytes]], recompute=True):
+    def model_with(
+        self,
+        edit: Callable[[dict, bytes], tuple[dict, bytes]],
+        recompute=True,
+        source: Path | None = None,
+    ):
         from tests.fuzz.mutate import join_safetensors, split_safetensors
 
-        header, body = split_safetensors(self.model.read_bytes())
+        header, body = split_safetensors((source or self.model).read_bytes())
         header, body = edit(header, body)
         meta = header["__metadata__"]
         if recompute:
@@ -750,11 +755,7 @@ def precision_cases(c: Cases) -> None:
     def claims_fp32(config):
         config["fitted"]["precision"] = {"requested": "fp32", "used": "fp32"}
 
-    c.model, real_model = int8_model, c.model
-    try:
-        claimed = c.model_with(edit_config(claims_fp32))
-    finally:
-        c.model = real_model
+    claimed = c.model_with(edit_config(claims_fp32), source=int8_model)
     c.record(
         g,
         "an int8 model file whose record says fp32 (header checksum recomputed)",

@@ -180,6 +180,16 @@ def skipped_reason(skipped: str) -> tuple[str, str]:
     return "not tried", skipped
 
 
+def comparison_text(compared: dict[str, Any]) -> str:
+    """How each lower precision's out-of-fold scores compared with fp32's, in words."""
+    return "; ".join(
+        f"{p}: rank correlation {a['rank_correlation']}, shift {a['shift']} on {a['images']} "
+        "out-of-fold images"
+        for p, a in compared.items()
+        if a.get("rank_correlation") is not None
+    )
+
+
 def precision_line(record: dict[str, Any] | None) -> str | None:
     """One line on a fit's precision record, or None for a plain fp32 fit."""
     if not record or (record.get("requested", "fp32") == "fp32" and record.get("used") == "fp32"):
@@ -188,12 +198,7 @@ def precision_line(record: dict[str, Any] | None) -> str | None:
     if record.get("reason"):
         return f"precision {requested} cannot run here ({record['reason']}): features in fp32"
     compared = record.get("agreement") or {}
-    figures = "; ".join(
-        f"{p}: rank correlation {a['rank_correlation']}, shift {a['shift']} on {a['images']} "
-        "out-of-fold images"
-        for p, a in compared.items()
-        if a.get("rank_correlation") is not None
-    )
+    figures = comparison_text(compared)
     if requested == "auto":
         verdict = (
             f"{used}, whose scores agree with fp32"

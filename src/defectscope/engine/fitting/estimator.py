@@ -34,7 +34,7 @@ from defectscope.engine.rules.operating import (
     checked_threshold,
     choose,
 )
-from defectscope.engine.rules.record import FitInfo
+from defectscope.engine.rules.record import FitInfo, used_precision
 from defectscope.engine.rules.settings import ENGINE_NAMES, EngineOptions
 from defectscope.engine.runtimes.precision import AGREEMENT_IMAGES, INT8_TENSOR, PrecisionChoice
 from defectscope.engine.scoring.scorer import Scorer
@@ -830,7 +830,7 @@ class Detector(Scorer):
         tensors = read_tensors()
         fitted = {k: v for k, v in header["fitted"].items() if k != "threshold"}
         int8 = tensors.pop(INT8_TENSOR, None)
-        used = (fitted.get("precision") or {}).get("used", "fp32")
+        used = used_precision(fitted)
         if (int8 is not None) != (used == "int8") or (
             int8 is not None and (int8.dtype != np.uint8 or int8.ndim != 1)
         ):
@@ -871,7 +871,7 @@ class Detector(Scorer):
         module = lean_module(self.name, config, engine, tensors, fitted, on_stage, int8_graph)
         if module is not None:
             return module
-        used = (fitted.get("precision") or {}).get("used", "fp32")
+        used = used_precision(fitted)
         if used != "fp32" and lean_key(self.name, config, engine) is None:
             log.warning(
                 "this model was fitted to score in %s on the torch-free path; with runtime %s it "

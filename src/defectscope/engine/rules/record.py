@@ -34,6 +34,12 @@ ENGINE_FIELDS = (
 )
 
 
+def used_precision(record: Mapping[str, Any]) -> str:
+    """The precision a fit record (or a model file's ``fitted`` header) says the features are
+    computed in: fp32 where it says nothing (files written before the option)."""
+    return (record.get("precision") or {}).get("used", "fp32")
+
+
 @dataclass(frozen=True)
 class FitInfo(Mapping[str, Any]):
     """One fitted model's record. ``None``: not recorded (a supervised detector has no scales,
@@ -114,7 +120,7 @@ class FitInfo(Mapping[str, Any]):
     @property
     def precision_used(self) -> str:
         """The precision the model's features are computed in (fp32 for older files)."""
-        return (self.precision or {}).get("used", "fp32")
+        return used_precision(self)
 
     @property
     def operating_point(self) -> dict[str, Any] | None:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from defectscope.config import Options, option
-from defectscope.engine.rules.operating import RULES
+from defectscope.engine.rules.operating import RULES, USED_PRECISIONS
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 #: the feature extractor's arithmetic (:mod:`defectscope.engine.runtimes.precision`)
-PRECISIONS = ("fp32", "int8", "bf16", "auto")
+PRECISIONS = (*USED_PRECISIONS, "auto")
 
 
 @dataclass(frozen=True)

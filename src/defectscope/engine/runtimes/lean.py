@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.config import Options
+from defectscope.engine.rules.record import used_precision
 from defectscope.engine.rules.settings import EngineOptions
 from defectscope.engine.runtimes.onnx_session import run_micro_batches, session_options
 from defectscope.engine.runtimes.runtime import cached_graph, graph_metadata, resolve_runtime
@@ -137,7 +138,7 @@ def use_saved_precision(embedding, info: dict[str, Any], int8_graph: bytes | Non
     without VNNI), bf16 where OpenVINO is installed, else fp32 with a warning."""
     from defectscope.engine.runtimes import precision
 
-    used = (info.get("precision") or {}).get("used", "fp32")
+    used = used_precision(info)
     if used == "fp32":
         return
     if used == "bf16" and not precision.openvino_available():

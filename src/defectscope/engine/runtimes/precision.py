@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.engine.runtimes.onnx_session import run_micro_batches, session_options
+from defectscope.results import comparison_text
 
 log = logging.getLogger(__name__)
 
@@ -269,20 +270,18 @@ class PrecisionChoice:
                 break
         self._built.clear()
         self.notes["agreement"] = compared
-        figures = ", ".join(
-            f"{p}: rank correlation {a['rank_correlation']}, shift {a['shift']}"
-            for p, a in compared.items()
-        )
         if self.requested != "auto" and not compared[self.requested]["agrees"]:
             log.warning(
-                "precision %s: its scores of %d out-of-fold good images disagree with fp32's "
-                "(%s); its AUROC may be lower than fp32's (precision auto would keep fp32)",
+                "precision %s: its scores of out-of-fold good images disagree with fp32's (%s); "
+                "its AUROC may be lower than fp32's (precision auto would keep fp32)",
                 self.requested,
-                compared[self.requested]["images"],
-                figures,
+                comparison_text(compared),
             )
         elif self.used == "fp32":
-            log.info("precision auto: no lower precision agrees with fp32 (%s); fp32", figures)
+            log.info(
+                "precision auto: no lower precision agrees with fp32 (%s); fp32",
+                comparison_text(compared),
+            )
 
     def record(self) -> dict[str, Any]:
         return {"requested": self.requested, "used": self.used, **self.notes}
