@@ -90,9 +90,15 @@ def test_auto_keeps_the_best_ranked_candidate_and_records_every_one(texture, tmp
         **ENGINE,
     )
     record = model.fit_info_["auto"]
-    assert [r["label"] for r in record["candidates"]] == [c.label for c in pool]
+    *fits, combined = record["candidates"]
+    assert [r["label"] for r in fits] == [c.label for c in pool]
+    # last, the ensemble of the two best-ranked candidates, ranked the same way
+    top = sorted(fits, key=lambda r: -r["ranking_auroc"])[:2]
+    assert combined["label"] == "ensemble of " + " + ".join(r["label"] for r in top)
+    assert combined["model"] == "ensemble" and "skipped" not in combined
     assert [r for r, _ in seen] == record["candidates"]
     assert all(d is not None and d.threshold_ is not None for _, d in seen)
+    assert seen[-1][1].name == "ensemble"
     # the winner: the first of the best, a later one winning only by more than MARGIN
     best = record["candidates"][0]
     for r in record["candidates"][1:]:
@@ -100,7 +106,7 @@ def test_auto_keeps_the_best_ranked_candidate_and_records_every_one(texture, tmp
             best = r
     assert record["chosen"] == best["label"]
     assert model.name == best["model"]
-    assert model.options()[0].image_size == SIZE
+    assert model.input_shape == (SIZE, SIZE)
     for r in record["candidates"]:
         assert 0 <= r["ranking_auroc"] <= 1 and 0 <= r["lighting_false_reject"] <= 1
     assert "auto chose " + best["label"] in summary(record)
@@ -118,8 +124,11 @@ def test_auto_keeps_the_best_ranked_candidate_and_records_every_one(texture, tmp
 def test_of_two_equal_candidates_the_first_stays(texture):
     pool = [_padim("first"), _padim("same again")]
     record = auto_fit(texture, candidates_=pool, budget_s=UNBOUNDED, **ENGINE).fit_info_["auto"]
-    a, b = record["candidates"]
+    a, b, both = record["candidates"]
     assert a["ranking_auroc"] == b["ranking_auroc"]
+    # the ensemble of a model and its copy ranks as the model does: no margin, not chosen
+    assert both["label"] == "ensemble of first + same again"
+    assert both["ranking_auroc"] == pytest.approx(a["ranking_auroc"], abs=1e-6)
     assert record["chosen"] == "first"
 
 

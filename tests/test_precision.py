@@ -15,6 +15,7 @@ from defectscope.engine.runtimes import precision
 from defectscope.errors import ConfigError, ModelFileError
 
 from .conftest import SIZE
+from .files import resave
 
 VNNI = frozenset({"avx512_vnni"})
 
@@ -99,52 +100,24 @@ def test_int8_scores_every_image_in_int8_and_the_file_keeps_its_graph(
     assert loaded.threshold_ == int8_model.threshold_
 
 
-def _resave(path, out, *, drop=(), fitted_changes=None):
-    """``path`` written again to ``out`` without the tensors ``drop`` and with ``fitted``
-    header changes, every checksum recomputed (an edit made by someone who knows the format)."""
-    import hashlib
-    import json
-
-    from safetensors import safe_open
-    from safetensors.numpy import load_file, save_file
-
-    from defectscope.engine.persistence.files import tensors_digest
-
-    with safe_open(str(path), framework="numpy") as handle:
-        metadata = dict(handle.metadata())
-    tensors = {k: v for k, v in load_file(str(path)).items() if k not in drop}
-    header = json.loads(metadata["config"])
-    header["fitted"].update(fitted_changes or {})
-    text = json.dumps(header)
-    metadata.update(
-        config=text,
-        config_sha256=hashlib.sha256(text.encode()).hexdigest(),
-        tensors_sha256=tensors_digest(tensors),
-    )
-    save_file(tensors, str(out), metadata=metadata)
-    return out
-
-
 def test_a_file_whose_graph_and_record_disagree_is_refused(int8_model, texture, tmp_path):
     path = int8_model.save(tmp_path / "int8.safetensors")
-    missing = _resave(path, tmp_path / "missing.safetensors", drop=(precision.INT8_TENSOR,))
+    missing = resave(path, tmp_path / "missing.safetensors", drop=(precision.INT8_TENSOR,))
     with pytest.raises(ModelFileError, match="computed in int8, but the file holds no int8"):
         defectscope.load(missing)
     fp32 = patchcore().fit(texture).save(tmp_path / "fp32.safetensors")
-    claims = _resave(
+    claims = resave(
         fp32,
         tmp_path / "claims.safetensors",
         fitted_changes={"precision": {"requested": "int8", "used": "int8"}},
     )
     with pytest.raises(ModelFileError, match="holds no int8 feature graph"):
         defectscope.load(claims)
-    odd = _resave(
-        fp32, tmp_path / "odd.safetensors", fitted_changes={"precision": {"used": "int4"}}
-    )
+    odd = resave(fp32, tmp_path / "odd.safetensors", fitted_changes={"precision": {"used": "int4"}})
     with pytest.raises(ModelFileError, match="precision must say"):
         defectscope.load(odd)
     garbled = {"requested": "auto", "used": "fp32", "agreement": {"bf16": "yes"}}
-    garbled = _resave(fp32, tmp_path / "garbled.safetensors", fitted_changes={"precision": garbled})
+    garbled = resave(fp32, tmp_path / "garbled.safetensors", fitted_changes={"precision": garbled})
     with pytest.raises(ModelFileError, match="how they compared"):
         defectscope.load(garbled)
     # an edited graph: the checksum refuses it like any other tensor

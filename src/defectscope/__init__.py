@@ -18,6 +18,7 @@ _LAZY = {
     "export_onnx": ("defectscope.engine.runtimes.exported", "export_onnx"),
     "ExportedModel": ("defectscope.engine.runtimes.exported", "ExportedModel"),
     "Detector": ("defectscope.engine.fitting.estimator", "Detector"),
+    "Ensemble": ("defectscope.engine.fitting.ensemble", "Ensemble"),
     "Prediction": ("defectscope.results", "Prediction"),
     "DefectscopeError": ("defectscope.errors", "DefectscopeError"),
 }

@@ -22,6 +22,11 @@ a budget that allows one fit gives the default):
 5. PatchCore on the stride-8 and stride-16 stages' neighbours ``blocks.2`` + ``blocks.3``;
 6. PatchCore without the lighting correction.
 
+Then the score-normalised ensemble of the two best-ranked candidates
+(:class:`~defectscope.engine.fitting.ensemble.Ensemble`) is ranked the same way: it needs no
+fit (it combines the two fits' kept out-of-fold, synthetic and lighting-probe scores), and is
+recorded as passed over where the two cannot be paired (different input sizes or folds).
+
 A candidate replaces the best so far only when its ranking AUROC is higher by more than
 :data:`MARGIN` (about the standard error of an AUROC of 200 defects against 200 good scores):
 without evidence beyond noise, the earlier (more conventional) configuration stays. The
@@ -42,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.errors import ConfigError, DefectscopeError
-from defectscope.results import AUTO_FAILED, skipped_reason
+from defectscope.results import AUTO_FAILED, AUTO_UNPAIRED, skipped_reason
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ MARGIN = 0.005
 #: fit scores the relit images too (about 1.25 plain default fits on tire: 45 s against 36 s),
 #: so 4 of them are about 5 default fits (the issue's bound)
 BUDGET_FITS = 4.0
+#: how many of the best-ranked candidates the ensemble candidate combines
+ENSEMBLE_OF = 2
 #: the options a user may set for an automatic fit: every engine option and the seed; the
 #: detector's own options are what ``auto`` chooses
 SHARED = ("seed",)
@@ -152,6 +159,7 @@ def auto_fit(
     budget_s: float | None = None,
     candidates_: Sequence[Candidate] | None = None,
     on_candidate: Callable[[dict[str, Any], Any], None] | None = None,
+    ensemble: bool = True,
     **options: Any,
 ):
     """Fit the candidates on ``data`` (a category folder, a Category or image files) within
@@ -159,6 +167,9 @@ def auto_fit(
     records the choice. ``options``: engine options and ``seed``, shared by every candidate.
     ``on_candidate(record, detector)`` is called as each candidate finishes (``detector``:
     the fitted candidate, or None for one the budget skipped or that failed to fit).
+    ``ensemble``: after the candidates, also rank the score-normalised ensemble of the two
+    best-ranked ones (:class:`~defectscope.engine.fitting.ensemble.Ensemble`; no fit, it
+    combines their kept scores); it is chosen only by the same margin.
 
     The first candidate always runs, whatever the budget (without a fit there is nothing to
     return); a later one starts only when its expected time fits in what is left. Without
@@ -183,6 +194,8 @@ def auto_fit(
 
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
+    #: the ENSEMBLE_OF best-ranked fitted candidates so far, best first
+    fitted: list[tuple[dict[str, Any], Any]] = []
     best = None
     best_record: dict[str, Any] | None = None
     unit = None  # seconds of a cost-1 fit, from the first candidate
@@ -233,8 +246,42 @@ def auto_fit(
             on_candidate(record, detector)
         if best_record is None or record["ranking_auroc"] > best_record["ranking_auroc"] + MARGIN:
             best, best_record = detector, record
+        fitted = _top(fitted, (record, detector))
         del detector
         log.info("auto: candidate %d/%d %s: %s", i + 1, len(pool), c.label, record)
+
+    if ensemble and len(fitted) == ENSEMBLE_OF:
+        t0 = time.perf_counter()
+        try:
+            combined = _ensemble(fitted)
+        except ConfigError as exc:  # the best two cannot be paired (input size, folds)
+            records.append(
+                {
+                    "label": _ensemble_label(fitted),
+                    "model": "ensemble",
+                    "params": {"members": [r["label"] for r, _ in fitted]},
+                    "skipped": f"{AUTO_UNPAIRED}{exc}",
+                }
+            )
+            if on_candidate:
+                on_candidate(records[-1], None)
+        else:
+            record = _record(
+                Candidate(
+                    _ensemble_label(fitted),
+                    "ensemble",
+                    {"members": [r["label"] for r, _ in fitted]},
+                ),
+                combined,
+                time.perf_counter() - t0,
+            )
+            records.append(record)
+            if on_candidate:
+                on_candidate(record, combined)
+            if record["ranking_auroc"] > best_record["ranking_auroc"] + MARGIN:
+                best, best_record = combined, record
+            del combined
+    del fitted
 
     assert best is not None and best_record is not None
     total = time.perf_counter() - start
@@ -254,6 +301,30 @@ def auto_fit(
     return best
 
 
+def _top(fitted: list, entry: tuple[dict[str, Any], Any]) -> list:
+    """The :data:`ENSEMBLE_OF` best-ranked of ``fitted`` and ``entry``, best first (earlier
+    candidates first among equals)."""
+    ranked = sorted([*fitted, entry], key=lambda e: -e[0]["ranking_auroc"])
+    return ranked[:ENSEMBLE_OF]
+
+
+def _ensemble_label(fitted: list) -> str:
+    return "ensemble of " + " + ".join(r["label"] for r, _ in fitted)
+
+
+def _ensemble(fitted: list):
+    """The ensemble of the fitted candidates, with its members' lighting-probe scores
+    combined as its other scores are (ConfigError where they cannot be paired)."""
+    from defectscope.engine.fitting.ensemble import Ensemble, combine
+
+    members = [d for _, d in fitted]
+    combined = Ensemble.of(members, labels=[r["label"] for r, _ in fitted])
+    lit = [getattr(d, "lighting_scores_", None) for d in members]
+    if all(x is not None for x in lit) and len({len(x) for x in lit}) == 1:
+        combined.lighting_scores_ = combine(lit, combined.norms)
+    return combined
+
+
 def _gains() -> tuple[float, ...]:
     from defectscope.engine.fitting.estimator import LIGHTING_GAINS
 
@@ -267,10 +338,10 @@ def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
 def _record(c: Candidate, detector, seconds: float) -> dict[str, Any]:
     from defectscope.verdict import fails
 
-    good = np.asarray(detector.out_of_fold_scores_, dtype=np.float64)
-    good = good[np.isfinite(good)]
+    kept = detector.fit_info_.threshold_source["scores"]  # the out-of-fold scores scored
+    good = np.asarray(kept["good"], dtype=np.float64)
     lit = getattr(detector, "lighting_scores_", None)
-    syn = detector.synthetic_scores_
+    syn = kept["synthetic"]
     point = detector.fit_info_.operating_point
     ranking = ranking_auroc(good, lit, np.asarray(syn, dtype=np.float64))
     light = None if lit is None else float(np.mean(fails(lit, detector.threshold_)))

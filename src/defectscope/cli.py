@@ -41,6 +41,7 @@ EXAMPLES = {
     "serve": "defectscope serve --model runs/fit/tire/model.onnx --port 8000",
     "update": "defectscope update --model runs/fit/tire --good new_good_parts/\n"
     "  defectscope update --model runs/fit/tire --restore",
+    "ensemble": "defectscope ensemble runs/fit/tire runs/fit/tire-padim --name tire-ensemble",
     "calibrate": "defectscope calibrate --model runs/fit/tire --data labelled/tire\n"
     "  defectscope calibrate --model runs/fit/tire --data labelled/tire --false-reject-rate 0.01",
 }
@@ -288,6 +289,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     model_options(fit)
     _add_executor_options(fit)
+
+    ens = verb(
+        "ensemble",
+        "combine fitted models of one category into one: the mean of their scores, each "
+        "normalised by its own out-of-fold good scores; threshold by the same rule",
+    )
+    ens.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="2 to 8 model files or fit run folders, fitted on the same images with the same "
+        "input size, seed and folds",
+    )
 
     ev = verb("evaluate", "evaluate a saved or exported model on a category's test split")
     ev.add_argument("--model", required=True, help="model file, run folder or exported .onnx")
@@ -780,6 +794,33 @@ def cmd_update(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from defectscope.engine.fitting.ensemble import Ensemble
+    from defectscope.engine.persistence.files import model_path
+    from defectscope.engine.rules.operating import OperatingPoint
+    from defectscope.engine.workflows.loading import load
+    from defectscope.runs import run_folder
+
+    if any(str(m).endswith(".onnx") for m in args.models):
+        raise ConfigError(
+            "an ensemble combines fitted models (.safetensors or run folders), not exported "
+            ".onnx files; export the ensemble afterwards"
+        )
+    members = [load(m, progress=not args.quiet) for m in args.models]
+    labels = [str(model_path(m)) for m in args.models]
+    ensemble = Ensemble.of(members, labels=labels)
+    with run_folder(Path(args.project) / "ensemble", args.name or "ensemble") as run:
+        path = ensemble.save(run / "model.safetensors")
+        fitted = {"command": args.command, "fitted": ensemble.fit_info_.to_dict()}
+        write_text(run / "run.json", json.dumps(fitted, indent=2, default=str))
+    print(
+        f"combined {len(members)} models ({', '.join(m.name for m in members)}); threshold "
+        f"{ensemble.threshold_:.4g}; saved {path}"
+    )
+    print(OperatingPoint(**ensemble.fit_info_.operating_point).summary())
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from defectscope.engine.persistence.files import keep_previous, model_path
     from defectscope.engine.workflows.calibration import MOST_GOOD, calibrate, trade_off_lines
@@ -1001,6 +1042,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "report": cmd_report,
     "export": cmd_export,
+    "ensemble": cmd_ensemble,
     "calibrate": cmd_calibrate,
     "update": cmd_update,
     "serve": cmd_serve,

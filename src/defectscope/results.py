@@ -170,13 +170,18 @@ def pick_examples(
 
 #: how an ``auto`` record marks a candidate whose fit failed: its ``skipped`` starts with this
 AUTO_FAILED = "failed: "
+#: the start of an ensemble candidate's ``skipped`` text where its members cannot be paired
+AUTO_UNPAIRED = "unpaired: "
 
 
 def skipped_reason(skipped: str) -> tuple[str, str]:
     """An ``auto`` candidate's ``skipped`` text as ``(what happened, why)``: "could not fit"
-    for a fit that failed, "not tried" for one the budget left out."""
+    for a fit that failed, "could not combine" for an ensemble whose members' scores do not
+    pair, "not tried" for one the budget left out."""
     if skipped.startswith(AUTO_FAILED):
         return "could not fit", skipped[len(AUTO_FAILED) :]
+    if skipped.startswith(AUTO_UNPAIRED):
+        return "could not combine", skipped[len(AUTO_UNPAIRED) :]
     return "not tried", skipped
 
 

@@ -82,11 +82,6 @@ def fixed_scales(
     figure, overlay and page uses the same colours for the same score. ``maps`` may be a sample
     of the images: ``map_scores`` are then the scores of the sampled ones (default ``scores``).
     """
-    median = float(np.median(scores))
-    mad = 1.4826 * float(np.median(np.abs(scores - median)))
-    spread = max(float(threshold - median), mad)
-    if not np.isfinite(spread) or spread <= 0:
-        spread = max(abs(median) * 0.1, 1e-6)
     flat = maps.reshape(len(maps), -1)
     low = float(np.median(flat))
     high = float(np.quantile(flat.max(axis=1), 0.99))
@@ -94,10 +89,21 @@ def fixed_scales(
     paired = scores if map_scores is None else map_scores
     on_map = bool(np.allclose(paired, flat.max(axis=1), rtol=1e-4, atol=1e-6))
     return {
-        "score_scale": {"good_median": median, "spread": spread},
+        "score_scale": score_scale(scores, threshold),
         "colour_scale": [low, top],
         "threshold_on_map": on_map,
     }
+
+
+def score_scale(scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """``{"good_median", "spread"}`` of the normalised score (see :func:`fixed_scales`) from
+    held-out good ``scores`` and the threshold."""
+    median = float(np.median(scores))
+    mad = 1.4826 * float(np.median(np.abs(scores - median)))
+    spread = max(float(threshold - median), mad)
+    if not np.isfinite(spread) or spread <= 0:
+        spread = max(abs(median) * 0.1, 1e-6)
+    return {"good_median": median, "spread": spread}
 
 
 def to_tensor(batch: np.ndarray):
@@ -121,6 +127,17 @@ def _lean_scores(module, batch: np.ndarray, step: int):
     """The same for a lean (numpy) module, which takes the uint8 images."""
     for start in range(0, len(batch), step):
         yield module(batch[start : start + step])
+
+
+def module_scores(module, batch: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, maps)`` float32 of a fitted or fold module (PyTorch or lean) on a uint8
+    ``batch``, in passes of its ``max_batch`` (else ``batch_size``) images."""
+    step = module.max_batch or batch_size
+    score = _lean_scores if getattr(module, "lean", False) else _torch_scores
+    parts = list(score(module, batch, step))
+    scores = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
+    maps = np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False)
+    return scores, maps
 
 
 def relit(batch: np.ndarray, first: int = 0) -> np.ndarray:
@@ -649,15 +666,27 @@ class Detector(Scorer):
     def _run(self, module, items, engine, size, desc: str = "scoring"):
         bits = getattr(self, "_source_bits", None) or self.bit_depth
         batches = iter_batches(items, size, engine.batch_size, engine.num_workers, bits)
-        step = module.max_batch or engine.batch_size
-        score = _lean_scores if getattr(module, "lean", False) else _torch_scores
         with progress_bar(len(items), desc, enabled=engine.progress) as bar:
             for idx, batch in batches:
-                parts = list(score(module, batch, step))
-                scores = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
-                maps = np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False)
+                scores, maps = module_scores(module, batch, engine.batch_size)
                 bar.update(len(idx))
                 yield idx, batch, scores, maps
+
+    def score_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (B,), maps (B, H, W))`` float32 of decoded uint8 images ``(B, H, W, 3)``
+        at :attr:`input_shape` (what an ensemble asks of each member)."""
+        self.check_fitted()
+        return module_scores(self.module_, batch, self.options()[1].batch_size)
+
+    def torch_module(self):
+        """The fitted model as a PyTorch module, float images ``(B, 3, H, W)`` in 0..1 ->
+        ``(scores, maps)``, whichever runtime scores it (what export traces)."""
+        self.check_fitted()
+        if getattr(self.module_, "lean", False):  # fitted or loaded without PyTorch
+            from defectscope.engine.runtimes.lean import torch_module
+
+            return torch_module(self)
+        return self.module_.plain().eval()
 
     def _scores_of(self, module, items, engine, size) -> np.ndarray:
         """The image scores of ``items`` under ``module`` (no maps kept)."""

@@ -71,24 +71,33 @@ def keep_previous(path: str | Path) -> Path | None:
 
 def save_detector(detector: Any, path: str | Path) -> Path:
     """Write a fitted estimator atomically; returns the file written."""
-    from safetensors.numpy import save_file
-
-    from defectscope.version import __version__
-
     detector.check_fitted()
-    path = model_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config, engine = detector.config_, detector.options()[1]
-    import numpy as np
+    return write_model(path, model_header(detector), detector.saved_state())
 
-    state = detector.saved_state()
-    tensors = {k: np.asarray(_as_array(v), order="C") for k, v in state.items()}
-    header = {
+
+def model_header(detector: Any) -> dict[str, Any]:
+    """The JSON header of a fitted estimator's file: its detector, config, engine options and
+    fit record (one member of an ensemble's file has the same)."""
+    config, engine = detector.config_, detector.options()[1]
+    return {
         "detector": detector.name,
         "config": config.to_dict(),
         "engine": {k: v for k, v in engine.to_dict().items() if k != "progress"},
         "fitted": {"threshold": detector.threshold_, **detector.fit_info_.to_dict()},
     }
+
+
+def write_model(path: str | Path, header: dict[str, Any], state: dict[str, Any]) -> Path:
+    """Write ``header`` and the tensors ``state`` to one model file, atomically, with the
+    checksums :func:`read_header` and :func:`read_tensors` check; returns the file."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from defectscope.version import __version__
+
+    path = model_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: np.asarray(_as_array(v), order="C") for k, v in state.items()}
     text = json.dumps(header)
     metadata = {
         "format": FORMAT,

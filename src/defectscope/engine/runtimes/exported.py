@@ -83,13 +83,8 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
             "differ slightly from the model's",
             stacklevel=2,
         )
-    if getattr(detector.module_, "lean", False):  # fitted or loaded without PyTorch
-        from defectscope.engine.runtimes.lean import torch_module
-
-        module = torch_module(detector)
-    else:
-        module = detector.module_.plain().eval()
-    height, width = detector.config_.input_shape
+    module = detector.torch_module()
+    height, width = detector.input_shape
     state_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     if state_bytes > MAX_ONNX_BYTES:
         raise ConfigError(

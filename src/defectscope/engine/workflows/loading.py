@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from defectscope.engine.fitting.ensemble import NAME as ENSEMBLE
 from defectscope.engine.persistence.files import model_path, read_header, read_tensors
 from defectscope.errors import ModelFileError, unknown_name
 
@@ -19,7 +20,7 @@ def load(
     progress: bool | None = None,
     weights: str | None = None,
 ):
-    """Load a model saved with ``save``, or an exported ``.onnx`` file.
+    """Load a model saved with ``save`` (an ensemble's too), or an exported ``.onnx`` file.
 
     Args:
         path: the ``.safetensors`` file, a run folder holding ``model.safetensors``, or an
@@ -46,6 +47,10 @@ def load(
     file = model_path(path)
     header = read_header(file)
     name = header["detector"]
+    if name == ENSEMBLE:
+        from defectscope.engine.fitting.ensemble import Ensemble
+
+        return Ensemble.from_saved(file, header, lambda: read_tensors(file, header), overrides)
     if name not in ESTIMATORS:
         raise ModelFileError(f"{file}: " + unknown_name("detector", str(name), ESTIMATORS))
     cls = ESTIMATORS[name]

@@ -155,8 +155,11 @@ class FoldedStatistics:
         self.folds.start(fold)
 
     def fold_bytes(self) -> int:
-        """Memory one more fold takes."""
-        return self.folds.current.nbytes
+        """Memory one more fold takes: a closed fold is kept packed (its mean and the lower
+        triangle of its scatter, :class:`~defectscope.ops.moments.FoldAccumulators`), about
+        half of the accumulator being fed."""
+        positions, dim = self.folds.shape
+        return 8 * positions * (dim + dim * (dim + 1) // 2)
 
     def finalize(self):
         return self._module_from(self.folds.merged())
