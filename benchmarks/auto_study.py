@@ -5,7 +5,9 @@
 
 For every category and seed, ``auto_fit`` fits every candidate of :mod:`defectscope.auto`
 (no time budget) and ranks them by their label-free ranking AUROC; each fitted candidate is
-then evaluated on the labelled test split, which chooses nothing. One row per candidate is
+then evaluated on the labelled test split, which chooses nothing; so is the ensemble of the two
+best-ranked candidates that ``auto_fit`` ranks last (one table row for every such ensemble,
+whichever its members). One row per candidate is
 appended to benchmarks/results/auto_study.jsonl (with which candidate auto chose); ``--table``
 prints, per category, the Spearman rank correlation of ranking AUROC and test AUROC, the test
 AUROC and F1 of auto's choice against the default's and the best candidate's, and the fit time
@@ -73,8 +75,15 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+#: the ensemble candidate's label names its members, which vary by run: one row for all
+ENSEMBLE_ROW = "ensemble of the two best-ranked"
+
+
 def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in rows:
+        if r.get("model") == "ensemble":
+            r["members"], r["label"] = r["label"], ENSEMBLE_ROW
     cats = sorted({r["category"] for r in rows})
     labels = list(dict.fromkeys(r["label"] for r in rows))
     print("| candidate | " + " | ".join(f"{c} ranking / test AUROC" for c in cats) + " |")
