@@ -178,3 +178,40 @@ def test_a_padim_fold_costs_what_a_closed_fold_keeps():
     closed = stats.folds.folds[0]
     assert stats.fold_bytes() == closed["mean"].nbytes + closed["scatter_lower"].nbytes
     assert stats.fold_bytes() < stats.folds.current.nbytes
+
+
+def test_the_service_serves_an_ensemble_as_the_library_scores_it(ensemble, images, tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra: pip install 'defectscope[serve]'")
+    from fastapi.testclient import TestClient
+
+    from defectscope.serve.app import create_app
+
+    path = ensemble.save(tmp_path / "ensemble.safetensors")
+    files = images[:3]
+    with TestClient(create_app(path)) as client:
+        info = client.get("/model").json()
+        assert info["detector"] == "ensemble" and info["threshold"] == ensemble.threshold_
+        assert info["config"]["members"] == ["patchcore", "padim"]
+        response = client.post(
+            "/predict", files=[("files", (p.name, p.read_bytes(), "image/png")) for p in files]
+        )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    expected = ensemble.predict(files)
+    assert [r["score"] for r in results] == pytest.approx([p.score for p in expected], rel=1e-5)
+    assert [r["verdict"] == "fail" for r in results] == [p.is_anomalous for p in expected]
+
+
+def test_ray_s_predict_actor_loads_and_scores_an_ensemble(ensemble, images, tmp_path):
+    """What each Ray actor runs, called here without a cluster (tests/test_cluster.py runs the
+    actors on Ray)."""
+    from defectscope.cluster.predict import PredictActor
+
+    path = ensemble.save(tmp_path / "ensemble.safetensors")
+    actor = PredictActor(str(path), str(tmp_path / "out"), "none", None, {"batch_size": 8})
+    files = [str(p) for p in images[:4]]
+    batch = {"index": np.arange(4), "path": np.array(files), "name": np.array(files)}
+    rows = actor(batch)
+    expected = ensemble.predict(files)
+    assert rows["score"] == pytest.approx([p.score for p in expected], rel=1e-5)
+    assert rows["is_anomalous"] == [p.is_anomalous for p in expected]
