@@ -468,6 +468,7 @@ def build(c: Cases) -> None:  # noqa: C901, PLR0915 - one list of cases
 
     round_two(c, predict)
     precision_cases(c)
+    ensemble_cases(c)
 
     # ---- Python API
     g = "Python API"
@@ -543,8 +544,10 @@ def round_two(c: Cases, predict: list[str]) -> None:  # noqa: PLR0915 - one list
         c.record(g, case, opt("--config", P(d / name)))
 
     g = "model and exported files (round two)"
-    use = lambda model, *more: run(  # noqa: E731
-        [*predict[:2], P(model), P(c.image), "--project", P(c.fresh()), *more]
+    use = (
+        lambda model, *more: run(  # noqa: E731
+            [*predict[:2], P(model), P(c.image), "--project", P(c.fresh()), *more]
+        )
     )
 
     def both(value):
@@ -760,6 +763,91 @@ def precision_cases(c: Cases) -> None:
         g,
         "an int8 model file whose record says fp32 (header checksum recomputed)",
         use(claimed),
+    )
+
+
+def ensemble_cases(c: Cases) -> None:
+    """``defectscope ensemble`` of models that cannot be combined, and ensemble files edited
+    by hand."""
+    P = str
+    g = "ensemble (defectscope ensemble, ensemble files)"
+
+    def fitted(*more: str) -> Path:
+        runs = c.fresh() / "runs"
+        code, _, err = run(["fit", "--data", P(c.cat), "--project", P(runs), *SMALL, *more])
+        assert code == 0, err
+        return runs / "fit" / "cat" / "model.safetensors"
+
+    combine = lambda *models: run(  # noqa: E731
+        ["ensemble", *map(P, models), "--project", P(c.fresh() / "runs"), "-q"]
+    )
+    c.record(g, "one model", combine(c.model))
+    c.record(g, "nine models", combine(*[c.model] * 9))
+    c.record(g, "a model that does not exist", combine(c.model, c.work / "none.safetensors"))
+    c.record(g, "members whose input sizes differ", combine(c.model, fitted("--image-size", "96")))
+    c.record(g, "members fitted with different seeds", combine(c.model, fitted("--seed", "1")))
+    c.record(
+        g, "members fitted in different folds", combine(c.model, fitted("--threshold-folds", "3"))
+    )
+    other = c.copy_cat()
+    for png in sorted((other / "train" / "good").glob("*.png"))[:4]:
+        png.unlink()
+    runs = c.fresh() / "runs"
+    code, _, err = run(["fit", "--data", P(other), "--project", P(runs), *SMALL])
+    assert code == 0, err
+    c.record(
+        g,
+        "members fitted on different images",
+        combine(c.model, runs / "fit" / "cat" / "model.safetensors"),
+    )
+    exported = c.fresh() / "m.onnx"
+    code, _, err = run(["export", "--model", P(c.model), "--output", P(exported), "-q"])
+    assert code == 0, err
+    c.record(g, "a member that is an exported .onnx file", combine(c.model, exported))
+    calibrated = c.fresh() / "calibrated.safetensors"
+    code, _, err = run(
+        ["calibrate", "--model", P(c.model), "--data", P(c.cat), "--output", P(calibrated), "-q"]
+    )
+    assert code == 0, err
+    c.record(
+        g, "a calibrated member (its out-of-fold scores replaced)", combine(c.model, calibrated)
+    )
+    runs = c.fresh() / "runs"
+    code, _, err = run(
+        ["ensemble", P(c.model), P(fitted("--n-features", "30")), "--project", P(runs), "-q"]
+    )
+    assert code == 0, err
+    ensemble = runs / "ensemble" / "ensemble" / "model.safetensors"
+    use = lambda *argv: run([*argv, "--project", P(c.fresh())])  # noqa: E731
+    c.record(
+        g,
+        "predict with an ensemble file as saved",
+        use("predict", "--model", P(ensemble), P(c.image)),
+    )
+    c.record(
+        g,
+        "update an ensemble",
+        run(["update", "--model", P(ensemble), "--good", P(c.cat / "train" / "good"), "-q"]),
+    )
+
+    def zero_spread(config):
+        config["fitted"]["ensemble"]["members"][0]["spread"] = 0.0
+
+    edited = c.model_with(edit_config(zero_spread), source=ensemble)
+    c.record(
+        g,
+        "an ensemble file, a member's spread set to 0 (header checksum recomputed)",
+        use("predict", "--model", P(edited), P(c.image)),
+    )
+
+    def one_member(config):
+        config["config"]["headers"].pop()
+
+    edited = c.model_with(edit_config(one_member), source=ensemble)
+    c.record(
+        g,
+        "an ensemble file, one member's header removed (header checksum recomputed)",
+        use("predict", "--model", P(edited), P(c.image)),
     )
 
 

@@ -132,6 +132,31 @@ def test_of_two_equal_candidates_the_first_stays(texture):
     assert record["chosen"] == "first"
 
 
+def test_the_ensemble_combines_the_best_two_whose_scores_pair(texture):
+    """Scores pair only within one input shape (and folds): the ensemble candidate takes the
+    best two that pair, or says that none do."""
+    wide = Candidate("patchcore 96", "patchcore", {"image_size": SIZE + 32})
+    pool = [_patchcore(), wide, _padim()]
+    seen = []
+    model = auto_fit(
+        texture,
+        candidates_=pool,
+        budget_s=UNBOUNDED,
+        on_candidate=lambda r, d: seen.append(d),
+        **ENGINE,
+    )
+    *_, combined = model.fit_info_["auto"]["candidates"]
+    assert combined["label"] == "ensemble of padim + patchcore" or combined["label"] == (
+        "ensemble of patchcore + padim"
+    )
+    assert "skipped" not in combined and seen[-1].name == "ensemble"
+    assert [m.input_shape for m in seen[-1].members] == [(SIZE, SIZE)] * 2
+    record = auto_fit(texture, candidates_=pool[:2], budget_s=UNBOUNDED, **ENGINE).fit_info_["auto"]
+    *_, unpaired = record["candidates"]
+    assert unpaired["model"] == "ensemble" and "share an input size" in unpaired["skipped"]
+    assert "could not combine" in summary(record)
+
+
 def test_the_budget_skips_what_would_not_fit_but_never_the_first(texture):
     pool = [_padim("first"), _patchcore("second"), _padim("third")]
     seen = []

@@ -22,10 +22,12 @@ a budget that allows one fit gives the default):
 5. PatchCore on the stride-8 and stride-16 stages' neighbours ``blocks.2`` + ``blocks.3``;
 6. PatchCore without the lighting correction.
 
-Then the score-normalised ensemble of the two best-ranked candidates
-(:class:`~defectscope.engine.fitting.ensemble.Ensemble`) is ranked the same way: it needs no
-fit (it combines the two fits' kept out-of-fold, synthetic and lighting-probe scores), and is
-recorded as passed over where the two cannot be paired (different input sizes or folds).
+Then the score-normalised ensemble of two candidates
+(:class:`~defectscope.engine.fitting.ensemble.Ensemble`) is ranked the same way: of the
+candidates whose scores pair (the same input shape and folds), the two best-ranked (the pair
+with the highest sum where several input shapes have two). It needs no fit: it combines the two
+fits' kept out-of-fold, synthetic and lighting-probe scores. Where no two candidates pair it
+is recorded as passed over, saying why.
 
 A candidate replaces the best so far only when its ranking AUROC is higher by more than
 :data:`MARGIN` (about the standard error of an AUROC of 200 defects against 200 good scores):
@@ -168,8 +170,8 @@ def auto_fit(
     ``on_candidate(record, detector)`` is called as each candidate finishes (``detector``:
     the fitted candidate, or None for one the budget skipped or that failed to fit).
     ``ensemble``: after the candidates, also rank the score-normalised ensemble of the two
-    best-ranked ones (:class:`~defectscope.engine.fitting.ensemble.Ensemble`; no fit, it
-    combines their kept scores); it is chosen only by the same margin.
+    best-ranked ones whose scores pair (:class:`~defectscope.engine.fitting.ensemble.Ensemble`;
+    no fit, it combines their kept scores); it is chosen only by the same margin.
 
     The first candidate always runs, whatever the budget (without a fit there is nothing to
     return); a later one starts only when its expected time fits in what is left. Without
@@ -194,8 +196,8 @@ def auto_fit(
 
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
-    #: the ENSEMBLE_OF best-ranked fitted candidates so far, best first
-    fitted: list[tuple[dict[str, Any], Any]] = []
+    #: per pairing (input shape, folds): the ENSEMBLE_OF best-ranked fits so far, best first
+    fitted: dict[tuple, list[tuple[dict[str, Any], Any]]] = {}
     best = None
     best_record: dict[str, Any] | None = None
     unit = None  # seconds of a cost-1 fit, from the first candidate
@@ -246,20 +248,34 @@ def auto_fit(
             on_candidate(record, detector)
         if best_record is None or record["ranking_auroc"] > best_record["ranking_auroc"] + MARGIN:
             best, best_record = detector, record
-        fitted = _top(fitted, (record, detector))
+        key = _pairing(detector)
+        fitted[key] = _top(fitted.get(key, []), (record, detector))
         del detector
         log.info("auto: candidate %d/%d %s: %s", i + 1, len(pool), c.label, record)
 
-    if ensemble and len(fitted) == ENSEMBLE_OF:
+    ran = sum(map(len, fitted.values()))
+    if ensemble and ran >= ENSEMBLE_OF:
+        pair = _best_pair(fitted)
         t0 = time.perf_counter()
         try:
-            combined = _ensemble(fitted)
-        except ConfigError as exc:  # the best two cannot be paired (input size, folds)
+            if pair is None:
+                raise ConfigError(
+                    "no two candidates share an input size and folds, so their scores do not pair"
+                )
+            combined = _ensemble(pair)
+        except ConfigError as exc:
+            members = (
+                pair
+                or sorted(
+                    (e for group in fitted.values() for e in group),
+                    key=lambda e: -e[0]["ranking_auroc"],
+                )[:ENSEMBLE_OF]
+            )
             records.append(
                 {
-                    "label": _ensemble_label(fitted),
+                    "label": _ensemble_label(members),
                     "model": "ensemble",
-                    "params": {"members": [r["label"] for r, _ in fitted]},
+                    "params": {"members": [r["label"] for r, _ in members]},
                     "skipped": f"{AUTO_UNPAIRED}{exc}",
                 }
             )
@@ -268,9 +284,7 @@ def auto_fit(
         else:
             record = _record(
                 Candidate(
-                    _ensemble_label(fitted),
-                    "ensemble",
-                    {"members": [r["label"] for r, _ in fitted]},
+                    _ensemble_label(pair), "ensemble", {"members": [r["label"] for r, _ in pair]}
                 ),
                 combined,
                 time.perf_counter() - t0,
@@ -306,6 +320,22 @@ def _top(fitted: list, entry: tuple[dict[str, Any], Any]) -> list:
     candidates first among equals)."""
     ranked = sorted([*fitted, entry], key=lambda e: -e[0]["ranking_auroc"])
     return ranked[:ENSEMBLE_OF]
+
+
+def _pairing(detector) -> tuple:
+    """What candidates must share for their scores to pair in an ensemble: the input shape
+    and the folds of the out-of-fold scores."""
+    source = detector.fit_info_.threshold_source or {}
+    return (tuple(detector.input_shape), source.get("folds"), source.get("n_out_of_fold"))
+
+
+def _best_pair(fitted: dict[tuple, list]) -> list | None:
+    """Of the pairings with :data:`ENSEMBLE_OF` fits, the fits whose ranking AUROCs sum
+    highest (the first such on a tie), or None."""
+    full = [group for group in fitted.values() if len(group) == ENSEMBLE_OF]
+    if not full:
+        return None
+    return max(full, key=lambda group: sum(r["ranking_auroc"] for r, _ in group))
 
 
 def _ensemble_label(fitted: list) -> str:

@@ -442,15 +442,18 @@ def _saved_norms(record: Any, n: int) -> list[tuple[float, float]]:
     if len(entries) != n:
         raise ValueError(f"{len(entries)} member norms for {n} members")
     out = []
-    for entry in entries:
+    for i, entry in enumerate(entries):
         median, spread = entry.get("median"), entry.get("spread")
-        if (
-            not all(
+        if not (
+            all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                 for v in (median, spread)
             )
-            or not spread > 0
+            and spread > 0
         ):
-            raise ValueError(f"a member's median and spread must be finite, spread > 0: {entry}")
+            raise ValueError(
+                f"member {i}'s median and spread must be finite numbers, spread > 0; got "
+                f"{median!r:.20} and {spread!r:.20}"
+            )
         out.append((float(median), float(spread)))
     return out
