@@ -201,7 +201,11 @@ def test_an_int8_model_exports_in_fp32_and_says_so(int8_model, tmp_path):
     pytest.importorskip("torch")
     with pytest.warns(UserWarning, match="computes them in fp32"):
         path = defectscope.export_onnx(int8_model, tmp_path / "int8.onnx")
-    assert path.is_file()
+    exported = defectscope.load(path)
+    # the file's own record says what it computes, and what the model computed
+    said = exported.identity()["precision"]
+    assert said["used"] == "fp32" and said["requested"] == "int8"
+    assert "int8 features" in said["reason"]
 
 
 def test_fit_says_which_precision_it_used(texture, tmp_path, monkeypatch, capsys):

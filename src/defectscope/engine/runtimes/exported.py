@@ -132,6 +132,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
             "input": "images: uint8 (batch, height, width, 3) RGB, resized to input_shape",
             "outputs": "scores: float32 (batch,); maps: float32 (batch, height, width)",
             **{k: record.get(k) for k in EXPORTED_FIELDS},
+            "precision": _exported_precision(record.get("precision")),
             "config": detector.config_.to_dict(),
             "model_sha256": (
                 file_sha256(detector.model_file_)
@@ -148,6 +149,19 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
         onnx.save(graph, tmp)
         _check_parity(wrapper, tmp, (height, width))
     return path
+
+
+def _exported_precision(model: dict[str, Any] | None) -> dict[str, Any]:
+    """The precision record of an exported file: its graph computes fp32 features whatever
+    the model used (said, with the model's own precision, where they differ)."""
+    used = (model or {}).get("used", "fp32")
+    if used == "fp32":
+        return {"requested": (model or {}).get("requested", "fp32"), "used": "fp32"}
+    return {
+        "requested": used,
+        "used": "fp32",
+        "reason": f"the model scores {used} features; its export computes them in fp32",
+    }
 
 
 def _check_parity(wrapper, file: str, shape: tuple[int, int]) -> None:
@@ -229,7 +243,9 @@ class ExportedModel(Scorer):
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelFileError(f"{self.path} has damaged metadata ({exc})") from exc
         self.metadata = meta
-        self.fit_info_ = FitInfo.from_dict({k: meta.get(k) for k in EXPORTED_FIELDS})
+        self.fit_info_ = FitInfo.from_dict(
+            {k: meta.get(k) for k in (*EXPORTED_FIELDS, "precision")}
+        )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
