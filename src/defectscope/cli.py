@@ -278,8 +278,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--auto",
         action="store_true",
         help="choose the detector and its options without labels: fit a few candidates (PatchCore"
-        ", PaDiM, the aspect ratio kept, k-NN, layers, lighting), rank them by how well they "
-        "separate synthetic defects from good parts under changed light, keep the best",
+        ", PaDiM, the aspect ratio kept, k-NN, layers, lighting) and the ensemble of the best two "
+        "that pair, rank them by how well they separate synthetic defects from good parts under "
+        "changed light, keep the best",
     )
     fit.add_argument(
         "--budget-s",
