@@ -197,15 +197,39 @@ def test_auto_keeps_a_lower_precision_only_where_its_scores_agree(texture, monke
     assert "its scores DISAGREE with fp32's (int8: rank correlation" in precision_line(record)
 
 
-def test_an_int8_model_exports_in_fp32_and_says_so(int8_model, tmp_path):
+def test_an_int8_model_exports_its_own_int8_graph(int8_model, texture, tmp_path):
     pytest.importorskip("torch")
-    with pytest.warns(UserWarning, match="computes them in fp32"):
+    import warnings
+
+    import onnx
+    import onnxruntime as ort
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: the file computes int8
         path = defectscope.export_onnx(int8_model, tmp_path / "int8.onnx")
+    graph = onnx.load(str(path))
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.graph.node) > 10
     exported = defectscope.load(path)
-    # the file's own record says what it computes, and what the model computed
-    said = exported.identity()["precision"]
-    assert said["used"] == "fp32" and said["requested"] == "int8"
-    assert "int8 features" in said["reason"]
+    assert exported.identity()["precision"] == {"requested": "int8", "used": "int8"}
+    images = sorted((texture / "test").rglob("*.png"))
+    want = int8_model.score(images).scores
+    # the same int8 graph; a value on a rounding step may land one step apart (0.2% measured)
+    np.testing.assert_allclose(exported.score(images).scores, want, rtol=1e-2)
+    # a bare ONNX Runtime session runs it (the README's example)
+    batch = np.zeros((2, *exported.input_shape, 3), dtype=np.uint8)
+    scores, maps = ort.InferenceSession(str(path)).run(None, {"images": batch})
+    assert scores.shape == (2,) and maps.shape == (2, *exported.input_shape)
+
+
+def test_a_bf16_model_exports_in_fp32_and_says_so(texture, tmp_path):
+    pytest.importorskip("torch")
+    model = patchcore().fit(texture)
+    model.fit_info_ = model.fit_info_.replace(precision={"requested": "bf16", "used": "bf16"})
+    with pytest.warns(UserWarning, match="computes them in fp32"):
+        path = defectscope.export_onnx(model, tmp_path / "bf16.onnx")
+    said = defectscope.load(path).identity()["precision"]
+    assert said["used"] == "fp32" and said["requested"] == "bf16"
+    assert "bf16 features" in said["reason"]
 
 
 def test_fit_says_which_precision_it_used(texture, tmp_path, monkeypatch, capsys):

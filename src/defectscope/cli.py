@@ -958,16 +958,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from defectscope.progress import Stages
 
     stages = Stages(not args.quiet)
-    stages.start(f"exporting {detector.name} to ONNX and checking it against PyTorch")
+    stages.start(f"exporting {detector.name} to ONNX and checking it against the model")
     try:
         path = export_onnx(detector, out)
     finally:
         stages.finish()
-    height, width = detector.config_.input_shape
+    height, width = detector.input_shape
+    from defectscope.engine.runtimes.exported import ExportedModel
+
+    used = ExportedModel(path).fit_info_.precision_used
     print(
         f"exported {detector.name} to {path} ({path.stat().st_size / 1e6:.1f} MB): uint8 images "
         f"(batch, {height}, {width}, 3) in, scores and maps out; threshold "
         f"{detector.threshold_:.4g} in its metadata"
+        + (f"; features in {used}" if used != "fp32" else "")
     )
     return 0
 

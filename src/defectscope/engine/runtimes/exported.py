@@ -62,6 +62,11 @@ def export_digest(graph_bytes: bytes, meta_text: str) -> str:
 MAX_ONNX_BYTES = 1_900_000_000
 #: exported and PyTorch outputs must agree within this relative tolerance
 PARITY_RTOL = 1e-3
+#: an int8 export and its model: the same int8 graph, but the lit images it quantizes are
+#: computed by the traced graph, not numpy, so a value on a rounding step may land one step
+#: apart (PatchCore's scores agree to about 1e-5, PaDiM's, whose Mahalanobis distance
+#: amplifies such steps, to about 1e-2); a wrong or damaged graph is far outside this
+INT8_PARITY_RTOL = 0.05
 
 
 def export_onnx(detector: Any, path: str | Path) -> Path:
@@ -76,11 +81,13 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
 
     detector.check_fitted()
     used = detector.fit_info_.precision_used
-    if used != "fp32":
+    int8 = getattr(getattr(detector, "module_", None), "embedding", None)
+    int8 = getattr(int8, "int8_graph", None) if used == "int8" else None
+    if used != "fp32" and int8 is None:
         warnings.warn(
             f"this model scores its features in {used}; the exported file computes them in "
-            "fp32 (an exported graph in lower precision is not built yet), so its scores may "
-            "differ slightly from the model's",
+            "fp32 (ONNX Runtime on a CPU runs no bf16 graph), so its scores may differ "
+            "slightly from the model's",
             stacklevel=2,
         )
     module = detector.torch_module()
@@ -119,7 +126,10 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
                 opset_version=17,
                 dynamo=False,
             )
-        graph = onnx.load(tmp)
+        if int8 is not None:  # the same pipeline around the model's own int8 feature graph
+            graph = _with_int8_features(module, int8, (height, width))
+        else:
+            graph = onnx.load(tmp)
         record = detector.fit_info_.to_dict()
         meta = {
             "format": EXPORT_FORMAT,
@@ -132,7 +142,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
             "input": "images: uint8 (batch, height, width, 3) RGB, resized to input_shape",
             "outputs": "scores: float32 (batch,); maps: float32 (batch, height, width)",
             **{k: record.get(k) for k in EXPORTED_FIELDS},
-            "precision": _exported_precision(record.get("precision")),
+            "precision": _exported_precision(record.get("precision"), int8 is not None),
             "config": detector.config_.to_dict(),
             "model_sha256": (
                 file_sha256(detector.model_file_)
@@ -147,16 +157,100 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
         entry.key = DIGEST_KEY
         entry.value = export_digest(graph.graph.SerializeToString(), text)
         onnx.save(graph, tmp)
-        _check_parity(wrapper, tmp, (height, width))
+        if int8 is not None:  # against the model itself, which runs the same int8 graph
+            reference = detector.score_batch
+            _check_parity(reference, tmp, (height, width), INT8_PARITY_RTOL)
+        else:
+            _check_parity(_torch_outputs(wrapper), tmp, (height, width))
     return path
 
 
-def _exported_precision(model: dict[str, Any] | None) -> dict[str, Any]:
-    """The precision record of an exported file: its graph computes fp32 features whatever
-    the model used (said, with the model's own precision, where they differ)."""
+def _with_int8_features(module, int8_graph: bytes, shape: tuple[int, int]):
+    """The exported pipeline as three graphs joined: uint8 images -> lit float images (traced),
+    the model's int8 feature graph (as the fit quantized it), features -> scores and maps
+    (the module traced with its embedding and lighting correction taken out)."""
+    import copy
+    import io
+
+    import onnx
+    import torch
+    from onnx import compose
+
+    height, width = shape
+    head = module.plain()  # no fast versions: the head runs as traced
+    head._modules = dict(head._modules)  # its own submodules: the model's are untouched
+    illumination = copy.deepcopy(module.illumination)
+    head.embedding = torch.nn.Identity()
+    head.illumination = torch.nn.Identity()
+
+    class Lit(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.illumination = illumination
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.illumination(images.permute(0, 3, 1, 2).float() / 255.0)
+
+    def traced(m, example, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+        buffer = io.BytesIO()
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings on shape branches
+            torch.onnx.export(
+                m.eval(),
+                (example,),
+                buffer,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes={n: {0: "batch"} for n in (*inputs, *outputs)},
+                opset_version=17,
+                dynamo=False,
+            )
+        return onnx.load_from_string(buffer.getvalue())
+
+    lit = Lit()
+    example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        features = module.embedding(lit(example))
+    parts = [
+        traced(lit, example, ["images"], ["lit"]),
+        onnx.load_from_string(int8_graph),
+        traced(head, features, ["features"], ["scores", "maps"]),
+    ]
+    for part in parts:
+        del part.metadata_props[:]
+    ir = max(part.ir_version for part in parts)
+    for part in parts:
+        part.ir_version = ir
+    pre = compose.add_prefix(parts[0], "lit/", rename_inputs=False)
+    quantized = compose.add_prefix(parts[1], "int8/")
+    post = compose.add_prefix(parts[2], "head/", rename_outputs=False)
+    joined = compose.merge_models(pre, quantized, io_map=[("lit/lit", "int8/images")])
+    joined = compose.merge_models(joined, post, io_map=[("int8/features", "head/features")])
+    used = {name for node in joined.graph.node for name in node.input}
+    kept = [init for init in joined.graph.initializer if init.name in used]
+    del joined.graph.initializer[:]
+    joined.graph.initializer.extend(kept)  # the quantizer leaves constants no node reads
+    return joined
+
+
+def _torch_outputs(wrapper):
+    """uint8 images -> ``(scores, maps)`` numpy of a PyTorch pipeline."""
+
+    def run(batch: np.ndarray):
+        import torch
+
+        with torch.inference_mode():
+            return tuple(t.numpy() for t in wrapper(torch.from_numpy(batch)))
+
+    return run
+
+
+def _exported_precision(model: dict[str, Any] | None, int8: bool = False) -> dict[str, Any]:
+    """The precision record of an exported file: fp32 features, or int8 where the model's own
+    int8 graph is in it (said, with the model's own precision, where they differ)."""
     used = (model or {}).get("used", "fp32")
-    if used == "fp32":
-        return {"requested": (model or {}).get("requested", "fp32"), "used": "fp32"}
+    if used == "fp32" or int8:
+        return {"requested": (model or {}).get("requested", "fp32"), "used": used}
     return {
         "requested": used,
         "used": "fp32",
@@ -164,23 +258,25 @@ def _exported_precision(model: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _check_parity(wrapper, file: str, shape: tuple[int, int]) -> None:
+def _check_parity(reference, file: str, shape: tuple[int, int], rtol: float = PARITY_RTOL) -> None:
+    """RuntimeError unless the file's outputs on a random probe batch are ``reference``'s
+    (uint8 images -> ``(scores, maps)``) within ``rtol`` of their largest value."""
     import onnxruntime as ort
-    import torch
 
     rng = np.random.default_rng(0)
     probe = rng.integers(0, 256, size=(2, *shape, 3), dtype=np.uint8)
-    with torch.inference_mode():
-        want_scores, want_maps = (t.numpy() for t in wrapper(torch.from_numpy(probe)))
-    session = ort.InferenceSession(file, providers=["CPUExecutionProvider"])
+    want_scores, want_maps = reference(probe)
+    session = ort.InferenceSession(file, session_options(), providers=["CPUExecutionProvider"])
     got_scores, got_maps = session.run(None, {"images": probe})
     scale = float(np.abs(want_maps).max()) or 1.0
     err = max(
         float(np.abs(got_scores - want_scores).max()) / (float(np.abs(want_scores).max()) or 1.0),
         float(np.abs(got_maps - want_maps).max()) / scale,
     )
-    if err > PARITY_RTOL:
-        raise RuntimeError(f"the exported graph disagrees with PyTorch (relative error {err:.3g})")
+    if err > rtol:
+        raise RuntimeError(
+            f"the exported graph disagrees with the model (relative error {err:.3g})"
+        )
 
 
 class ExportedModel(Scorer):
