@@ -253,48 +253,11 @@ def auto_fit(
         del detector
         log.info("auto: candidate %d/%d %s: %s", i + 1, len(pool), c.label, record)
 
-    ran = sum(map(len, fitted.values()))
-    if ensemble and ran >= ENSEMBLE_OF:
-        pair = _best_pair(fitted)
-        t0 = time.perf_counter()
-        try:
-            if pair is None:
-                raise ConfigError(
-                    "no two candidates share an input size and folds, so their scores do not pair"
-                )
-            combined = _ensemble(pair)
-        except ConfigError as exc:
-            members = (
-                pair
-                or sorted(
-                    (e for group in fitted.values() for e in group),
-                    key=lambda e: -e[0]["ranking_auroc"],
-                )[:ENSEMBLE_OF]
-            )
-            records.append(
-                {
-                    "label": _ensemble_label(members),
-                    "model": "ensemble",
-                    "params": {"members": [r["label"] for r, _ in members]},
-                    "skipped": f"{AUTO_UNPAIRED}{exc}",
-                }
-            )
-            if on_candidate:
-                on_candidate(records[-1], None)
-        else:
-            record = _record(
-                Candidate(
-                    _ensemble_label(pair), "ensemble", {"members": [r["label"] for r, _ in pair]}
-                ),
-                combined,
-                time.perf_counter() - t0,
-            )
-            records.append(record)
-            if on_candidate:
-                on_candidate(record, combined)
-            if record["ranking_auroc"] > best_record["ranking_auroc"] + MARGIN:
-                best, best_record = combined, record
-            del combined
+    if ensemble:
+        found = _ensemble_candidate(fitted, records, on_candidate)
+        if found is not None and found[1]["ranking_auroc"] > best_record["ranking_auroc"] + MARGIN:
+            best, best_record = found
+        del found
     del fitted
 
     assert best is not None and best_record is not None
@@ -313,6 +276,55 @@ def auto_fit(
         }
     )
     return best
+
+
+def _ensemble_candidate(
+    fitted: dict[tuple, list],
+    records: list[dict[str, Any]],
+    on_candidate: Callable[[dict[str, Any], Any], None] | None,
+) -> tuple[Any, dict[str, Any]] | None:
+    """The ensemble of the best pair of ``fitted`` and its record, appended to ``records``
+    (and reported to ``on_candidate``); None, recorded as passed over with the reason, where
+    no two candidates pair (nothing where fewer than two ran)."""
+    if sum(map(len, fitted.values())) < ENSEMBLE_OF:
+        return None
+    pair = _best_pair(fitted)
+    t0 = time.perf_counter()
+    try:
+        if pair is None:
+            raise ConfigError(
+                "no two candidates share an input size and folds, so their scores do not pair"
+            )
+        combined = _ensemble(pair)
+    except ConfigError as exc:
+        members = (
+            pair
+            or sorted(
+                (e for group in fitted.values() for e in group),
+                key=lambda e: -e[0]["ranking_auroc"],
+            )[:ENSEMBLE_OF]
+        )
+        records.append(
+            {
+                "label": _ensemble_label(members),
+                "model": "ensemble",
+                "params": {"members": [r["label"] for r, _ in members]},
+                "skipped": f"{AUTO_UNPAIRED}{exc}",
+            }
+        )
+        if on_candidate:
+            on_candidate(records[-1], None)
+        return None
+    members = {"members": [r["label"] for r, _ in pair]}
+    record = _record(
+        Candidate(_ensemble_label(pair), "ensemble", members),
+        combined,
+        time.perf_counter() - t0,
+    )
+    records.append(record)
+    if on_candidate:
+        on_candidate(record, combined)
+    return combined, record
 
 
 def _top(fitted: list, entry: tuple[dict[str, Any], Any]) -> list:
