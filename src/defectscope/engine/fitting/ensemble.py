@@ -48,7 +48,14 @@ NAME = "ensemble"
 #: the fewest and most members an ensemble takes
 MIN_MEMBERS, MAX_MEMBERS = 2, 8
 #: what the fit records must agree on for per-image combination (besides the input shape)
-PAIRED = ("seed", "batch_size", "synthetic", "threshold_rule", "max_false_reject")
+PAIRED = (
+    "seed",
+    "batch_size",
+    "synthetic",
+    "threshold_rule",
+    "max_false_reject",
+    "threshold_quantile",
+)
 NORMALISATION = (
     "each member's score minus the median of its out-of-fold good scores, divided by their "
     "interquartile range / 1.349; the ensemble's score is the mean over members"
