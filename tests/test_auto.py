@@ -239,6 +239,28 @@ def test_fit_auto_on_the_command_line_saves_the_winner_and_says_why(texture, tmp
     assert config["model"] == "patchcore" and config["batch_size"] == 8
 
 
+def test_an_ensemble_chosen_on_the_command_line_is_saved_and_predicts(
+    texture, tmp_path, capsys, monkeypatch
+):
+    import defectscope.auto as auto
+    from defectscope.cli import main
+
+    small = [_patchcore(), _padim()]
+    monkeypatch.setattr(auto, "candidates", lambda shape=None: small)
+    monkeypatch.setattr(auto, "MARGIN", -1.0)  # every later candidate wins: the ensemble last
+    project = str(tmp_path / "runs")
+    argv = ["fit", "--auto", "--data", str(texture), "--project", project, "-q"]
+    assert main([*argv, "--budget-s", "1e9", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "auto chose ensemble of " in out and "fitted ensemble on 24 images" in out
+    run = tmp_path / "runs" / "fit" / "texture"
+    assert json.loads((run / "config.json").read_text())["model"] == "ensemble"
+    model = run / "model.safetensors"
+    argv = ["predict", "--model", str(model), str(texture / "test"), "--project", project, "-q"]
+    assert main(argv) == 0
+    assert "images failed at threshold" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
