@@ -254,7 +254,12 @@ def test_an_ensemble_chosen_on_the_command_line_is_saved_and_predicts(
     out = capsys.readouterr().out
     assert "auto chose ensemble of " in out and "fitted ensemble on 24 images" in out
     run = tmp_path / "runs" / "fit" / "texture"
-    assert json.loads((run / "config.json").read_text())["model"] == "ensemble"
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "ensemble"
+    assert sorted(m["detector"] for m in config["members"]) == ["padim", "patchcore"]
+    assert all(m["image_size"] == SIZE for m in config["members"])
+    assert main(["fit", "--config", str(run / "config.json"), "-q"]) == 2
+    assert "not fitted in one step" in capsys.readouterr().err
     model = run / "model.safetensors"
     argv = ["predict", "--model", str(model), str(texture / "test"), "--project", project, "-q"]
     assert main(argv) == 0

@@ -504,9 +504,13 @@ def _write_fit_files(args: argparse.Namespace, run: Path, detector, data, path: 
     """A fit's ``config.json`` (every option) and ``run.json`` (the fit record) beside the
     model saved at ``path``."""
     try:
-        config, engine = detector.options()
-        saved = {"model": detector.name, "data": str(data), **config.to_dict(), **engine.to_dict()}
-        saved.pop("progress")
+        if detector.name == "ensemble":  # fit --auto chose one: each member's options
+            saved = {"model": detector.name, "data": str(data), **detector.get_params()}
+        else:
+            config, engine = detector.options()
+            saved = {"model": detector.name, "data": str(data)}
+            saved.update(config.to_dict(), **engine.to_dict())
+            saved.pop("progress")
         write_text(run / "config.json", json.dumps(saved, indent=2))
         fitted = {"command": args.command, "fitted": detector.fit_info_.to_dict()}
         write_text(run / "run.json", json.dumps(fitted, indent=2, default=str))
@@ -599,6 +603,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise ConfigError("fit needs --data (a category folder), or `data` in the --config file")
     if args.auto:
         return _fit_auto(args, data)
+    if model == "ensemble":  # a config.json written for an ensemble that fit --auto chose
+        raise ConfigError(
+            "an ensemble is not fitted in one step: fit each member (a run's config.json lists "
+            "their options under members), then combine them with `defectscope ensemble RUN "
+            "RUN`; or fit --auto again"
+        )
     if args.budget_s is not None:
         raise ConfigError("--budget-s bounds --auto; add --auto or drop --budget-s")
     params = model_params(args, [model])[model]
