@@ -35,6 +35,19 @@ def _padim(label="padim", **params):
     return Candidate(label, "padim", {"image_size": SIZE, "n_features": 40, **params}, cost=0.7)
 
 
+def _fit_seeing(texture, pool):
+    """``auto_fit`` of ``pool`` without a budget, and the detectors it reported, in order."""
+    seen = []
+    model = auto_fit(
+        texture,
+        candidates_=pool,
+        budget_s=UNBOUNDED,
+        on_candidate=lambda r, d: seen.append(d),
+        **ENGINE,
+    )
+    return model, seen
+
+
 def test_candidates_start_with_the_default_and_keep_a_portrait_camera_s_shape():
     square = candidates((256, 256))
     assert square[0].label == "patchcore (defaults)" and square[0].params == {}
@@ -137,14 +150,7 @@ def test_the_ensemble_combines_the_best_two_whose_scores_pair(texture):
     best two that pair, or says that none do."""
     wide = Candidate("patchcore 96", "patchcore", {"image_size": SIZE + 32})
     pool = [_patchcore(), wide, _padim()]
-    seen = []
-    model = auto_fit(
-        texture,
-        candidates_=pool,
-        budget_s=UNBOUNDED,
-        on_candidate=lambda r, d: seen.append(d),
-        **ENGINE,
-    )
+    model, seen = _fit_seeing(texture, pool)
     *_, combined = model.fit_info_["auto"]["candidates"]
     assert combined["label"] == "ensemble of padim + patchcore" or combined["label"] == (
         "ensemble of patchcore + padim"
@@ -308,14 +314,7 @@ def test_a_later_candidate_that_cannot_fit_is_passed_over(texture, monkeypatch):
 
     monkeypatch.setattr(Detector, "fit", fit)
     pool = [_padim("first"), _padim("failing", seed=7)]
-    seen = []
-    model = auto_fit(
-        texture,
-        candidates_=pool,
-        budget_s=UNBOUNDED,
-        on_candidate=lambda r, d: seen.append(d),
-        **ENGINE,
-    )
+    model, seen = _fit_seeing(texture, pool)
     record = model.fit_info_["auto"]
     assert record["chosen"] == "first" and seen[1] is None
     assert record["candidates"][1]["skipped"] == "failed: this candidate cannot fit here"

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from defectscope.data.loader import ImageInput, iter_batches
+from defectscope.data.loader import ImageInput
 from defectscope.engine.rules.operating import (
     check_fit_info,
     check_threshold_source,
@@ -42,7 +42,6 @@ from defectscope.engine.rules.operating import (
 from defectscope.engine.rules.record import FitInfo
 from defectscope.engine.scoring.scorer import Scorer
 from defectscope.errors import ConfigError, ModelFileError
-from defectscope.progress import progress_bar
 
 NAME = "ensemble"
 #: the fewest and most members an ensemble takes
@@ -224,14 +223,9 @@ class Ensemble(Scorer):
     ) -> Iterator[tuple[range, np.ndarray, np.ndarray, np.ndarray]]:
         self.check_fitted()
         _, engine = self.options()
-        batches = iter_batches(
-            images, self.input_shape, engine.batch_size, engine.num_workers, self.bit_depth
+        return self._decoded_batches(
+            images, desc, self.score_batch, engine.batch_size, engine.num_workers, engine.progress
         )
-        with progress_bar(len(images), desc, enabled=engine.progress) as bar:
-            for idx, batch in batches:
-                scores, maps = self.score_batch(batch)
-                bar.update(len(idx))
-                yield idx, batch, scores, maps
 
     def update(self, images, *, defective=()) -> dict[str, Any]:
         raise ConfigError(

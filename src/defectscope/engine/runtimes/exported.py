@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.atomic import replacing
-from defectscope.data.loader import ImageInput, iter_batches
+from defectscope.data.loader import ImageInput
 from defectscope.digest import file_sha256
 from defectscope.engine.rules.operating import (
     check_fit_info,
@@ -30,7 +30,6 @@ from defectscope.engine.rules.record import FitInfo
 from defectscope.engine.runtimes.onnx_session import run_micro_batches, session_options
 from defectscope.engine.scoring.scorer import Scorer
 from defectscope.errors import ConfigError, ModelFileError
-from defectscope.progress import progress_bar
 
 METADATA_KEY = "defectscope"
 #: the fit record's fields an export keeps: what scoring, drawing and the checks need
@@ -84,10 +83,14 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
     int8 = getattr(getattr(detector, "module_", None), "embedding", None)
     int8 = getattr(int8, "int8_graph", None) if used == "int8" else None
     if used != "fp32" and int8 is None:
+        why = (
+            "ONNX Runtime on a CPU runs no bf16 graph"
+            if used == "bf16"
+            else "it was loaded without its int8 graph: load it with the default runtime"
+        )
         warnings.warn(
             f"this model scores its features in {used}; the exported file computes them in "
-            "fp32 (ONNX Runtime on a CPU runs no bf16 graph), so its scores may differ "
-            "slightly from the model's",
+            f"fp32 ({why}), so its scores may differ slightly from the model's",
             stacklevel=2,
         )
     module = detector.torch_module()
@@ -383,11 +386,6 @@ class ExportedModel(Scorer):
     def _score_batches(
         self, images: list[ImageInput], desc: str
     ) -> Iterator[tuple[range, np.ndarray, np.ndarray, np.ndarray]]:
-        batches = iter_batches(
-            images, self.input_shape, self.batch_size, self.num_workers, self.bit_depth
+        return self._decoded_batches(
+            images, desc, self.run, self.batch_size, self.num_workers, self.progress
         )
-        with progress_bar(len(images), desc, enabled=self.progress) as bar:
-            for idx, batch in batches:
-                scores, maps = self.run(batch)
-                bar.update(len(idx))
-                yield idx, batch, scores, maps

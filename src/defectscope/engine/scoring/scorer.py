@@ -4,7 +4,7 @@ images, batch by batch, never a NaN turned into a verdict (torch-free)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +97,27 @@ class Scorer(ABC):
     def check_fitted(self) -> None:
         """Raise when the scorer cannot score yet (fitted estimators override it)."""
         return None
+
+    def _decoded_batches(
+        self,
+        images: list[ImageInput],
+        desc: str,
+        run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        batch_size: int,
+        num_workers: int,
+        progress: bool,
+    ) -> Iterator[tuple[range, np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`_score_batches` of a scorer that scores decoded uint8 images at
+        :attr:`input_shape` with ``run`` (batch -> ``(scores, maps)``)."""
+        from defectscope.data.loader import iter_batches
+        from defectscope.progress import progress_bar
+
+        batches = iter_batches(images, self.input_shape, batch_size, num_workers, self.bit_depth)
+        with progress_bar(len(images), desc, enabled=progress) as bar:
+            for idx, batch in batches:
+                scores, maps = run(batch)
+                bar.update(len(idx))
+                yield idx, batch, scores, maps
 
     def set_threshold(self, threshold: float, source: dict) -> None:
         """Set the pass/fail threshold and the record of where it came from, together
