@@ -41,7 +41,7 @@ EXAMPLES = {
     "serve": "defectscope serve --model runs/fit/tire/model.onnx --port 8000",
     "update": "defectscope update --model runs/fit/tire --good new_good_parts/\n"
     "  defectscope update --model runs/fit/tire --restore",
-    "ensemble": "defectscope ensemble runs/fit/tire runs/fit/tire-padim --name tire-ensemble",
+    "ensemble": "defectscope ensemble runs/fit/tire-k1 runs/fit/tire-k3 --name tire-ensemble",
     "calibrate": "defectscope calibrate --model runs/fit/tire --data labelled/tire\n"
     "  defectscope calibrate --model runs/fit/tire --data labelled/tire --false-reject-rate 0.01",
 }

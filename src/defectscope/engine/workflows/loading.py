@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from defectscope.engine.fitting.ensemble import NAME as ENSEMBLE
+from defectscope.engine.fitting.ensemble import Ensemble
 from defectscope.engine.persistence.files import model_path, read_header, read_tensors
 from defectscope.errors import ModelFileError, unknown_name
 
@@ -48,8 +49,6 @@ def load(
     header = read_header(file)
     name = header["detector"]
     if name == ENSEMBLE:
-        from defectscope.engine.fitting.ensemble import Ensemble
-
         return Ensemble.from_saved(file, header, lambda: read_tensors(file, header), overrides)
     if name not in ESTIMATORS:
         raise ModelFileError(f"{file}: " + unknown_name("detector", str(name), ESTIMATORS))
