@@ -13,7 +13,7 @@ from defectscope.engine.fitting.ensemble import Ensemble, combine, spread_of
 from defectscope.engine.rules.operating import choose
 from defectscope.errors import ConfigError, ModelFileError
 
-from .conftest import SIZE
+from .conftest import SIZE, small_padim
 from .files import resave
 
 ENGINE = {"image_size": SIZE, "batch_size": 8, "num_workers": 1, "progress": False}
@@ -24,7 +24,7 @@ def _patchcore(**params):
 
 
 def _padim(**params):
-    return defectscope.PaDiM(**{**ENGINE, "n_features": 40, **params})
+    return small_padim(**{"n_features": 40, "progress": False, **params})
 
 
 @pytest.fixture(scope="module")

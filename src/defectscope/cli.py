@@ -946,7 +946,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from defectscope.engine.persistence.files import model_path
-    from defectscope.engine.runtimes.exported import export_onnx
+    from defectscope.engine.runtimes.exported import export_onnx, exported_precision
     from defectscope.engine.workflows.loading import load
     from defectscope.runs import check_output_file
 
@@ -974,9 +974,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         stages.finish()
     height, width = detector.input_shape
-    from defectscope.engine.runtimes.exported import ExportedModel
-
-    used = ExportedModel(path).fit_info_.precision_used
+    used = exported_precision(detector)
     print(
         f"exported {detector.name} to {path} ({path.stat().st_size / 1e6:.1f} MB): uint8 images "
         f"(batch, {height}, {width}, 3) in, scores and maps out; threshold "

@@ -127,6 +127,8 @@ class Ensemble(Scorer):
                 calibrated or updated model), or members that disagree on input size, images,
                 folds, seed, batch size, synthetic count or threshold rule; one line each.
         """
+        from defectscope.engine.fitting.estimator import score_scale
+
         members = list(members)
         if not MIN_MEMBERS <= len(members) <= MAX_MEMBERS:
             raise ConfigError(
@@ -164,7 +166,7 @@ class Ensemble(Scorer):
                 "threshold": point.threshold,
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
-            "score_scale": _score_scale(good, point.threshold),
+            "score_scale": score_scale(good, point.threshold),
             "colour_scale": _colour_scale(members, norms),
             # the image score is the members' mean, not the combined map's maximum
             "threshold_on_map": False,
@@ -302,11 +304,7 @@ class Ensemble(Scorer):
             if name not in ESTIMATORS:
                 raise ModelFileError(f"{file}: ensemble member {name!r} is not a detector")
             own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            members.append(
-                ESTIMATORS[name].from_saved(
-                    file, {**sub, "_metadata": header["_metadata"]}, lambda own=own: own, overrides
-                )
-            )
+            members.append(ESTIMATORS[name].from_saved(file, sub, lambda own=own: own, overrides))
         if len({tuple(m.input_shape) for m in members}) != 1 or list(
             members[0].input_shape
         ) != list(config.get("input_shape", [])):
@@ -411,13 +409,6 @@ def _option(member: Any, key: str) -> Any:
 def combine(parts: Sequence[np.ndarray], norms) -> np.ndarray:
     """The mean of each member's ``parts`` normalised by its ``(median, spread)``."""
     return np.mean([(p - m) / s for p, (m, s) in zip(parts, norms)], axis=0)
-
-
-def _score_scale(good: np.ndarray, threshold: float) -> dict[str, float]:
-    """The normalised-score scale of :func:`~.estimator.fixed_scales`, from scores alone."""
-    from defectscope.engine.fitting.estimator import score_scale
-
-    return score_scale(good, threshold)
 
 
 def _colour_scale(members: Sequence[Any], norms) -> list[float]:

@@ -80,8 +80,7 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
 
     detector.check_fitted()
     used = detector.fit_info_.precision_used
-    int8 = getattr(getattr(detector, "module_", None), "embedding", None)
-    int8 = getattr(int8, "int8_graph", None) if used == "int8" else None
+    int8 = _int8_graph(detector)
     if used != "fp32" and int8 is None:
         why = (
             "ONNX Runtime on a CPU runs no bf16 graph"
@@ -117,22 +116,10 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
     with replacing(path) as tmp:
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings on shape branches, constant here
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                tmp,
-                input_names=["images"],
-                output_names=["scores", "maps"],
-                dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "maps": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
         if int8 is not None:  # the same pipeline around the model's own int8 feature graph
             graph = _with_int8_features(module, int8, (height, width))
         else:
-            graph = onnx.load(tmp)
+            graph = _traced(wrapper, example, ["images"], ["scores", "maps"])
         record = detector.fit_info_.to_dict()
         meta = {
             "format": EXPORT_FORMAT,
@@ -168,12 +155,49 @@ def export_onnx(detector: Any, path: str | Path) -> Path:
     return path
 
 
+def exported_precision(detector: Any) -> str:
+    """The precision an export of the fitted ``detector`` computes its features in: int8 where
+    the model scores in int8 and holds its int8 graph, else fp32."""
+    return "int8" if _int8_graph(detector) is not None else "fp32"
+
+
+def _int8_graph(detector: Any) -> bytes | None:
+    """The int8 feature graph an export of ``detector`` carries, or None."""
+    if detector.fit_info_.precision_used != "int8":
+        return None
+    return getattr(
+        getattr(getattr(detector, "module_", None), "embedding", None), "int8_graph", None
+    )
+
+
+def _traced(module, example, inputs: list[str], outputs: list[str]):
+    """``module`` traced on ``example`` into an ONNX model (opset 17, the batch axis dynamic)."""
+    import io
+
+    import onnx
+    import torch
+
+    buffer = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings on shape branches, constant here
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            buffer,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={n: {0: "batch"} for n in (*inputs, *outputs)},
+            opset_version=17,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
 def _with_int8_features(module, int8_graph: bytes, shape: tuple[int, int]):
     """The exported pipeline as three graphs joined: uint8 images -> lit float images (traced),
     the model's int8 feature graph (as the fit quantized it), features -> scores and maps
     (the module traced with its embedding and lighting correction taken out)."""
     import copy
-    import io
 
     import onnx
     import torch
@@ -194,30 +218,14 @@ def _with_int8_features(module, int8_graph: bytes, shape: tuple[int, int]):
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             return self.illumination(images.permute(0, 3, 1, 2).float() / 255.0)
 
-    def traced(m, example, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
-        buffer = io.BytesIO()
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings on shape branches
-            torch.onnx.export(
-                m.eval(),
-                (example,),
-                buffer,
-                input_names=inputs,
-                output_names=outputs,
-                dynamic_axes={n: {0: "batch"} for n in (*inputs, *outputs)},
-                opset_version=17,
-                dynamo=False,
-            )
-        return onnx.load_from_string(buffer.getvalue())
-
     lit = Lit()
     example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
     with torch.no_grad():
         features = module.embedding(lit(example))
     parts = [
-        traced(lit, example, ["images"], ["lit"]),
+        _traced(lit, example, ["images"], ["lit"]),
         onnx.load_from_string(int8_graph),
-        traced(head, features, ["features"], ["scores", "maps"]),
+        _traced(head, features, ["features"], ["scores", "maps"]),
     ]
     for part in parts:
         del part.metadata_props[:]
