@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -68,6 +69,27 @@ def test_exif_orientation_is_applied(tmp_path):
     assert loaded.shape == (40, 20, 3)  # shown upright: 20 wide, 40 high
     assert image_size(path) == (20, 40)
     assert loaded[:20].mean() > 200 and loaded[20:].mean() < 50  # white half now on top
+
+
+def test_exif_after_the_pixels_of_a_png_is_found(tmp_path):
+    # PNG allows the eXIf chunk after the image data, where only walking every chunk finds it
+    # (image_size reads chunk headers, not pixels, before it asks Pillow to decode)
+    image = Image.fromarray(np.zeros((20, 40, 3), dtype=np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 8
+    first, plain = io.BytesIO(), io.BytesIO()
+    image.save(first, format="PNG", exif=exif)
+    image.save(plain, format="PNG")
+    data = first.getvalue()
+    at = data.index(b"eXIf") - 4
+    chunk = data[at : at + 12 + int.from_bytes(data[at : at + 4], "big")]
+    moved = data.replace(chunk, b"")
+    end = moved.index(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(moved[:end] + chunk + moved[end:])
+    (tmp_path / "plain.png").write_bytes(plain.getvalue())
+    assert image_size(tmp_path / "late.png") == (20, 40)
+    assert load_image(tmp_path / "late.png", None).shape == (40, 20, 3)
+    assert image_size(tmp_path / "plain.png") == (40, 20)
 
 
 def test_tiny_image_is_refused_with_the_minimum(tmp_path):
@@ -236,7 +258,25 @@ def test_overlays_named_by_relative_path(fitted, texture, tmp_path):
     assert overlays == ["d1/a.png", "d1/a_2.png", "d2/a.png"]
 
 
-def test_an_unreadable_image_is_an_error_row_and_the_others_are_scored(fitted, texture, tmp_path):
+def test_overlays_drawn_on_threads_are_those_drawn_one_by_one(fitted, texture, tmp_path):
+    from defectscope.engine.workflows.predicting import predict_to_folder
+
+    inputs = sorted((texture / "test").rglob("*.png"))
+    written = {}
+    for workers in (0, 3):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        rows, _ = predict_to_folder(fitted, inputs, out, workers=workers)
+        pictures = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")}
+        written[workers] = ([{k: r[k] for k in r if k != "path"} for r in rows], pictures)
+    assert len(written[0][1]) == len(inputs) + 1  # the overlays and the contact sheet
+    assert written[3] == written[0]
+
+
+@pytest.mark.parametrize("broken", ["1b_broken.png", "0_broken.png"])  # last, then between
+def test_an_unreadable_image_is_an_error_row_and_the_others_are_scored(
+    fitted, texture, tmp_path, broken
+):
     from defectscope.cli import main
 
     folder = tmp_path / "mixed"
@@ -244,21 +284,27 @@ def test_an_unreadable_image_is_an_error_row_and_the_others_are_scored(fitted, t
     good = sorted((texture / "test" / "good").glob("*.png"))[:2]
     for i, src in enumerate(good):
         shutil.copy(src, folder / f"{i}.png")
-    (folder / "1b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    (folder / broken).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
     model = fitted.save(tmp_path / "m.safetensors")
     argv = ["predict", "--model", str(model), str(folder), "--project", str(tmp_path), "-q"]
     assert main(argv) == 1  # errors: exit code 1, the run still written
     rows = list(csv.DictReader(open(tmp_path / "predict" / "predict" / "predictions.csv")))
-    assert [r["name"] for r in rows] == ["0.png", "1.png", "1b_broken.png"]
-    assert [r["verdict"] for r in rows][2] == "error" and "1b_broken.png" in rows[2]["error"]
-    assert all(r["verdict"] in ("pass", "fail") and r["error"] == "" for r in rows[:2])
+    names = sorted(["0.png", "1.png", broken])
+    assert [r["name"] for r in rows] == names
+    at = names.index(broken)
+    assert rows[at]["verdict"] == "error" and broken in rows[at]["error"]
+    scored = [r for r in rows if r["name"] != broken]
+    assert all(r["verdict"] in ("pass", "fail") and r["error"] == "" for r in scored)
+    # the contact sheet of the scored images (its order once read the scored images by the
+    # row's index, and an error row before the last image made that fail)
+    assert (tmp_path / "predict" / "predict" / "most_anomalous.png").is_file()
     from defectscope.cluster.predict import COLUMNS
 
     assert tuple(rows[0]) == COLUMNS  # the Ray path writes the same columns
     meta = json.loads((tmp_path / "predict" / "predict" / "run.json").read_text())
     assert meta["errors"] == 1 and meta["images"] == 3
     data = json.loads((tmp_path / "predict" / "predict" / "predictions.json").read_text())
-    assert data[2]["score"] is None
+    assert data[at]["score"] is None
 
 
 def test_links_and_wrong_weights_files_say_what_they_are(texture, tmp_path):

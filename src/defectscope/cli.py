@@ -700,6 +700,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             command=args.command,
             every=args.every,
+            workers=2 if args.num_workers is None else args.num_workers,
         )
     for notice in notices:
         _say(args, notice if notice.startswith("shift:") else f"notice: {notice}")

@@ -144,6 +144,22 @@ def _open(path: Path | io.BytesIO, what: str, name: str | None = None) -> Image.
     return image if oriented is None else oriented
 
 
+def _png_without_exif(file) -> bool:
+    """Whether the open binary ``file`` is a PNG with no eXIf chunk, found by walking its chunk
+    headers (Pillow decodes the whole image to look for one after the pixel data)."""
+    file.seek(0)
+    if file.read(8) != b"\x89PNG\r\n\x1a\n":
+        return False
+    while len(head := file.read(8)) == 8:
+        kind = head[4:]
+        if kind == b"eXIf":
+            return False
+        if kind == b"IEND":
+            return True
+        file.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # the data and its CRC
+    return False  # truncated: let the decoder report it
+
+
 def _swaps_sides(image: Image.Image) -> bool:
     """Whether the EXIF orientation of ``image`` turns it by 90 degrees (5, 6, 7, 8)."""
     try:
@@ -160,6 +176,10 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
+            if image.format == "PNG":
+                with path.open("rb") as file:
+                    if _png_without_exif(file):
+                        return width, height
             return (height, width) if _swaps_sides(image) else (width, height)
     except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, the file is damaged
         raise DataError(f"image {path} is unreadable ({exc}); re-export or remove it") from exc

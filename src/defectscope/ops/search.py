@@ -14,15 +14,21 @@ BANK_CHUNK = 2048
 def _partial_distances(queries: np.ndarray, bank: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
     """``|b|^2 - 2 q.b`` ``(Q, chunk)`` for each chunk of ``bank`` in turn: the squared
     distances without ``|q|^2``, which is the same for every bank row, so callers add it to
-    what they keep. The -2 is folded into the queries once: two passes over the one reused
-    buffer per chunk (the yielded array is overwritten by the next chunk)."""
-    scaled = np.multiply(queries, np.float32(-2.0), dtype=np.float32)
+    what they keep. One matrix product computes them whole: the queries carry -2 and a column
+    of ones, each chunk of the bank its rows' ``|b|^2`` as one more column (one pass over the
+    reused buffer per chunk, not two; the yielded array is overwritten by the next chunk)."""
+    dim = queries.shape[1]
+    scaled = np.empty((len(queries), dim + 1), dtype=np.float32)
+    np.multiply(queries, np.float32(-2.0), out=scaled[:, :dim])
+    scaled[:, dim] = 1.0
     d2 = np.empty((len(queries), min(chunk, len(bank))), dtype=np.float32)
+    rows = np.empty((dim + 1, min(chunk, len(bank))), dtype=np.float32)
     for start in range(0, len(bank), chunk):
         part = bank[start : start + chunk]
-        out = d2[:, : len(part)]
-        np.matmul(scaled, part.T, out=out)
-        out += np.einsum("ij,ij->i", part, part)
+        out, columns = d2[:, : len(part)], rows[:, : len(part)]
+        columns[:dim] = part.T
+        np.einsum("ij,ij->i", part, part, out=columns[dim])
+        np.matmul(scaled, columns, out=out)
         yield out
 
 

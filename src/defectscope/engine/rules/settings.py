@@ -56,7 +56,7 @@ class EngineOptions(Options):
         choices=PRECISIONS,
     )
     batch_size: int = option(32, "images per scoring batch")
-    num_workers: int = option(2, "image decoding threads")
+    num_workers: int = option(2, "image decoding threads (and, in predict, overlay drawing)")
     progress: bool = option(False, "show progress bars")
 
     #: at most this many held-out images (their scores are all that is kept of them)

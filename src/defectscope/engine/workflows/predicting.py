@@ -18,7 +18,7 @@ from defectscope.data.images import folder_images, is_image_file, load_image, un
 from defectscope.engine.scoring.scorer import Scorer
 from defectscope.errors import DataError
 from defectscope.results import Prediction
-from defectscope.verdict import colour_scale_for, verdict_row
+from defectscope.verdict import colour_scale_for, fails, verdict_row
 
 
 def write_meta(run: Path, meta: dict[str, Any]) -> None:
@@ -103,19 +103,34 @@ def annotate(
     from defectscope.data.images import image_size
     from defectscope.report.visualize import save_png, verdict_overlay
 
+    wanted = save == "all" or (save == "fail" and fails(p.score, p.threshold))
+    # the image is decoded once: for its overlay, whose array gives its size as shown, or not
+    # at all (its header's size)
+    image = load_image(p.path, None) if wanted or keep else None
+    size = image_size(p.path) if image is None else (image.shape[1], image.shape[0])
     row, regions = verdict_row(
-        p.score, p.normalized_score, p.threshold, p.anomaly_map, image_size(p.path), on_map
+        p.score, p.normalized_score, p.threshold, p.anomaly_map, size, on_map
     )
-    wanted = save == "all" or (save == "fail" and row["is_anomalous"])
     row["overlay"] = ""
-    if not (wanted or keep):
+    if image is None:
         return row, None
-    image = load_image(p.path, None)
     picture = verdict_overlay(image, p.anomaly_map, scale, row, regions, on_map, rel)
     if wanted:
         row["overlay"] = f"overlays/{overlay_name(rel)}"
         save_png(picture, out / row["overlay"])
     return row, picture
+
+
+def _in_threads(work, items: Sequence, workers: int):
+    """``work(item)`` of every item, in order, on up to ``workers`` threads (the drawing and PNG
+    compression of overlays release the GIL; 0 or 1: one after the other, here)."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(work, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="overlays") as pool:
+        yield from pool.map(work, items)
 
 
 def error_fields(message: str) -> dict[str, Any]:
@@ -147,6 +162,7 @@ def predict_to_folder(
     threshold: float | None = None,
     command: Sequence[str] | None = None,
     every: int = 1,
+    workers: int = 2,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Predict every image under ``inputs``; write CSV, JSON, ``run.json``, overlays and a
     contact sheet of the most anomalous images. Returns the rows written (one per image, in
@@ -158,6 +174,7 @@ def predict_to_folder(
         threshold: pass/fail threshold for this call (default: the model's).
         command: the command line, recorded in ``run.json``.
         every: of a video, score every ``every``-th frame (written to ``frames/`` as PNG).
+        workers: threads that draw and write the overlays (0 or 1: none).
     """
     from datetime import datetime, timezone
 
@@ -231,6 +248,17 @@ def predict_to_folder(
     )
     top = set(ranked[:SHEET_SIZE])
     sheet: dict[int, np.ndarray] = {}
+
+    def drawn(i: int):
+        keep = save != "none" and i in top
+        return annotate(results[i], names[i], scale, on_map, out, save=save, keep=keep)
+
+    scored_at = [i for i, p in enumerate(results) if p is not None]
+    verdicts: dict[int, dict[str, Any]] = {}
+    for i, (row, picture) in zip(scored_at, _in_threads(drawn, scored_at, workers)):
+        verdicts[i] = row
+        if picture is not None and i in top:
+            sheet[i] = picture
     for i, (p, rel, file) in enumerate(zip(results, names, files)):
         frame = frames.get(Path(file))
         where = {
@@ -242,13 +270,8 @@ def predict_to_folder(
         }
         if p is None:
             rows.append({**where, **error_fields(errors[i])})
-            continue
-        row, picture = annotate(
-            p, rel, scale, on_map, out, save=save, keep=save != "none" and i in top
-        )
-        if picture is not None and i in top:
-            sheet[i] = picture
-        rows.append({**where, **row, "error": ""})
+        else:
+            rows.append({**where, **verdicts[i], "error": ""})
     header = list(rows[0])
     cells = ([json.dumps(r[k]) if k == "regions" else r[k] for k in header] for r in rows)
     write_csv(out / "predictions.csv", header, cells)
@@ -257,7 +280,7 @@ def predict_to_folder(
     ]
     write_text(out / "predictions.json", json.dumps(plain, indent=2))  # NaN is not JSON: null
     if sheet:
-        order = sorted(sheet, key=lambda i: -predictions[i].score)
+        order = [i for i in ranked if i in sheet]  # highest score first
         title = f"the {len(order)} highest scores (threshold {t:.4g})"
         save_png(tile_sheet([sheet[i] for i in order], title), out / "most_anomalous.png")
     meta = {
