@@ -71,6 +71,61 @@ def test_perlin_noise_is_smooth_and_bounded():
     assert np.abs(np.diff(field, axis=1)).mean() < 0.1 * (field.max() - field.min())
 
 
+def test_perlin_noise_stays_within_one_and_a_window_is_the_same_field():
+    # the blob masks compute only the box their wobble (0.3 x this noise) can reach
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        cells = (int(rng.integers(1, 24)), int(rng.integers(1, 24)))
+        shape = (int(rng.integers(32, 200)), int(rng.integers(32, 200)))
+        whole = perlin(shape, cells, np.random.default_rng(seed))
+        assert np.abs(whole).max() <= 1.0
+        window = (slice(shape[0] // 3, shape[0] - 5), slice(7, shape[1] // 2))
+        part = perlin(shape, cells, np.random.default_rng(seed), window)
+        assert np.array_equal(part, whole[window])
+
+
+def test_blob_masks_are_those_of_the_whole_image():
+    from defectscope.data.anomalies import blob_mask
+
+    def whole_image(shape, rng, scale):  # the blob's formula over every pixel
+        side = min(shape)
+        cy, cx = rng.uniform(0.15, 0.85) * shape[0], rng.uniform(0.15, 0.85) * shape[1]
+        ry, rx = rng.uniform(*scale, size=2) * side
+        angle = rng.uniform(0, np.pi)
+        dy, dx = (grid - centre for grid, centre in zip(np.mgrid[: shape[0], : shape[1]], (cy, cx)))
+        a = (dx * np.cos(angle) + dy * np.sin(angle)) / rx
+        b = (-dx * np.sin(angle) + dy * np.cos(angle)) / ry
+        cells = (max(2, shape[0] // 16), max(2, shape[1] // 16))
+        mask = a * a + b * b <= (1 + 0.3 * perlin(shape, cells, rng)) ** 2
+        if not mask.any():
+            mask[int(cy), int(cx)] = True
+        return mask
+
+    for seed in range(60):
+        shape = ((32, 32), (320, 320), (384, 288), (40, 300))[seed % 4]
+        scale = ((0.05, 0.15), (0.015, 0.05), (0.3, 0.6))[seed % 3]
+        expected = whole_image(shape, np.random.default_rng(seed), scale)
+        assert np.array_equal(blob_mask(shape, np.random.default_rng(seed), scale), expected)
+
+
+def test_blur_filters_around_the_blob_as_over_the_whole_image():
+    from scipy import ndimage
+
+    from defectscope.data.anomalies import blob_mask, blur
+
+    for seed in range(24):
+        shape = ((32, 32, 3), (320, 320, 3), (384, 288, 3), (48, 200, 3))[seed % 4]
+        image = np.random.default_rng(100 + seed).integers(0, 256, shape, dtype=np.uint8)
+        rng = np.random.default_rng(seed)
+        mask = blob_mask(shape[:2], rng, (0.06, 0.16))
+        sigma = rng.uniform(2.0, 5.0) * min(shape[:2]) / 256
+        smooth = ndimage.gaussian_filter(image.astype(np.float32), sigma=(sigma, sigma, 0))
+        expected = image.copy()
+        expected[mask] = np.clip(np.rint(smooth), 0, 255).astype(np.uint8)[mask]
+        out, got = blur(image, image, np.random.default_rng(seed))
+        assert np.array_equal(got, mask) and np.array_equal(out, expected)
+
+
 # -- the threshold rule ----------------------------------------------------------------------------
 def test_folds_are_contiguous_and_balanced():
     folds = fold_split(11, 5)
