@@ -139,3 +139,23 @@ def test_float_keys_preserve_order_across_signs():
     keys = float_keys(values, 0)
     assert np.all(np.diff(keys) > 0)
     assert np.all(np.diff(float_keys(values, 8)) >= 0)
+
+
+@pytest.mark.parametrize("spread", [50, 10**12])  # counted by position, then sorted
+def test_sparse_histogram_counts_and_weights_per_key(spread):
+    rng = np.random.default_rng(spread % 97)
+    histogram = metrics.SparseHistogram()
+    expected: dict[int, float] = {}
+    for _ in range(3):
+        keys = rng.integers(-spread, spread, size=(40, 7)).astype(np.int64)
+        keys[0, :3] = keys[1, 0]  # repeats within a batch
+        weights = rng.uniform(0.1, 2.0, size=keys.shape)
+        histogram.add(keys, weights)
+        for key, weight in zip(keys.ravel(), weights.ravel()):
+            expected[int(key)] = expected.get(int(key), 0.0) + weight
+    assert histogram.keys.tolist() == sorted(expected)
+    np.testing.assert_allclose(histogram.counts, [expected[k] for k in sorted(expected)])
+    counted = metrics.SparseHistogram()
+    counted.add(np.array([5, 3, 5, 5], dtype=np.int64))
+    counted.add(np.array([3, 9], dtype=np.int64))
+    assert counted.keys.tolist() == [3, 5, 9] and counted.counts.tolist() == [2.0, 3.0, 1.0]

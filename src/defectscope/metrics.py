@@ -198,6 +198,10 @@ def float_keys(values: np.ndarray, drop_bits: int = DEFAULT_DROP_BITS) -> np.nda
     return (ordered >> np.uint32(drop_bits)).astype(np.int64)
 
 
+#: a batch's keys spanning fewer than this many values are counted by position, not sorted
+DENSE_KEYS = 1 << 20
+
+
 class SparseHistogram:
     """Counts (or weights) per key, for keys seen so far: memory grows with the distinct keys,
     which for binned scores is bounded by the score range, not by the number of pixels."""
@@ -209,8 +213,20 @@ class SparseHistogram:
     def add(self, keys: np.ndarray, weights: np.ndarray | None = None) -> None:
         if keys.size == 0:
             return
-        unique, inverse = np.unique(keys, return_inverse=True)
-        counts = np.bincount(inverse.ravel(), weights=None if weights is None else weights.ravel())
+        keys = keys.ravel()
+        weights = None if weights is None else weights.ravel()
+        low, high = int(keys.min()), int(keys.max())
+        if high - low < max(DENSE_KEYS, 2 * keys.size):
+            # keys within a short range (binned scores of one batch): counted in one pass by
+            # position instead of sorted (the same sums, added in the same order)
+            offsets = keys - low
+            counts = np.bincount(offsets, weights=weights, minlength=high - low + 1)
+            seen = counts if weights is None else np.bincount(offsets, minlength=high - low + 1)
+            present = np.flatnonzero(seen)
+            unique, counts = present + low, counts[present]
+        else:
+            unique, inverse = np.unique(keys, return_inverse=True)
+            counts = np.bincount(inverse, weights=weights)
         merged = np.union1d(self.keys, unique)
         total = np.zeros(len(merged), dtype=np.float64)
         total[np.searchsorted(merged, self.keys)] += self.counts
