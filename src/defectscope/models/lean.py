@@ -87,14 +87,19 @@ def graph_key(tag: str, config, *extra) -> str | None:
 
 def to_float(images: np.ndarray) -> np.ndarray:
     """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32 in 0..1 (as the engine's tensors)."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32) / np.float32(255)
+    out = np.empty((images.shape[0], images.shape[3], *images.shape[1:3]), dtype=np.float32)
+    np.copyto(out, images.transpose(0, 3, 1, 2))  # converted while reordered: one pass
+    out /= np.float32(255)
+    return out
 
 
 def illuminate(images: np.ndarray, mode: str, target: float) -> np.ndarray:
-    """:class:`~defectscope.models.features.Illumination` in numpy, for ``LEAN_ILLUMINATION``."""
+    """:class:`~defectscope.models.features.Illumination` in numpy, for ``LEAN_ILLUMINATION``;
+    ``gain`` scales ``images`` in place (float32, as :func:`to_float` returns them)."""
     if mode == "gain":
         level = np.maximum(images.mean(axis=(1, 2, 3), keepdims=True), np.float32(EPS))
-        return np.clip(images * (np.float32(target) / level), 0.0, 1.0)
+        images *= np.float32(target) / level
+        return np.clip(images, 0.0, 1.0, out=images)
     if mode == "standardize":
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
