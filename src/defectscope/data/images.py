@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -144,20 +145,33 @@ def _open(path: Path | io.BytesIO, what: str, name: str | None = None) -> Image.
     return image if oriented is None else oriented
 
 
+#: the first eight bytes of every PNG file
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunks(file) -> Iterator[tuple[bytes, int]]:
+    """``(type, data length)`` of each chunk of the PNG in the open binary ``file``, read from
+    its start, with ``file`` at the chunk's data when each is yielded; nothing if ``file`` is not
+    a PNG. Only the headers are read: a chunk's data is skipped unless the caller reads it."""
+    file.seek(0)
+    if file.read(8) != PNG_SIGNATURE:
+        return
+    while len(head := file.read(8)) == 8:
+        length = int.from_bytes(head[:4], "big")
+        data_at = file.tell()
+        yield head[4:], length
+        file.seek(data_at + length + 4)  # past the data and its CRC
+
+
 def _png_without_exif(file) -> bool:
     """Whether the open binary ``file`` is a PNG with no eXIf chunk, found by walking its chunk
     headers (Pillow decodes the whole image to look for one after the pixel data)."""
-    file.seek(0)
-    if file.read(8) != b"\x89PNG\r\n\x1a\n":
-        return False
-    while len(head := file.read(8)) == 8:
-        kind = head[4:]
+    for kind, _ in _png_chunks(file):
         if kind == b"eXIf":
             return False
         if kind == b"IEND":
             return True
-        file.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # the data and its CRC
-    return False  # truncated: let the decoder report it
+    return False  # not a PNG, or truncated: let the decoder report it
 
 
 def _swaps_sides(image: Image.Image) -> bool:
@@ -188,20 +202,19 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def _png_header(data: bytes) -> tuple[int, int, int | None] | None:
     """``(bit depth, colour type, significant bits or None)`` of a PNG's first bytes (its IHDR
     and, where present, sBIT chunk); None if ``data`` is not a PNG."""
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None
     depth = colour = significant = None
-    at = 8
-    while at + 8 <= len(data):
-        length = int.from_bytes(data[at : at + 4], "big")
-        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
-        if kind == b"IHDR" and len(body) >= 10:
-            depth, colour = body[8], body[9]
-        elif kind == b"sBIT" and body:
-            significant = max(body)
+    file = io.BytesIO(data)
+    for kind, length in _png_chunks(file):
+        if kind == b"IHDR":
+            body = file.read(length)
+            if len(body) >= 10:
+                depth, colour = body[8], body[9]
+        elif kind == b"sBIT":
+            body = file.read(length)
+            if body:
+                significant = max(body)
         elif kind in (b"IDAT", b"IEND"):
             break
-        at += 12 + length
     return None if depth is None else (depth, colour, significant)
 
 
