@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 
@@ -211,3 +212,25 @@ def test_predict_takes_pil_images_folders_and_gives_maps_at_image_size(fitted, t
         fitted.predict([3])
     with pytest.raises(DataError, match="no image files in"):
         fitted.predict(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (5, 7), (37, 23, 1), (16, 9, 2), (31, 45, 3), (8, 3, 4), (2, 300, 3)]
+)
+def test_png_bytes_decode_to_the_same_pixels(shape, tmp_path):
+    from defectscope.report.visualize import png_bytes, save_png
+
+    rng = np.random.default_rng(sum(shape))
+    noisy = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    flat = np.full(shape, 200, dtype=np.uint8)  # long runs: what the "up" filter zeroes
+    for array in (noisy, flat, np.ascontiguousarray(noisy[::-1])):
+        with Image.open(save_png(array, tmp_path / "a.png")) as image:
+            image.verify()  # every chunk's CRC
+        with Image.open(tmp_path / "a.png") as image:
+            assert image.format == "PNG" and image.size == (shape[1], shape[0])
+            decoded = np.asarray(image)
+        assert np.array_equal(decoded, array.reshape(decoded.shape))
+    # not uint8: Pillow writes it, as before
+    wide = rng.integers(0, 65536, size=(6, 5), dtype=np.uint16)
+    with Image.open(io.BytesIO(png_bytes(wide))) as image:
+        assert np.array_equal(np.asarray(image), wide)

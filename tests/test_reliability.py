@@ -273,6 +273,40 @@ def test_overlays_drawn_on_threads_are_those_drawn_one_by_one(fitted, texture, t
     assert written[3] == written[0]
 
 
+@pytest.mark.parametrize("order", ["rising", "falling", "ties", "random"])
+@pytest.mark.parametrize("workers", [0, 3])
+def test_contact_sheet_drawn_while_scoring_keeps_the_highest_scores(order, workers):
+    """The sheet's pictures are kept as scores arrive: the final top (ties: the earlier image
+    first, as a stable sort) and never more than the sheet's size held at once."""
+    from types import SimpleNamespace
+
+    from defectscope.engine.workflows.predicting import SHEET_SIZE, _Drawing
+
+    n = 100
+    scores = {
+        "rising": np.arange(n, dtype=float),
+        "falling": -np.arange(n, dtype=float),
+        "ties": np.repeat([1.0, 3.0, 2.0, 3.0], n // 4),
+        "random": np.random.default_rng(0).random(n),
+    }[order]
+    held = []
+
+    def draw(i, p, keep):
+        return {"i": i}, (np.full(1, i) if keep else None)
+
+    drawing = _Drawing(draw, workers, sheet=True)
+    for i, s in enumerate(scores):
+        drawing.add(i, SimpleNamespace(score=float(s)))
+        held.append(len(drawing.pictures))
+    sheet = drawing.finish()
+    drawing.close()
+    expected = sorted(range(n), key=lambda i: -scores[i])[:SHEET_SIZE]
+    assert [int(pic[0]) for pic in sheet] == expected
+    assert max(held) <= SHEET_SIZE
+    assert sorted(drawing.rows) == list(range(n))
+    assert all(row["i"] == i for i, row in drawing.rows.items())
+
+
 @pytest.mark.parametrize("broken", ["1b_broken.png", "0_broken.png"])  # last, then between
 def test_an_unreadable_image_is_an_error_row_and_the_others_are_scored(
     fitted, texture, tmp_path, broken

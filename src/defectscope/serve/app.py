@@ -360,10 +360,8 @@ def create_app(
     def describe(
         scorer, name, image, score, amap, threshold, want_overlay, want_heatmap
     ) -> dict[str, Any]:
-        from PIL import Image
-
         from defectscope.report.visualize import overlay as heatmap
-        from defectscope.report.visualize import verdict_overlay
+        from defectscope.report.visualize import png_bytes, verdict_overlay
 
         height, width = image.shape[:2]
         normalized = float(scorer.normalize([score], threshold)[0])
@@ -377,9 +375,7 @@ def create_app(
         }
         for key, draw in pictures.items():
             if draw:
-                buffer = io.BytesIO()
-                Image.fromarray(draw()).save(buffer, format="PNG")
-                out[key] = base64.b64encode(buffer.getvalue()).decode("ascii")
+                out[key] = base64.b64encode(png_bytes(draw())).decode("ascii")
         return out
 
     @app.post("/predict")

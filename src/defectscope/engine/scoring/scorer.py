@@ -263,6 +263,21 @@ class Scorer(ABC):
         model's); ``stats`` as for :meth:`iter_scores`. ``map_size``: ``"model"`` (anomaly maps
         at the model's input shape) or ``"image"`` (resized to each image's own size, as
         shown: EXIF orientation applied)."""
+        return list(
+            self.iter_predictions(images, threshold=threshold, stats=stats, map_size=map_size)
+        )
+
+    def iter_predictions(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        threshold: float | None = None,
+        stats: list[tuple[np.ndarray, np.ndarray]] | None = None,
+        map_size: str = "model",
+    ) -> Iterator[Prediction]:
+        """:meth:`predict`'s predictions in input order, yielded batch by batch as they are
+        scored: a caller can write each while the next batch is scored, and need not hold every
+        map. The arguments are checked before the first image is read."""
         if map_size not in ("model", "image"):
             raise ConfigError(f"map_size must be 'model' or 'image', got {map_size!r}")
         self.check_fitted()
@@ -273,21 +288,22 @@ class Scorer(ABC):
                 f"{'pass' if t > 0 else 'fail'}): give a finite threshold"
             )
         items = as_image_list(images)
-        scored = self.score(items, stats=stats)
-        normalized = self.normalize(scored.scores, t)
-        return [
-            Prediction(
-                score=float(s),
-                is_anomalous=bool(self.is_anomalous(s, t)),
-                anomaly_map=m,
-                path=str(item) if isinstance(item, (str, Path)) else None,
-                normalized_score=float(n),
-                threshold=t,
-            )
-            for item, s, m, n in zip(
-                items,
-                scored.scores,
-                scored.maps if map_size == "model" else map(_at_image_size, scored.maps, items),
-                normalized,
-            )
-        ]
+        return self._predictions(items, t, stats, map_size)
+
+    def _predictions(self, items, t, stats, map_size) -> Iterator[Prediction]:
+        for idx, scores, maps in self.iter_scores(items, stats=stats):
+            # float32, as :meth:`score` keeps them, before the verdicts and normalised scores
+            scores = np.asarray(scores, dtype=np.float32)
+            maps = np.asarray(maps, dtype=np.float32)
+            normalized = self.normalize(scores, t)
+            failed = self.is_anomalous(scores, t)
+            batch = items[idx.start : idx.stop]
+            for item, s, m, n, bad in zip(batch, scores, maps, normalized, failed):
+                yield Prediction(
+                    score=float(s),
+                    is_anomalous=bool(bad),
+                    anomaly_map=m if map_size == "model" else _at_image_size(m, item),
+                    path=str(item) if isinstance(item, (str, Path)) else None,
+                    normalized_score=float(n),
+                    threshold=t,
+                )

@@ -6,8 +6,11 @@ matplotlib), so a one-image ``predict`` starts fast.
 
 from __future__ import annotations
 
+import heapq
 import json
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,16 +124,129 @@ def annotate(
     return row, picture
 
 
-def _in_threads(work, items: Sequence, workers: int):
-    """``work(item)`` of every item, in order, on up to ``workers`` threads (the drawing and PNG
-    compression of overlays release the GIL; 0 or 1: one after the other, here)."""
-    if workers <= 1 or len(items) <= 1:
-        yield from map(work, items)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+#: overlays queued for the drawing threads at most: two batches' worth, so that one batch is
+#: drawn while the next is scored and a long run holds only these maps and images
+MAX_QUEUED = 64
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="overlays") as pool:
-        yield from pool.map(work, items)
+
+class _Drawing:
+    """The verdict rows and overlays of scored images, drawn (and written) on ``workers``
+    threads while the caller scores the next batch (Pillow's drawing and zlib release the GIL;
+    0 or 1: drawn at once, here), and the pictures of the :data:`SHEET_SIZE` highest scores.
+
+    An image's picture is kept when its score is among the highest so far: every image of the
+    final top was among them when it came, and a picture pushed out is dropped, so the sheet
+    costs :data:`SHEET_SIZE` pictures however long the run. Ties rank the earlier image first,
+    as a stable sort by score does."""
+
+    def __init__(self, draw, workers: int, sheet: bool):
+        self.draw, self.sheet = draw, sheet
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.pictures: dict[int, np.ndarray] = {}
+        self.top: list[tuple[float, int]] = []  # a min-heap of (score, -index)
+        self.in_top: set[int] = set()
+        self.queued: deque = deque()
+        self.pool = None
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="overlays")
+
+    def _enters_top(self, score: float, i: int) -> bool:
+        if not self.sheet:
+            return False
+        key = (score, -i)
+        if len(self.top) == SHEET_SIZE:
+            if key <= self.top[0]:
+                return False
+            _, out = heapq.heappop(self.top)
+            self.in_top.discard(-out)
+            self.pictures.pop(-out, None)
+        heapq.heappush(self.top, key)
+        self.in_top.add(i)
+        return True
+
+    def add(self, i: int, p: Prediction) -> None:
+        keep = self._enters_top(p.score, i)
+        if self.pool is None:
+            self._done(i, self.draw(i, p, keep))
+            return
+        self.queued.append((i, self.pool.submit(self.draw, i, p, keep)))
+        while len(self.queued) > MAX_QUEUED:
+            self._collect()
+
+    def _collect(self) -> None:
+        i, future = self.queued.popleft()
+        self._done(i, future.result())
+
+    def _done(self, i: int, drawn: tuple[dict[str, Any], np.ndarray | None]) -> None:
+        row, picture = drawn
+        self.rows[i] = row
+        if picture is not None and i in self.in_top:
+            self.pictures[i] = picture
+
+    def finish(self) -> list[np.ndarray]:
+        """Waits for every overlay; returns the kept pictures, highest score first."""
+        while self.queued:
+            self._collect()
+        ranked = sorted(self.top, reverse=True)  # (score, -index): earlier first among ties
+        return [self.pictures[-j] for _, j in ranked if -j in self.pictures]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)  # no write outlives the call
+
+
+@dataclass
+class _Drawn:
+    """What :func:`_score_and_draw` gives: verdict rows by input index, the contact sheet's
+    pictures (highest score first), the colour scale used and how many parts failed."""
+
+    rows: dict[int, dict[str, Any]]
+    sheet: list[np.ndarray]
+    scale: tuple[float, float]
+    failed: int
+
+
+def _score_and_draw(
+    detector: Scorer,
+    files: Sequence[Path],
+    names: Sequence[str],
+    skip: dict[int, str],
+    threshold: float | None,
+    out: Path,
+    save: str,
+    workers: int,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], _Drawn]:
+    """Score every file not in ``skip`` and draw (and write, as ``save`` asks) its overlay
+    while the next batch is scored; returns the images' grey statistics and :class:`_Drawn`.
+    A model saved before colour scales were fixed at fit time is scored whole first: its
+    overlays share a scale from this call's maps."""
+    at = [i for i in range(len(files)) if i not in skip]
+    stats: list[tuple[np.ndarray, np.ndarray]] = []
+    predictions = detector.iter_predictions(
+        [files[i] for i in at], threshold=threshold, stats=stats
+    )
+    scale = detector.colour_scale
+    if scale is None:
+        predictions = list(predictions)
+        t = float(detector.threshold_ if threshold is None else threshold)
+        scale = colour_scale_for(None, np.stack([p.anomaly_map for p in predictions]), t)
+    on_map = detector.threshold_on_map
+
+    def draw(i: int, p: Prediction, keep: bool):
+        return annotate(p, names[i], scale, on_map, out, save=save, keep=keep)
+
+    drawing = _Drawing(draw, workers, sheet=save != "none")
+    failed = 0
+    try:
+        for i, p in zip(at, predictions):
+            failed += p.is_anomalous
+            drawing.add(i, p)
+        sheet = drawing.finish()
+    finally:
+        drawing.close()
+    return stats, _Drawn(drawing.rows, sheet, scale, failed)
 
 
 def error_fields(message: str) -> dict[str, Any]:
@@ -203,13 +319,16 @@ def predict_to_folder(
                 frames[frame.path] = frame
                 files.append(frame.path)
                 names.append(f"{video_name}/{frame.path.name}")
-    stats: list[tuple[np.ndarray, np.ndarray]] = []
+    t = float(detector.threshold_ if threshold is None else threshold)
     errors: dict[int, str] = {}
     try:
-        scored = detector.predict(files, threshold=threshold, stats=stats)
+        stats, drawn = _score_and_draw(
+            detector, files, names, errors, threshold, out, save, workers
+        )
     except DataError:
         # one unreadable image fails the call: find every such image, keep them as error rows
-        # and score the others (as the Ray path does)
+        # and score the others (as the Ray path does); overlays already written are written
+        # again, the same bytes
         for i, file in enumerate(files):
             try:
                 load_image(file, detector.input_shape)
@@ -217,16 +336,10 @@ def predict_to_folder(
                 errors[i] = str(exc)
         if not errors or len(errors) == len(files):
             raise  # nothing to score: one line, no run folder
-        readable = [f for i, f in enumerate(files) if i not in errors]
-        stats = []
-        scored = detector.predict(readable, threshold=threshold, stats=stats)
+        stats, drawn = _score_and_draw(
+            detector, files, names, errors, threshold, out, save, workers
+        )
         notices.append(f"{len(errors)} of {len(files)} images could not be read: error rows")
-    it = iter(scored)
-    results: list[Prediction | None] = [
-        None if i in errors else next(it) for i in range(len(files))
-    ]
-    predictions = [p for p in results if p is not None]
-    t = float(detector.threshold_ if threshold is None else threshold)
     if stats:
         means, stds = (np.concatenate(parts) for parts in zip(*stats))
         notices += shift_notices(
@@ -234,32 +347,13 @@ def predict_to_folder(
         )
     train_formats = detector.fit_info_.formats
     notices += format_notices("predicted ", image_formats(files), train_formats)
-    scale = detector.colour_scale
-    if scale is None and predictions:
-        scale = colour_scale_for(None, np.stack([p.anomaly_map for p in predictions]), t)
+    if detector.colour_scale is None and drawn.rows:
         notices.append(
             "this model was saved before defectscope fixed a colour scale at fit time: the "
             "overlays of this call share a scale from this call's own maps (re-fit to fix it)"
         )
-    on_map = detector.threshold_on_map
     rows = []
-    ranked = sorted(
-        (i for i, p in enumerate(results) if p is not None), key=lambda i: -results[i].score
-    )
-    top = set(ranked[:SHEET_SIZE])
-    sheet: dict[int, np.ndarray] = {}
-
-    def drawn(i: int):
-        keep = save != "none" and i in top
-        return annotate(results[i], names[i], scale, on_map, out, save=save, keep=keep)
-
-    scored_at = [i for i, p in enumerate(results) if p is not None]
-    verdicts: dict[int, dict[str, Any]] = {}
-    for i, (row, picture) in zip(scored_at, _in_threads(drawn, scored_at, workers)):
-        verdicts[i] = row
-        if picture is not None and i in top:
-            sheet[i] = picture
-    for i, (p, rel, file) in enumerate(zip(results, names, files)):
+    for i, (rel, file) in enumerate(zip(names, files)):
         frame = frames.get(Path(file))
         where = {
             "index": i,
@@ -268,10 +362,10 @@ def predict_to_folder(
             "frame": frame.index if frame else "",
             "time_s": round(frame.seconds, 3) if frame and frame.seconds is not None else "",
         }
-        if p is None:
+        if i in errors:
             rows.append({**where, **error_fields(errors[i])})
         else:
-            rows.append({**where, **verdicts[i], "error": ""})
+            rows.append({**where, **drawn.rows[i], "error": ""})
     header = list(rows[0])
     cells = ([json.dumps(r[k]) if k == "regions" else r[k] for k in header] for r in rows)
     write_csv(out / "predictions.csv", header, cells)
@@ -279,10 +373,9 @@ def predict_to_folder(
         {k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows
     ]
     write_text(out / "predictions.json", json.dumps(plain, indent=2))  # NaN is not JSON: null
-    if sheet:
-        order = [i for i in ranked if i in sheet]  # highest score first
-        title = f"the {len(order)} highest scores (threshold {t:.4g})"
-        save_png(tile_sheet([sheet[i] for i in order], title), out / "most_anomalous.png")
+    if drawn.sheet:
+        title = f"the {len(drawn.sheet)} highest scores (threshold {t:.4g})"
+        save_png(tile_sheet(drawn.sheet, title), out / "most_anomalous.png")
     meta = {
         "command": list(command or []),
         "defectscope_version": __version__,
@@ -291,9 +384,9 @@ def predict_to_folder(
         **detector.identity(),
         "threshold_used": t,
         "threshold_given": threshold,
-        "colour_scale": list(scale),
+        "colour_scale": list(drawn.scale),
         "images": len(files),
-        "failed": sum(p.is_anomalous for p in predictions),
+        "failed": drawn.failed,
         "errors": len(errors),
         "notices": notices,
     }
