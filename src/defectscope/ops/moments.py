@@ -32,7 +32,7 @@ class GaussianAccumulator:
     several times faster on a CPU than float64 matrix products.
     """
 
-    def __init__(self, positions: int, dim: int, *, chunk_bytes: int = 32 << 20) -> None:
+    def __init__(self, positions: int, dim: int, *, chunk_bytes: int = 4 << 20) -> None:
         self.count = 0
         self.mean = np.zeros((positions, dim), dtype=np.float64)
         self.scatter = np.zeros((positions, dim, dim), dtype=np.float64)
@@ -51,7 +51,9 @@ class GaussianAccumulator:
         total = self.count + batch
         delta = batch_mean - self.mean  # (P, D) float64
         # The batch scatter is P matrices of D x D; chunk the positions so the float32
-        # temporary stays under chunk_bytes (wide_resnet50_2 has D = 550). The float32 product
+        # temporary stays under chunk_bytes (wide_resnet50_2 has D = 550): 4 MB, near the
+        # cache, updates tire's 4,096 x 100 x 100 sums 1.8x faster than 32 MB, to the same
+        # bits (each entry gets the same operations whatever the chunk). The float32 product
         # is added into the float64 sums in place (numpy casts it piece by piece).
         step = max(1, self._chunk_bytes // (4 * dim * dim))
         weight = self.count * batch / total
@@ -286,12 +288,14 @@ def in_chunks(positions: int, chunk: int, work) -> None:
 
 
 def precision_cholesky_of(
-    acc: GaussianAccumulator | PackedGaussian, regularization: float, *, chunk: int = 512
+    acc: GaussianAccumulator | PackedGaussian, regularization: float, *, chunk: int = 32
 ) -> np.ndarray:
     """:func:`precision_cholesky` of an accumulator's regularised covariance, as float32.
 
     Works ``chunk`` positions at a time, so no full-size float64 covariance is ever built:
-    peak memory stays at the accumulator plus the float32 result. A :class:`PackedGaussian`'s
+    peak memory stays at the accumulator plus the float32 result (and 32 positions' matrices
+    stay near the cache: tire's 4,096 factors of 100 x 100 in 0.6-0.7 s against 1.4-1.5 s
+    in chunks of 512, the same bits). A :class:`PackedGaussian`'s
     lower triangle is unpacked a chunk at a time, the upper left zero: the Cholesky factor
     reads the lower triangle only, so the factor is the same to the bit as from the whole
     symmetric matrix.
