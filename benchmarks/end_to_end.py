@@ -12,7 +12,7 @@ variant's median, all measured in the same run.
         --variant before=/tmp/before/src:runs/fit/tire --variant now=src:runs/fit/tire \
         --variant now-bf16=src:runs/fit/tire_bf16 --rounds 5
     python benchmarks/end_to_end.py --job fit-evaluate --data ../shared/datasets/tire \
-        --variant before=/tmp/before/src --variant now=src --rounds 3
+        --variant before=/tmp/before/src --variant now=src --rounds 3 [--fit-args "--model padim"]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def run_once(args, source: Path, model: Path | None, out: Path, name: str) -> di
             "predict_s": timed(source, [*arguments, "-q", "--save", args.save, str(args.images)])
         }
     common = ["--project", str(out), "--name", name, "-q"]
-    fit = timed(source, ["fit", "--data", str(args.data), *common])
+    fit = timed(source, ["fit", "--data", str(args.data), *args.fit_args.split(), *common])
     model = out / "fit" / name
     evaluate = timed(source, ["evaluate", "--model", str(model), "--data", str(args.data), *common])
     return {"fit_s": fit, "evaluate_s": evaluate, "fit_evaluate_s": fit + evaluate}
@@ -64,6 +64,9 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--save", default="all", choices=("all", "fail", "none"))
+    parser.add_argument(
+        "--fit-args", default="", help='--job fit-evaluate: more fit options, e.g. "--model padim"'
+    )
     parser.add_argument("--out", type=Path, help="append one JSON row here")
     args = parser.parse_args()
     if (args.job == "predict") != (args.images is not None) or (args.job == "fit-evaluate") != (
@@ -86,7 +89,7 @@ def main() -> None:
                 print(f"round {r + 1} {label}: {shown}", flush=True)
     keys = list(times[variants[0][0]][0])
     row = {"job": args.job, "input": str(args.images or args.data), "rounds": args.rounds}
-    row |= {"save": args.save} if args.job == "predict" else {}
+    row |= {"save": args.save} if args.job == "predict" else {"fit_args": args.fit_args}
     row["variants"] = {}
     first = {k: statistics.median(t[k] for t in times[variants[0][0]]) for k in keys}
     print(f"\n{'variant':16}" + "".join(f" {k + ' (median)':>24} {'ratio':>7}" for k in keys))
