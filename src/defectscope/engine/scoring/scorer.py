@@ -292,9 +292,11 @@ class Scorer(ABC):
 
     def _predictions(self, items, t, stats, map_size) -> Iterator[Prediction]:
         for idx, scores, maps in self.iter_scores(items, stats=stats):
-            # float32, as :meth:`score` keeps them, before the verdicts and normalised scores
+            # float32, as :meth:`score` keeps them, before the verdicts and normalised scores;
+            # the maps copied (as :meth:`score` copies them), so that no prediction shares a
+            # buffer a module might reuse for its next batch
             scores = np.asarray(scores, dtype=np.float32)
-            maps = np.asarray(maps, dtype=np.float32)
+            maps = np.array(maps, dtype=np.float32)
             normalized = self.normalize(scores, t)
             failed = self.is_anomalous(scores, t)
             batch = items[idx.start : idx.stop]
