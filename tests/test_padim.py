@@ -224,7 +224,7 @@ def test_changed_weights_file_is_refused_on_load(texture, tmp_path):
 def test_closed_folds_are_packed_and_merge_to_the_same_statistics():
     """Only the fold being fed is held whole; closed folds keep the scatter's lower triangle,
     and the merge of every fold (or every fold but one) equals the whole-matrix merge: the
-    lower triangle to the bit, the rest its mirror."""
+    lower triangle to the bit, and so the Cholesky factor of the packed merge."""
     from defectscope.ops.moments import (
         FoldAccumulators,
         GaussianAccumulator,
