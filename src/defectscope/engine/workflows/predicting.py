@@ -213,24 +213,21 @@ def _score_and_draw(
     files: Sequence[Path],
     names: Sequence[str],
     skip: dict[int, str],
-    threshold: float | None,
+    t: float,
     out: Path,
     save: str,
     workers: int,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], _Drawn]:
-    """Score every file not in ``skip`` and draw (and write, as ``save`` asks) its overlay
-    while the next batch is scored; returns the images' grey statistics and :class:`_Drawn`.
-    A model saved before colour scales were fixed at fit time is scored whole first: its
-    overlays share a scale from this call's maps."""
+    """Score every file not in ``skip`` at threshold ``t`` and draw (and write, as ``save``
+    asks) its overlay while the next batch is scored; returns the images' grey statistics and
+    :class:`_Drawn`. A model saved before colour scales were fixed at fit time is scored whole
+    first: its overlays share a scale from this call's maps."""
     at = [i for i in range(len(files)) if i not in skip]
     stats: list[tuple[np.ndarray, np.ndarray]] = []
-    predictions = detector.iter_predictions(
-        [files[i] for i in at], threshold=threshold, stats=stats
-    )
+    predictions = detector.iter_predictions([files[i] for i in at], threshold=t, stats=stats)
     scale = detector.colour_scale
     if scale is None:
         predictions = list(predictions)
-        t = float(detector.threshold_ if threshold is None else threshold)
         scale = colour_scale_for(None, np.stack([p.anomaly_map for p in predictions]), t)
     on_map = detector.threshold_on_map
 
@@ -322,9 +319,7 @@ def predict_to_folder(
     t = float(detector.threshold_ if threshold is None else threshold)
     errors: dict[int, str] = {}
     try:
-        stats, drawn = _score_and_draw(
-            detector, files, names, errors, threshold, out, save, workers
-        )
+        stats, drawn = _score_and_draw(detector, files, names, errors, t, out, save, workers)
     except DataError:
         # one unreadable image fails the call: find every such image, keep them as error rows
         # and score the others (as the Ray path does); overlays already written are written
@@ -336,9 +331,7 @@ def predict_to_folder(
                 errors[i] = str(exc)
         if not errors or len(errors) == len(files):
             raise  # nothing to score: one line, no run folder
-        stats, drawn = _score_and_draw(
-            detector, files, names, errors, threshold, out, save, workers
-        )
+        stats, drawn = _score_and_draw(detector, files, names, errors, t, out, save, workers)
         notices.append(f"{len(errors)} of {len(files)} images could not be read: error rows")
     if stats:
         means, stds = (np.concatenate(parts) for parts in zip(*stats))
