@@ -66,6 +66,26 @@ def test_numpy_search_equals_the_pytorch_search():
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk, block", [(16, 7), (64, 128), (1000, 1), (5, 60)])
+def test_numpy_search_in_blocks_of_queries_is_exact(chunk, block):
+    """The lean search in blocks of queries against chunks of the bank: every block size and
+    chunk size (none dividing the 60 queries or the 333 rows) finds each query's nearest
+    distance and mean of 3 nearest, as a float64 brute force does."""
+    from defectscope.ops import search
+
+    rng = np.random.default_rng(3)
+    queries = rng.standard_normal((60, 12)).astype(np.float32)
+    bank = rng.standard_normal((333, 12)).astype(np.float32)
+    exact = np.sqrt(((queries[:, None, :].astype(np.float64) - bank[None]) ** 2).sum(-1))
+    got = search.nearest_distance(queries, bank, chunk=chunk, block=block)
+    np.testing.assert_allclose(got, exact.min(axis=1), rtol=1e-5, atol=1e-5)
+    got3 = search.mean_nearest_distance(queries, bank, 3, chunk=chunk, block=block)
+    np.testing.assert_allclose(got3, np.sort(exact, axis=1)[:, :3].mean(1), rtol=1e-5, atol=1e-5)
+    assert got.dtype == got3.dtype == np.float32
+    with pytest.raises(ValueError, match="bank is empty"):
+        search.nearest_distance(queries, bank[:0])
+
+
 def test_k_nearest_search_is_chunked_and_exact():
     gen = torch.Generator().manual_seed(1)
     queries, bank = torch.randn(40, 10, generator=gen), torch.randn(250, 10, generator=gen)

@@ -7,67 +7,91 @@ from collections.abc import Iterator
 
 import numpy as np
 
-#: bank rows compared per matrix product: queries x chunk floats is the largest temporary
-BANK_CHUNK = 2048
+#: bank rows prepared at a time (their transposed copy with ``|b|^2``: (D + 1) x chunk floats)
+BANK_CHUNK = 4096
+#: queries compared with a bank chunk per matrix product: the product's output, block x chunk
+#: floats (2 MB), stays in the core's cache for the minimum that reads it. Whole batches of
+#: queries (6,400 for 4 images) wrote 52 MB per product, which the minimum then read back from
+#: memory: 95 ms against 78 ms a piece on tire's bank, the same bits (benchmarks/README.md,
+#: "Scoring pieces side by side")
+QUERY_BLOCK = 128
 
 
-def _partial_distances(queries: np.ndarray, bank: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-    """``|b|^2 - 2 q.b`` ``(Q, chunk)`` for each chunk of ``bank`` in turn: the squared
-    distances without ``|q|^2``, which is the same for every bank row, so callers add it to
-    what they keep. One matrix product computes them whole: the queries carry -2 and a column
-    of ones, each chunk of the bank its rows' ``|b|^2`` as one more column (one pass over the
-    reused buffer per chunk, not two; the yielded array is overwritten by the next chunk)."""
+def _partial_distances(
+    queries: np.ndarray, bank: np.ndarray, chunk: int, block: int = QUERY_BLOCK
+) -> Iterator[tuple[int, slice, np.ndarray]]:
+    """``(start, rows, |b|^2 - 2 q.b)`` for each chunk of ``bank`` (from row ``start``) and
+    each block of ``block`` queries (``queries[rows]``) in turn: the squared distances without
+    ``|q|^2``, which is the same for every bank row, so callers add it to what they keep. One
+    matrix product computes them whole: the queries carry -2 and a column of ones, each chunk
+    of the bank its rows' ``|b|^2`` as one more column (one pass over the reused buffer per
+    block, not two; the yielded array is overwritten by the next one). Each distance is the
+    same dot product whatever the chunk and block sizes, so the bits do not depend on them."""
     dim = queries.shape[1]
     scaled = np.empty((len(queries), dim + 1), dtype=np.float32)
     np.multiply(queries, np.float32(-2.0), out=scaled[:, :dim])
     scaled[:, dim] = 1.0
-    d2 = np.empty((len(queries), min(chunk, len(bank))), dtype=np.float32)
-    rows = np.empty((dim + 1, min(chunk, len(bank))), dtype=np.float32)
+    d2 = np.empty((min(block, len(queries)), min(chunk, len(bank))), dtype=np.float32)
+    columns_buffer = np.empty((dim + 1, min(chunk, len(bank))), dtype=np.float32)
     for start in range(0, len(bank), chunk):
         part = bank[start : start + chunk]
-        out, columns = d2[:, : len(part)], rows[:, : len(part)]
+        columns = columns_buffer[:, : len(part)]
         columns[:dim] = part.T
         np.einsum("ij,ij->i", part, part, out=columns[dim])
-        np.matmul(scaled, columns, out=out)
-        yield out
+        for first in range(0, len(queries), block):
+            rows = slice(first, min(first + block, len(queries)))
+            out = d2[: rows.stop - first, : len(part)]
+            np.matmul(scaled[rows], columns, out=out)
+            yield start, rows, out
 
 
 def nearest_distance(
-    queries: np.ndarray, bank: np.ndarray, *, chunk: int = BANK_CHUNK
+    queries: np.ndarray, bank: np.ndarray, *, chunk: int = BANK_CHUNK, block: int = QUERY_BLOCK
 ) -> np.ndarray:
     """Euclidean distance ``(Q,)`` from every ``queries (Q, D)`` row to its nearest ``bank (M, D)``
     row, chunked as :func:`defectscope.ops.knn.nearest` (squared distances
-    ``|q|^2 - 2 q.b + |b|^2`` in one ``(Q, chunk)`` buffer, clamped at 0 before the square
+    ``|q|^2 - 2 q.b + |b|^2`` in one block x chunk buffer, clamped at 0 before the square
     root). No index: the lean path does not need one, and finding it costs a second pass over
     every chunk. ``|q|^2`` is added to each query's minimum and the -2 folded into the queries:
     two passes over the buffer per chunk instead of four (the search is half of PatchCore's
     evaluate time)."""
-    best = None
-    for out in _partial_distances(queries, bank, chunk):
+    if not len(bank):
+        raise ValueError("the bank is empty: there is nothing to search")
+    best = np.empty(len(queries), dtype=np.float32)
+    for start, rows, out in _partial_distances(queries, bank, chunk, block):
         value = out.min(axis=1)
-        best = value if best is None else np.minimum(best, value, out=best)
+        if start == 0:
+            best[rows] = value
+        else:
+            np.minimum(best[rows], value, out=best[rows])
     best += np.einsum("ij,ij->i", queries, queries)
     return np.sqrt(np.maximum(best, 0.0))
 
 
 def mean_nearest_distance(
-    queries: np.ndarray, bank: np.ndarray, k: int, *, chunk: int = BANK_CHUNK
+    queries: np.ndarray,
+    bank: np.ndarray,
+    k: int,
+    *,
+    chunk: int = BANK_CHUNK,
+    block: int = QUERY_BLOCK,
 ) -> np.ndarray:
     """The mean Euclidean distance ``(Q,)`` from every ``queries (Q, D)`` row to its ``k``
     nearest ``bank (M, D)`` rows (``1 <= k <= M``), what
     :func:`defectscope.ops.knn.k_nearest` followed by a mean computes: each chunk's ``k``
-    smallest squared distances are merged with the running ``k`` (``np.partition``: the mean
-    needs no order), so the largest temporary is ``(Q, chunk)``."""
+    smallest squared distances are merged with the running ``k`` of the same queries
+    (``np.partition``: the mean needs no order), so the largest temporary is block x chunk."""
     if not 1 <= k <= len(bank):
         raise ValueError(f"k must be between 1 and the bank size {len(bank)}, got {k}")
-    best = None
-    for out in _partial_distances(queries, bank, chunk):
-        found = out if best is None else np.concatenate([best, out], axis=1)
+    best: dict[int, np.ndarray] = {}  # the running k smallest of each block, by first query
+    for start, rows, out in _partial_distances(queries, bank, chunk, block):
+        found = out if start == 0 else np.concatenate([best[rows.start], out], axis=1)
         if found.shape[1] > k:
             found = np.partition(found, k - 1, axis=1)[:, :k]
-        best = found.copy() if np.shares_memory(found, out) else found
-    best += np.einsum("ij,ij->i", queries, queries)[:, None]
-    return np.sqrt(np.maximum(best, 0.0)).mean(axis=1, dtype=np.float32)
+        best[rows.start] = found.copy() if np.shares_memory(found, out) else found
+    kept = np.concatenate([best[first] for first in sorted(best)]) if best else np.empty((0, k))
+    kept += np.einsum("ij,ij->i", queries, queries)[:, None]
+    return np.sqrt(np.maximum(kept, 0.0)).mean(axis=1, dtype=np.float32)
 
 
 #: queries compared with the centroids at a time: queries x lists floats is the largest temporary
@@ -78,12 +102,12 @@ def _nearest_index(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The index ``(Q,)`` of each ``queries (Q, D)`` row's nearest ``rows (R, D)`` row (R is
     small: all of ``rows`` in one product), :data:`QUERY_CHUNK` queries at a time; ``|q|^2``
     changes no query's argmin, so it is left out."""
-    return np.concatenate(
-        [
-            next(_partial_distances(queries[s : s + QUERY_CHUNK], rows, len(rows))).argmin(1)
-            for s in range(0, len(queries), QUERY_CHUNK)
-        ]
-    )
+    found = []
+    for s in range(0, len(queries), QUERY_CHUNK):
+        chunk = queries[s : s + QUERY_CHUNK]
+        _, _, out = next(_partial_distances(chunk, rows, len(rows), len(chunk)))
+        found.append(out.argmin(1))
+    return np.concatenate(found)
 
 
 def kmeans(
