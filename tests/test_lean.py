@@ -229,3 +229,65 @@ def test_lean_patchcore_scores_the_mean_of_k_nearest_as_pytorch_does(texture, tm
     before = len(loaded.module_.bank)
     loaded.update(sorted((texture / "train" / "good").glob("*.png"))[:2])
     assert len(loaded.module_.bank) > before and loaded.module_.k == 3
+
+
+def test_lean_scores_are_the_same_bits_on_one_scoring_thread_or_several(texture, monkeypatch):
+    """A lean PatchCore's pieces of a batch scored side by side give the fit (threshold,
+    out-of-fold scores, bank) and the scores and maps that one piece after another gives."""
+    from defectscope.engine.runtimes import parallel
+
+    images = [s.path for s in load_category(texture).test_samples]
+    results = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(parallel, "scoring_threads", lambda threads=threads: threads)
+        model = patchcore().fit(texture)  # batches of 8: 2 pieces of 4 images
+        assert model.module_.lean
+        results[threads] = model, model.score(images)
+    (one, scored_one), (three, scored_three) = results[1], results[3]
+    assert one.threshold_ == three.threshold_
+    np.testing.assert_array_equal(one.out_of_fold_scores_, three.out_of_fold_scores_)
+    np.testing.assert_array_equal(one.module_.bank, three.module_.bank)
+    np.testing.assert_array_equal(scored_one.scores, scored_three.scores)
+    np.testing.assert_array_equal(scored_one.maps, scored_three.maps)
+
+
+def test_pieces_run_side_by_side_in_order_with_blas_on_one_thread(monkeypatch):
+    """map_pieces: results in the pieces' order, BLAS on one thread while pieces run and as it
+    was after, a piece's own pieces run in its thread, the first error raised to the caller."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from defectscope.engine.runtimes import parallel
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    monkeypatch.setattr(parallel, "scoring_threads", lambda: 2)
+    seen = []
+
+    def piece(x):
+        seen.append((threading.current_thread().name, blas_threads()))
+        inner = parallel.map_pieces(lambda y: (threading.current_thread().name, y), [1, 2])
+        assert {name for name, _ in inner} == {threading.current_thread().name}
+        return x * x
+
+    assert parallel.map_pieces(piece, list(range(9))) == [x * x for x in range(9)]
+    assert all(name.startswith("scoring") for name, _ in seen)
+    assert all(set(threads) <= {1} for _, threads in seen)
+    assert blas_threads() == before
+
+    def failing(x):
+        if x == 3:
+            raise ValueError("piece 3")
+        return x
+
+    with pytest.raises(ValueError, match="piece 3"):
+        parallel.map_pieces(failing, list(range(6)))
+    assert blas_threads() == before
+    monkeypatch.setattr(parallel, "scoring_threads", lambda: 1)
+    assert (
+        parallel.map_pieces(lambda x: threading.current_thread().name, [0, 1])
+        == [threading.current_thread().name] * 2
+    )

@@ -123,10 +123,12 @@ def _torch_scores(module, batch: np.ndarray, step: int):
         yield scores.float().numpy(), maps.float().numpy()
 
 
-def _lean_scores(module, batch: np.ndarray, step: int):
-    """The same for a lean (numpy) module, which takes the uint8 images."""
-    for start in range(0, len(batch), step):
-        yield module(batch[start : start + step])
+def _lean_scores(module, batch: np.ndarray, step: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The same for a lean (numpy) module, which takes the uint8 images: its passes run side by
+    side, one per core (:func:`~defectscope.engine.runtimes.parallel.map_pieces`)."""
+    from defectscope.engine.runtimes.parallel import map_pieces
+
+    return map_pieces(module, [batch[start : start + step] for start in range(0, len(batch), step)])
 
 
 def module_scores(module, batch: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
