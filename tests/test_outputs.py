@@ -214,6 +214,75 @@ def test_predict_takes_pil_images_folders_and_gives_maps_at_image_size(fitted, t
         fitted.predict(tmp_path)
 
 
+def test_decodes_kept_while_scoring_are_the_files_full_size_images(tmp_path):
+    """What scoring keeps of an image for its overlay is what decoding the file at full size
+    gives (grey, RGBA, EXIF-rotated JPEG), taken once; nothing past the budget, nothing of an
+    image scaled from more than 8 bits, nothing outside the block."""
+    from defectscope.data.images import keeping_decoded, load_image
+
+    rng = np.random.default_rng(4)
+    files = {
+        "grey.png": Image.fromarray(rng.integers(0, 256, (40, 56), dtype=np.uint8)),
+        "rgba.png": Image.fromarray(rng.integers(0, 256, (48, 30, 4), dtype=np.uint8)),
+        "turned.jpg": Image.fromarray(rng.integers(0, 256, (36, 52, 3), dtype=np.uint8)),
+    }
+    for name, image in files.items():
+        exif = Image.Exif()
+        if name.endswith(".jpg"):
+            exif[0x0112] = 6  # shown turned a quarter: the decode is 52 high, 36 wide
+        image.save(tmp_path / name, exif=exif)
+    paths = [tmp_path / name for name in files]
+    with keeping_decoded() as kept:
+        for path in paths:
+            assert load_image(path, (32, 24)).shape == (32, 24, 3)
+        for path in paths:
+            full = load_image(path, None)
+            got = kept.take(path)
+            assert got is not None and np.array_equal(got, full)
+            assert kept.take(path) is None  # taken once
+        assert kept.size == 0
+        assert load_image(paths[2], None).shape == (52, 36, 3)
+        assert kept.take(paths[2]) is None  # a full-size decode keeps nothing
+        load_image(paths[0], 32, bits=12)
+        assert kept.take(paths[0]) is None  # scaled by a recorded bit depth: not the overlay's
+    with keeping_decoded(budget=40 * 56 * 3 + 1) as kept:
+        load_image(paths[0], 32)
+        load_image(paths[1], 32)  # past the budget
+        assert kept.take(paths[0]) is not None and kept.take(paths[1]) is None
+    load_image(paths[0], 32)
+    assert kept.take(paths[0]) is None  # the block has ended
+
+
+def test_overlays_drawn_on_kept_decodes_are_the_same_files(model_file, texture, tmp_path):
+    """predict draws each overlay on the decode its scoring kept: no image is decoded a second
+    time, and every file written is the same as when each image is decoded again."""
+    from defectscope.data import images
+    from defectscope.engine.workflows import predicting
+
+    decoded = []
+    load = predicting.load_image
+
+    def counting(path, size, *args):
+        decoded.append(size)
+        return load(path, size, *args)
+
+    common = ["predict", "--model", str(model_file), "--project", str(tmp_path), "-q"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(predicting, "load_image", counting)
+        assert main([*common, "--name", "kept", str(texture / "test")]) == 0
+        assert decoded == []
+        patch.setattr(images, "KEEP_BYTES", 0)
+        assert main([*common, "--name", "again", str(texture / "test")]) == 0
+    n = len(list((texture / "test").rglob("*.png")))
+    assert decoded == [None] * n
+    kept, again = tmp_path / "predict" / "kept", tmp_path / "predict" / "again"
+    written = sorted(p.relative_to(kept) for p in kept.rglob("*") if p.is_file())
+    assert len([p for p in written if p.parts[0] == "overlays"]) == n
+    for relative in written:
+        if relative.name != "run.json":
+            assert (kept / relative).read_bytes() == (again / relative).read_bytes(), relative
+
+
 @pytest.mark.parametrize(
     "shape", [(1, 1), (5, 7), (37, 23, 1), (16, 9, 2), (31, 45, 3), (8, 3, 4), (2, 300, 3)]
 )

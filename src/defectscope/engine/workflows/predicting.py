@@ -10,6 +10,7 @@ import heapq
 import json
 from collections import deque
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from defectscope.atomic import write_csv, write_text
-from defectscope.data.images import folder_images, is_image_file, load_image, unreadable
+from defectscope.data.images import (
+    DecodedImages,
+    folder_images,
+    is_image_file,
+    keeping_decoded,
+    load_image,
+    unreadable,
+)
 from defectscope.engine.scoring.scorer import Scorer
 from defectscope.errors import DataError
 from defectscope.results import Prediction
@@ -99,17 +107,24 @@ def annotate(
     *,
     save: str,
     keep: bool = False,
+    decoded: DecodedImages | None = None,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """The verdict row of one prediction (:func:`~defectscope.verdict.verdict_row`) with its
     overlay file under ``out`` (written when ``save`` asks for it; ``""`` otherwise), and the
-    overlay picture (when written or ``keep``)."""
+    overlay picture (when written or ``keep``), drawn on the image kept in ``decoded`` where
+    its scoring kept it."""
     from defectscope.data.images import image_size
     from defectscope.report.visualize import save_png, verdict_overlay
 
     wanted = save == "all" or (save == "fail" and fails(p.score, p.threshold))
-    # the image is decoded once: for its overlay, whose array gives its size as shown, or not
-    # at all (its header's size)
-    image = load_image(p.path, None) if wanted or keep else None
+    # the image as its scoring decoded it (``decoded``, taken whether drawn or not), else decoded
+    # here: for its overlay, whose array gives its size as shown, or not at all (its header's
+    # size)
+    image = decoded.take(p.path) if decoded is not None else None
+    if not (wanted or keep):
+        image = None
+    elif image is None:
+        image = load_image(p.path, None)
     size = image_size(p.path) if image is None else (image.shape[1], image.shape[0])
     row, regions = verdict_row(
         p.score, p.normalized_score, p.threshold, p.anomaly_map, size, on_map
@@ -224,25 +239,26 @@ def _score_and_draw(
     first: its overlays share a scale from this call's maps."""
     at = [i for i in range(len(files)) if i not in skip]
     stats: list[tuple[np.ndarray, np.ndarray]] = []
-    predictions = detector.iter_predictions([files[i] for i in at], threshold=t, stats=stats)
     scale = detector.colour_scale
-    if scale is None:
-        predictions = list(predictions)
-        scale = colour_scale_for(None, np.stack([p.anomaly_map for p in predictions]), t)
-    on_map = detector.threshold_on_map
+    with keeping_decoded() if scale is not None and save != "none" else nullcontext() as decoded:
+        predictions = detector.iter_predictions([files[i] for i in at], threshold=t, stats=stats)
+        if scale is None:  # every map first: no decode is kept for so long
+            predictions = list(predictions)
+            scale = colour_scale_for(None, np.stack([p.anomaly_map for p in predictions]), t)
+        on_map = detector.threshold_on_map
 
-    def draw(i: int, p: Prediction, keep: bool):
-        return annotate(p, names[i], scale, on_map, out, save=save, keep=keep)
+        def draw(i: int, p: Prediction, keep: bool):
+            return annotate(p, names[i], scale, on_map, out, save=save, keep=keep, decoded=decoded)
 
-    drawing = _Drawing(draw, workers, sheet=save != "none")
-    failed = 0
-    try:
-        for i, p in zip(at, predictions):
-            failed += p.is_anomalous
-            drawing.add(i, p)
-        sheet = drawing.finish()
-    finally:
-        drawing.close()
+        drawing = _Drawing(draw, workers, sheet=save != "none")
+        failed = 0
+        try:
+            for i, p in zip(at, predictions):
+                failed += p.is_anomalous
+                drawing.add(i, p)
+            sheet = drawing.finish()
+        finally:
+            drawing.close()
     return stats, _Drawn(drawing.rows, sheet, scale, failed)
 
 
