@@ -149,3 +149,18 @@ def test_illumination_modes(mode):
         assert change < 0.01, change
     if mode == "gain":
         assert float(out.mean()) == pytest.approx(float(images.mean()), rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 24, 3), (2, 17, 33, 1), (1, 16, 16, 4)])
+def test_grey_statistics_are_the_float32_mean_of_the_channels(shape):
+    """The grey mean and spread of each image (the shortcut baselines, the shift check) are
+    those of the channels' float32 mean, to the bit, whatever the number of channels."""
+    from defectscope.engine.scoring.shortcuts import batch_stats
+
+    batch = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+    grey = batch.reshape(shape[0], -1, shape[-1]).mean(axis=2, dtype=np.float32)
+    means, spreads = batch_stats(batch)
+    assert means.dtype == spreads.dtype == np.float32
+    np.testing.assert_array_equal(means, grey.mean(axis=1))
+    np.testing.assert_array_equal(spreads, grey.std(axis=1))
+    np.testing.assert_allclose(means, batch.reshape(shape[0], -1).mean(axis=1), rtol=1e-5)
