@@ -1063,6 +1063,13 @@ COMMANDS = {
 }
 
 
+#: commands whose blocks stay on the heap (glibc's own mapping threshold): predict allocates the
+#: same batch-sized blocks from first batch to last, so reusing them bounds its memory, and
+#: mapping each afresh cost a page fault per 4 kB: half the system time of a tire predict
+#: (benchmarks/README.md, "Scoring pieces side by side")
+UNMAPPED_VERBS = ("predict",)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
@@ -1072,7 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
     args.command = ["defectscope", *argv]
     from defectscope.memory import map_large_blocks
 
-    map_large_blocks()  # batch-sized blocks unmapped when freed: a fit's memory stays bounded
+    if args.verb not in UNMAPPED_VERBS:
+        map_large_blocks()  # batch-sized blocks unmapped when freed: a fit's memory stays bounded
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s: %(message)s",
