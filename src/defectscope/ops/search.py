@@ -83,13 +83,13 @@ def mean_nearest_distance(
     (``np.partition``: the mean needs no order), so the largest temporary is block x chunk."""
     if not 1 <= k <= len(bank):
         raise ValueError(f"k must be between 1 and the bank size {len(bank)}, got {k}")
-    best: dict[int, np.ndarray] = {}  # the running k smallest of each block, by first query
+    best: dict[int, np.ndarray] = {}  # the running k smallest of each block, in query order
     for start, rows, out in _partial_distances(queries, bank, chunk, block):
         found = out if start == 0 else np.concatenate([best[rows.start], out], axis=1)
         if found.shape[1] > k:
             found = np.partition(found, k - 1, axis=1)[:, :k]
         best[rows.start] = found.copy() if np.shares_memory(found, out) else found
-    kept = np.concatenate([best[first] for first in sorted(best)]) if best else np.empty((0, k))
+    kept = np.concatenate(list(best.values())) if best else np.empty((0, k))
     kept += np.einsum("ij,ij->i", queries, queries)[:, None]
     return np.sqrt(np.maximum(kept, 0.0)).mean(axis=1, dtype=np.float32)
 

@@ -14,12 +14,15 @@ bits however many threads run them.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
+
+from defectscope.engine.runtimes.onnx_session import thread_limit
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,9 +40,9 @@ _blas_limiter: Any = None
 def scoring_threads() -> int:
     """Pieces scored at once: ``$OMP_NUM_THREADS`` where set (Ray sets it to a task's or an
     actor's CPUs), else the CPUs this process may run on, at most :data:`MAX_THREADS`."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    if value.isdigit() and int(value) > 0:
-        return min(int(value), MAX_THREADS)
+    limit = thread_limit()
+    if limit:
+        return min(limit, MAX_THREADS)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -85,16 +88,12 @@ def single_threaded_blas() -> Iterator[None]:
                 _blas_limiter = None
 
 
-_controllers: list[Any] = []
-
-
+@functools.cache
 def _controller():
     """threadpoolctl's view of the loaded BLAS libraries, found once (1.4 ms)."""
-    if not _controllers:
-        from threadpoolctl import ThreadpoolController
+    from threadpoolctl import ThreadpoolController
 
-        _controllers.append(ThreadpoolController())
-    return _controllers[0]
+    return ThreadpoolController()
 
 
 def map_pieces(function: Callable[[T], R], pieces: Sequence[T]) -> list[R]:
