@@ -1,10 +1,11 @@
 """Whole `defectscope` processes, one source tree against another, side by side.
 
 Each variant is a source tree (a checkout's ``src``, e.g. an older commit through ``git worktree
-add``) and, for ``--job predict``, a model; every round runs each variant once in rotating
-order, as fresh processes: ``predict`` of the images (overlays written, or ``--save none``), or
-``fit`` of a category followed by ``evaluate`` of its test split (``--job fit-evaluate``; the
-two timed apart and together). Reported: the median per variant and its ratio to the first
+add``) and, for ``--job predict`` and ``evaluate``, a model; every round runs each variant once
+in rotating order, as fresh processes: ``predict`` of the images (overlays written, or ``--save
+none``), ``evaluate`` of a category's test split with the variant's model (``--job evaluate``),
+or ``fit`` of a category followed by ``evaluate`` of its test split (``--job fit-evaluate``;
+the two timed apart and together). Reported: the median per variant and its ratio to the first
 variant's median, all measured in the same run.
 
     git worktree add /tmp/before <rev>
@@ -13,6 +14,8 @@ variant's median, all measured in the same run.
         --variant now-bf16=src:runs/fit/tire_bf16 --rounds 5
     python benchmarks/end_to_end.py --job fit-evaluate --data ../shared/datasets/tire \
         --variant before=/tmp/before/src --variant now=src --rounds 3 [--fit-args "--model padim"]
+    python benchmarks/end_to_end.py --job evaluate --data ../shared/datasets/tire \
+        --variant before=/tmp/before/src:runs/fit/tire --variant now=src:runs/fit/tire --rounds 5
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ def run_once(args, source: Path, model: Path | None, out: Path, name: str) -> di
             "predict_s": timed(source, [*arguments, "-q", "--save", args.save, str(args.images)])
         }
     common = ["--project", str(out), "--name", name, "-q"]
+    if args.job == "evaluate":
+        arguments = ["evaluate", "--model", str(model), "--data", str(args.data), *common]
+        return {"evaluate_s": timed(source, arguments)}
     fit = timed(source, ["fit", "--data", str(args.data), *args.fit_args.split(), *common])
     model = out / "fit" / name
     evaluate = timed(source, ["evaluate", "--model", str(model), "--data", str(args.data), *common])
@@ -56,9 +62,9 @@ def run_once(args, source: Path, model: Path | None, out: Path, name: str) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--job", choices=("predict", "fit-evaluate"), default="predict")
+    parser.add_argument("--job", choices=("predict", "evaluate", "fit-evaluate"), default="predict")
     parser.add_argument("--images", type=Path, help="--job predict: images or a folder")
-    parser.add_argument("--data", type=Path, help="--job fit-evaluate: a category folder")
+    parser.add_argument("--data", type=Path, help="--job evaluate, fit-evaluate: a category folder")
     parser.add_argument(
         "--variant", action="append", required=True, help="LABEL=SOURCE_DIR[:MODEL] (repeated)"
     )
@@ -69,10 +75,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="append one JSON row here")
     args = parser.parse_args()
-    if (args.job == "predict") != (args.images is not None) or (args.job == "fit-evaluate") != (
+    if (args.job == "predict") != (args.images is not None) or (args.job != "predict") != (
         args.data is not None
     ):
-        parser.error("--job predict takes --images, --job fit-evaluate takes --data")
+        parser.error("--job predict takes --images, --job evaluate and fit-evaluate take --data")
     variants = []
     for text in args.variant:
         label, _, rest = text.partition("=")

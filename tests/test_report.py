@@ -157,3 +157,40 @@ def test_html_renders_in_headless_chromium(run, tmp_path):
         assert image.size == (1400, 900)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 50  # a rendered page, not a blank one
+
+
+def test_picture_grids_are_placed_by_inches_and_saved_as_drawn(tmp_path):
+    """The grids' panels sit where their inches say, none overlapping, inside the figure; an
+    uncropped save writes exactly the pixels matplotlib's own save draws."""
+    import numpy as np
+
+    from defectscope.report.plots import DPI, _panel_grid, _save
+
+    fig, axes = _panel_grid(3, 4, 1.5, 2.0, left=0.5, right=1.0, top=0.6, bottom=0.1, gap=0.1)
+    width, height = fig.get_size_inches()
+    assert (width, height) == pytest.approx(
+        (0.5 + 4 * 1.5 + 3 * 0.1 + 1.0, 0.6 + 3 * 2.0 + 2 * 0.1 + 0.1)
+    )
+    boxes = [ax.get_position() for ax in axes.ravel()]
+    for box in boxes:
+        assert box.width * width == pytest.approx(1.5) and box.height * height == pytest.approx(2.0)
+        assert box.x0 * width >= 0.5 - 1e-9 and box.x1 * width <= width - 1.0 + 1e-9
+        assert box.y1 * height <= height - 0.6 + 1e-9 and box.y0 * height >= 0.1 - 1e-9
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert (
+                a.x1 <= b.x0 + 1e-9
+                or b.x1 <= a.x0 + 1e-9
+                or a.y1 <= b.y0 + 1e-9
+                or b.y1 <= a.y0 + 1e-9
+            )
+    rng = np.random.default_rng(0)
+    for ax in axes.ravel():
+        ax.imshow(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    axes[0, 0].set_title("a title")
+    fig.suptitle("the grid")
+    ours = _save(fig, tmp_path / "grid.png", crop=False)
+    fig.savefig(tmp_path / "reference.png", dpi=DPI)
+    with Image.open(ours) as image, Image.open(tmp_path / "reference.png") as reference:
+        assert image.mode == "RGB" and image.size == (round(width * DPI), round(height * DPI))
+        assert np.array_equal(np.asarray(image), np.asarray(reference.convert("RGB")))
