@@ -291,3 +291,74 @@ def test_pieces_run_side_by_side_in_order_with_blas_on_one_thread(monkeypatch):
         parallel.map_pieces(lambda x: threading.current_thread().name, [0, 1])
         == [threading.current_thread().name] * 2
     )
+
+
+@pytest.mark.parametrize("detector", ["patchcore", "padim"])
+def test_out_of_fold_scores_read_the_features_the_folds_were_fed(detector, texture, monkeypatch):
+    """A fit keeps the fp32 features of the images it feeds and scores them out of fold from
+    what it kept: the network sees each training image once (not twice), and the threshold,
+    out-of-fold and synthetic scores and the model are the bits of a fit that keeps nothing."""
+    from defectscope.models import lean
+
+    seen, made, fits = [], [], {}
+    make = {"patchcore": patchcore, "padim": small}[detector]
+    memo_bytes = lean.MEMO_BYTES
+    original = lean.LeanEmbedding.__init__
+
+    def counting(self, features, *args, **kwargs):
+        limit = lean.MEMO_BYTES
+
+        def counted(images):
+            seen.append((limit, len(images)))
+            return features(images)
+
+        original(self, counted, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(lean.LeanEmbedding, "__init__", counting)
+    for limit in (memo_bytes, 0):
+        monkeypatch.setattr(lean, "MEMO_BYTES", limit)
+        fits[limit] = make().fit(texture)
+        assert fits[limit].module_.lean
+    assert made and all(embedding.memo is None for embedding in made)  # dropped after the fit
+    kept, computed = fits[memo_bytes], fits[0]
+    n_train = len(kept.out_of_fold_scores_)
+    through = {limit: sum(n for lim, n in seen if lim == limit) for limit in (memo_bytes, 0)}
+    assert through[0] - through[memo_bytes] == n_train  # each image's second pass saved
+    assert kept.threshold_ == computed.threshold_
+    np.testing.assert_array_equal(kept.out_of_fold_scores_, computed.out_of_fold_scores_)
+    np.testing.assert_array_equal(kept.synthetic_scores_, computed.synthetic_scores_)
+    with_memo, without = kept.module_, computed.module_
+    for name in ("bank", "mean", "precision_chol_lower"):
+        if hasattr(without, name):
+            np.testing.assert_array_equal(getattr(with_memo, name), getattr(without, name))
+
+
+def test_feature_memo_keeps_within_its_limit_and_serves_only_what_it_holds(tmp_path):
+    """Found by content and gain target; a batch with one unknown image is not served; the
+    limit stops keeping (whole images only); threads read side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from defectscope.models.lean import FeatureMemo
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 16, 12, 3), dtype=np.uint8)
+    feats = rng.standard_normal((6, 20, 7)).astype(np.float32)
+    per_image = feats[0].nbytes
+    memo = FeatureMemo(limit=4 * per_image + 1)
+    memo.put(images[:3], 0.5, feats[:3])
+    memo.put(images[2:], 0.5, feats[2:])  # image 2 again: kept once; room for one more only
+    assert memo.used == 4 * per_image
+    np.testing.assert_array_equal(memo.get(images[:4], 0.5), feats[:4])
+    np.testing.assert_array_equal(memo.get(images[[3, 0]], 0.5), feats[[3, 0]])
+    assert memo.get(images[:5], 0.5) is None  # image 4 did not fit
+    assert memo.get(images[:2], 0.25) is None  # another gain target: other features
+    changed = images[:1].copy()
+    changed[0, 0, 0, 0] ^= 1
+    assert memo.get(changed, 0.5) is None
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: memo.get(images[i % 4 : i % 4 + 1], 0.5), range(64)))
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, feats[i % 4 : i % 4 + 1])
+    memo.close()
+    assert memo.get(images[:1], 0.5) is None

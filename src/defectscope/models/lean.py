@@ -11,8 +11,13 @@ run here; ``local`` takes the PyTorch path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from hashlib import sha256
+import contextlib
+import logging
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from hashlib import blake2b, sha256
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +33,13 @@ LEAN_ILLUMINATION = ("none", "gain", "standardize")
 EPS = 1.0 / 255.0
 
 Features = Callable[[np.ndarray], np.ndarray]
+
+log = logging.getLogger(__name__)
+
+#: a fit keeps the features of its training images for their out-of-fold scoring up to this
+#: many bytes (tire's 210 images at 320 px: 204 MB), in a temporary file: the operating
+#: system's page cache, not the process's memory
+MEMO_BYTES = 1 << 30
 
 
 class LeanPath(Protocol):
@@ -136,19 +148,122 @@ class LeanEmbedding:
         """What the graph takes for uint8 ``images``: float32 ``(B, 3, H, W)``, lit."""
         return illuminate(to_float(images), self.mode, target)
 
+    #: the fp32 embeddings of the images fed while a fit runs (:func:`remembered_features`)
+    memo: FeatureMemo | None = None
+
     def __call__(self, images: np.ndarray, target: float) -> np.ndarray:
-        """The embeddings images are scored with (in :attr:`precision`)."""
+        """The embeddings images are scored with (in :attr:`precision`); in fp32, those a fit
+        has just computed for the same images are read back rather than computed again."""
+        if self.memo is not None and self.features is self._fp32:
+            kept = self.memo.get(images, target)
+            if kept is not None:
+                return kept
         return self._patches(self.features(self.inputs(images, target)))
 
     def fp32(self, images: np.ndarray, target: float) -> np.ndarray:
         """The embeddings in fp32, whatever :attr:`precision` is: what statistics and memory
         banks are built from (at fit and at update)."""
-        return self._patches(self._fp32(self.inputs(images, target)))
+        out = self._patches(self._fp32(self.inputs(images, target)))
+        if self.memo is not None:
+            self.memo.put(images, target, out)
+        return out
 
     @staticmethod
     def _patches(out: np.ndarray) -> np.ndarray:  # (B, D, h, w) -> (B, P, D)
         batch, dim = out.shape[:2]
         return np.ascontiguousarray(out.reshape(batch, dim, -1).transpose(0, 2, 1))
+
+
+class FeatureMemo:
+    """The fp32 embeddings of images, found by the images' content (and the gain target), in
+    a temporary file of at most ``limit`` bytes: a fit scores each training image out of fold
+    with the embedding it fed to the other folds' models, not a second forward pass. Threads
+    may read it side by side; a full or failing file stops keeping, never the fit."""
+
+    def __init__(self, limit: int = MEMO_BYTES) -> None:
+        self.limit = limit
+        self.file: Any = None
+        self.where: dict[bytes, int] = {}
+        self.shape: tuple[int, ...] | None = None  # one image's (P, D)
+        self.used = 0
+        self.hits = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def key(image: np.ndarray, target: float) -> bytes:
+        digest = blake2b(digest_size=20)
+        digest.update(struct.pack("<d", target) + str((image.dtype.str, image.shape)).encode())
+        digest.update(memoryview(np.ascontiguousarray(image)).cast("B"))
+        return digest.digest()
+
+    def put(self, images: np.ndarray, target: float, feats: np.ndarray) -> None:
+        """Keep ``feats[i]`` (float32) as the embedding of ``images[i]``, while there is room."""
+        if self.limit <= 0 or feats.dtype != np.float32:
+            return
+        with self.lock:
+            if self.shape is None:
+                self.shape = feats.shape[1:]
+            if feats.shape[1:] != self.shape:
+                return
+            size = int(np.prod(self.shape)) * 4
+            try:
+                for image, row in zip(images, feats):
+                    if self.used + size > self.limit:
+                        return
+                    key = self.key(image, target)
+                    if key in self.where:
+                        continue
+                    if self.file is None:
+                        self.file = tempfile.TemporaryFile()
+                    self.file.seek(self.used)
+                    self.file.write(memoryview(np.ascontiguousarray(row)).cast("B"))
+                    self.where[key] = self.used
+                    self.used += size
+            except OSError as exc:  # a full disk: the fit computes what is not kept
+                log.info("out-of-fold features no longer kept (%s)", exc)
+                self.limit = 0
+
+    def get(self, images: np.ndarray, target: float) -> np.ndarray | None:
+        """The kept embeddings ``(B, P, D)`` of every one of ``images``, or None unless all
+        are kept."""
+        if not self.where or self.shape is None or not len(images):
+            return None
+        offsets = [self.where.get(self.key(image, target)) for image in images]
+        if any(offset is None for offset in offsets):
+            return None
+        out = np.empty((len(images), *self.shape), dtype=np.float32)
+        size = out[0].nbytes
+        with self.lock:
+            for row, offset in zip(out, offsets):
+                self.file.seek(offset)
+                if self.file.readinto(memoryview(row).cast("B")) != size:
+                    return None
+        self.hits += len(images)
+        return out
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.file, self.where = None, {}
+
+
+@contextlib.contextmanager
+def remembered_features(embedding: Any, limit: int | None = None) -> Iterator[None]:
+    """While the block runs, ``embedding`` (a :class:`LeanEmbedding`; anything else: nothing
+    happens) keeps the fp32 features it computes, up to ``limit`` bytes (:data:`MEMO_BYTES`),
+    and serves them again for the same images."""
+    limit = MEMO_BYTES if limit is None else limit
+    if not isinstance(embedding, LeanEmbedding) or embedding.memo is not None or limit <= 0:
+        yield
+        return
+    memo = embedding.memo = FeatureMemo(limit)
+    try:
+        yield
+    finally:
+        embedding.memo = None
+        if memo.hits:
+            log.debug("%d out-of-fold embeddings read back, not computed again", memo.hits)
+        memo.close()
 
 
 def gain_target(images: np.ndarray) -> float:

@@ -47,6 +47,7 @@ from defectscope.errors import (
     NotFittedError,
 )
 from defectscope.models import DETECTORS, DetectorInfo
+from defectscope.models.lean import remembered_features
 from defectscope.progress import progress_bar
 from defectscope.version import __version__
 
@@ -310,9 +311,11 @@ class Detector(Scorer):
                 module = fitter.finalize()
             threshold = 0.5  # a probability
         elif fitter.out_of_fold and shards == 1:
-            module, threshold, scales, source = self._fit_out_of_fold(
-                fitter, paths, config, engine, lighting_probe
-            )
+            # each image's out-of-fold score reads the features its fold was fed with
+            with remembered_features(getattr(fitter, "embedding", None)):
+                module, threshold, scales, source = self._fit_out_of_fold(
+                    fitter, paths, config, engine, lighting_probe
+                )
         else:
             module, threshold, scales, source = self._fit_holdout(
                 fitter, paths, config, engine, shards, executor
