@@ -362,3 +362,37 @@ def test_feature_memo_keeps_within_its_limit_and_serves_only_what_it_holds(tmp_p
         np.testing.assert_array_equal(g, feats[i % 4 : i % 4 + 1])
     memo.close()
     assert memo.get(images[:1], 0.5) is None
+
+
+def test_kept_features_take_a_share_of_the_free_disk_and_end_with_the_block(monkeypatch):
+    """The memo is bounded by a quarter of the temporary directory's free space as well as by
+    MEMO_BYTES; the embedding computes again once the block ends."""
+    import shutil
+    from collections import namedtuple
+
+    from defectscope.models import lean
+
+    calls = []
+
+    def features(x):
+        calls.append(len(x))
+        return (
+            np.ones((len(x), 5, 2, 3), dtype=np.float32)
+            * x.mean(axis=(1, 2, 3))[:, None, None, None]
+        )
+
+    embedding = lean.LeanEmbedding(features, "none", (2, 3))
+    images = np.random.default_rng(1).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
+    per_image = 2 * 3 * 5 * 4
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, 4 * 2 * per_image))
+    with lean.remembered_features(embedding):
+        first = embedding.fp32(images, 0.5)  # room for two of the four
+        assert embedding.memo.used == 2 * per_image
+        np.testing.assert_array_equal(embedding(images[:2], 0.5), first[:2])
+        assert calls == [4]  # served: the network was not run again
+        np.testing.assert_array_equal(embedding(images, 0.5), first)
+        assert calls == [4, 4]  # two were not kept: all four computed
+    assert embedding.memo is None
+    embedding(images[:2], 0.5)
+    assert calls == [4, 4, 2]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import struct
 import tempfile
 import threading
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 
 #: a fit keeps the features of its training images for their out-of-fold scoring up to this
 #: many bytes (tire's 210 images at 320 px: 204 MB), in a temporary file: the operating
-#: system's page cache, not the process's memory
+#: system's page cache, not the process's memory; and at most :data:`MEMO_SHARE` of the
+#: temporary directory's free space (where the exact bank selection may take half)
 MEMO_BYTES = 1 << 30
+MEMO_SHARE = 0.25
 
 
 class LeanPath(Protocol):
@@ -214,7 +217,7 @@ class FeatureMemo:
                     if key in self.where:
                         continue
                     if self.file is None:
-                        self.file = tempfile.TemporaryFile()
+                        self.file = tempfile.TemporaryFile(prefix="defectscope-features-")
                     self.file.seek(self.used)
                     self.file.write(memoryview(np.ascontiguousarray(row)).cast("B"))
                     self.where[key] = self.used
@@ -252,7 +255,9 @@ def remembered_features(embedding: Any, limit: int | None = None) -> Iterator[No
     """While the block runs, ``embedding`` (a :class:`LeanEmbedding`; anything else: nothing
     happens) keeps the fp32 features it computes, up to ``limit`` bytes (:data:`MEMO_BYTES`),
     and serves them again for the same images."""
-    limit = MEMO_BYTES if limit is None else limit
+    if limit is None:
+        free = shutil.disk_usage(tempfile.gettempdir()).free
+        limit = min(MEMO_BYTES, int(MEMO_SHARE * free))
     if not isinstance(embedding, LeanEmbedding) or embedding.memo is not None or limit <= 0:
         yield
         return
