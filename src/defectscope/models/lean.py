@@ -241,7 +241,7 @@ class FeatureMemo:
                 self.file.seek(offset)
                 if self.file.readinto(memoryview(row).cast("B")) != size:
                     return None
-        self.hits += len(images)
+            self.hits += len(images)
         return out
 
     def close(self) -> None:
