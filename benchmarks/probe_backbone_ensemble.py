@@ -8,7 +8,7 @@ per backbone (with the lighting probe, as `--auto` fits), then every pair as an
 defects against out-of-fold good scores, label-free) beside the test split's image AUROC
 (which chooses nothing).
 
-    .venv/bin/python benchmarks/probe_backbone_ensemble.py --category tire --seeds 0 1 2
+    .venv/bin/python benchmarks/probe_backbone_ensemble.py --category tire --seeds 0 1 2 3
 
 Rows are appended to benchmarks/results/probe_backbone_ensemble.jsonl.
 """
